@@ -1,0 +1,321 @@
+//! The controller: owns the node backends and the database, keeps the live `View` fresh with
+//! one poller per node and one for the database, and (in later issues) runs actions.
+//!
+//! Invariants: a FUSE thread never waits on libvirt or SQL to read — reads take the current
+//! `Arc<View>`. Every backend call runs on a blocking thread under a deadline; a call that
+//! misses it marks the node offline, and at most `MAX_STUCK_CALLS` calls per node may be left
+//! hanging in the background before polling of that node pauses.
+
+pub mod view;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::db::{Db, VmRow};
+use crate::hv::libvirt::LibvirtNode;
+use crate::hv::{CpuTimes, HvError, NodeBackend};
+use view::{NodeState, NodeStatus, View};
+
+/// Calls per node allowed to hang past their deadline before polling that node pauses.
+const MAX_STUCK_CALLS: usize = 3;
+/// After a timed-out call, wait this long before trying the node again.
+const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One configured node and its backend.
+pub struct NodeHandle {
+    pub name: String,
+    pub uri: String,
+    pub backend: Arc<dyn NodeBackend>,
+    /// Calls started and not yet returned (including those past their deadline).
+    in_flight: Arc<AtomicUsize>,
+}
+
+struct Inputs {
+    nodes: Vec<NodeState>,
+    prev_cpu: Vec<Option<CpuTimes>>,
+    rows: Vec<VmRow>,
+    db_error: Option<String>,
+}
+
+/// The running controller.
+pub struct Cluster {
+    cfg: Arc<Config>,
+    db: Db,
+    nodes: Vec<NodeHandle>,
+    inputs: Mutex<Inputs>,
+    view: RwLock<Arc<View>>,
+    /// Bumped on every new view; tasks wait on it (e.g. for the first poll round).
+    version: watch::Sender<u64>,
+}
+
+impl Cluster {
+    /// Builds the controller for `cfg` with libvirt backends.
+    pub fn new(cfg: Arc<Config>, db: Db) -> Arc<Cluster> {
+        crate::hv::libvirt::quiet_libvirt_errors();
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| NodeHandle {
+                name: n.name.to_string(),
+                uri: n.uri.clone(),
+                backend: Arc::new(LibvirtNode::new(n.name.as_str(), &n.uri, &n.pool)),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect();
+        Self::with_nodes(cfg, db, nodes)
+    }
+
+    fn with_nodes(cfg: Arc<Config>, db: Db, nodes: Vec<NodeHandle>) -> Arc<Cluster> {
+        let states = nodes
+            .iter()
+            .map(|n| NodeState {
+                name: n.name.clone(),
+                uri: n.uri.clone(),
+                status: NodeStatus::Connecting,
+                last_error: None,
+                probe: None,
+                domains: Vec::new(),
+                cpu_usage: None,
+                updated_at: None,
+            })
+            .collect();
+        let (version, _) = watch::channel(0);
+        let cluster = Arc::new(Cluster {
+            inputs: Mutex::new(Inputs {
+                prev_cpu: vec![None; nodes.len()],
+                nodes: states,
+                rows: Vec::new(),
+                db_error: None,
+            }),
+            cfg,
+            db,
+            nodes,
+            view: RwLock::new(Arc::new(View::default())),
+            version,
+        });
+        cluster.rebuild();
+        cluster
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The current picture; cheap (an `Arc` clone), never blocks on a backend.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().clone()
+    }
+
+    /// Registers every node in `host` and starts the pollers. Returns once every node has
+    /// answered or missed its first deadline, so the first listing is already populated.
+    pub async fn start(self: &Arc<Self>) -> Result<(), crate::db::DbError> {
+        for n in &self.cfg.nodes {
+            let ip = n.ip.clone().unwrap_or_else(|| uri_host(&n.uri));
+            self.db.register_host(n.name.as_str(), &ip, &n.uri).await?;
+        }
+        let first_round: Vec<_> = (0..self.nodes.len())
+            .map(|i| {
+                let c = self.clone();
+                tokio::spawn(async move { c.poll_node(i).await })
+            })
+            .collect();
+        let c = self.clone();
+        let db_first = tokio::spawn(async move { c.poll_db().await });
+        for h in first_round {
+            let _ = h.await;
+        }
+        let _ = db_first.await;
+        for i in 0..self.nodes.len() {
+            let c = self.clone();
+            tokio::spawn(async move { c.node_loop(i).await });
+        }
+        let c = self.clone();
+        tokio::spawn(async move { c.db_loop().await });
+        Ok(())
+    }
+
+    async fn node_loop(self: Arc<Self>, i: usize) {
+        let mut tick = tokio::time::interval(self.cfg.timing.refresh());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(wait) = self.poll_node(i).await {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    async fn db_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.timing.refresh());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll_db().await;
+        }
+    }
+
+    /// Runs a blocking backend call for node `i` under the libvirt deadline.
+    pub async fn node_call<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce(&dyn NodeBackend) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let node = &self.nodes[i];
+        if node.in_flight.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
+            return Err(CallError::Stuck);
+        }
+        let backend = node.backend.clone();
+        let in_flight = node.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = f(backend.as_ref());
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            r
+        });
+        let deadline = self.cfg.timing.libvirt_timeout();
+        match tokio::time::timeout(deadline, handle).await {
+            Ok(Ok(r)) => r.map_err(CallError::Hv),
+            Ok(Err(join)) => Err(CallError::Panicked(join.to_string())),
+            Err(_) => {
+                node.backend.reset();
+                Err(CallError::Timeout(deadline))
+            }
+        }
+    }
+
+    /// Polls node `i` once; returns how long to back off when the node timed out.
+    async fn poll_node(&self, i: usize) -> Option<Duration> {
+        let started = Instant::now();
+        let result = self.node_call(i, |b| b.probe()).await;
+        let mut backoff = None;
+        {
+            let mut inputs = self.inputs.lock();
+            let prev_cpu = inputs.prev_cpu[i];
+            let st = &mut inputs.nodes[i];
+            match result {
+                Ok(mut probe) => {
+                    st.status = NodeStatus::Online;
+                    st.cpu_usage = match (prev_cpu, probe.cpu_times) {
+                        (Some(a), Some(b)) if b.total > a.total => {
+                            Some((b.busy.saturating_sub(a.busy)) as f64 / (b.total - a.total) as f64)
+                        }
+                        _ => st.cpu_usage,
+                    };
+                    let cpu = probe.cpu_times;
+                    st.domains = std::mem::take(&mut probe.domains)
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect();
+                    st.probe = Some(Arc::new(probe));
+                    st.updated_at = Some(SystemTime::now());
+                    inputs.prev_cpu[i] = cpu;
+                }
+                Err(e) => {
+                    if matches!(e, CallError::Timeout(_) | CallError::Stuck) {
+                        backoff = Some(RETRY_AFTER_TIMEOUT);
+                    }
+                    let msg = e.to_string();
+                    if st.status != NodeStatus::Offline(msg.clone()) {
+                        tracing::warn!(node = %st.name, error = %msg, "node offline");
+                    }
+                    st.last_error = Some(msg.clone());
+                    st.status = NodeStatus::Offline(msg);
+                }
+            }
+        }
+        tracing::trace!(node = i, elapsed = ?started.elapsed(), "polled");
+        self.rebuild();
+        backoff
+    }
+
+    async fn poll_db(&self) {
+        let r = self.db.list_vms().await;
+        {
+            let mut inputs = self.inputs.lock();
+            match r {
+                Ok(rows) => {
+                    if inputs.db_error.is_some() {
+                        tracing::info!("database reachable again");
+                    }
+                    inputs.rows = rows;
+                    inputs.db_error = None;
+                }
+                Err(e) => {
+                    if inputs.db_error.is_none() {
+                        tracing::warn!(error = %e, "database poll failed; serving last known rows");
+                    }
+                    inputs.db_error = Some(e.to_string());
+                }
+            }
+        }
+        self.rebuild();
+    }
+
+    /// Assembles a new view from the current inputs and publishes it.
+    fn rebuild(&self) {
+        let inputs = self.inputs.lock();
+        let prev = self.view();
+        let v = view::build(
+            &inputs.nodes,
+            &inputs.rows,
+            inputs.db_error.clone(),
+            &self.cfg.placement,
+            &prev,
+            SystemTime::now(),
+        );
+        *self.view.write() = Arc::new(v);
+        drop(inputs);
+        self.version.send_modify(|n| *n += 1);
+    }
+}
+
+/// Why a bounded backend call did not return a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Hv(HvError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("earlier calls are still hanging; not trying again yet")]
+    Stuck,
+    #[error("backend call panicked: {0}")]
+    Panicked(String),
+}
+
+/// The host part of a libvirt URI, for the `host.ip` column (`qemu+ssh://root@kvm1/system`
+/// → `kvm1`); `localhost` for local URIs.
+fn uri_host(uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return "localhost".into();
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("");
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_hosts() {
+        assert_eq!(uri_host("qemu+ssh://root@kvm1/system"), "kvm1");
+        assert_eq!(uri_host("qemu+tcp://10.0.0.5:16509/system"), "10.0.0.5");
+        assert_eq!(uri_host("test:///tmp/n.xml"), "localhost");
+        assert_eq!(uri_host("qemu:///system"), "localhost");
+    }
+}

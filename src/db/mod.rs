@@ -1,0 +1,309 @@
+//! The database: the only code that imports `sqlx`. One `AnyPool` serves MariaDB/MySQL (the
+//! production database of the original design) and SQLite (the embedded default); the SQL
+//! here is written to run unchanged on both. Migrations in `migrations/` run at start.
+//! Every statement runs under the configured deadline, so a dead server costs a bounded wait.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// Errors from the database layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    #[error("database unreachable: {0}")]
+    Unavailable(String),
+    #[error("database timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("database error: {0}")]
+    Query(String),
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+                DbError::Unavailable(e.to_string())
+            }
+            other => DbError::Query(other.to_string()),
+        }
+    }
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A row of the `vm` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    pub vmname: String,
+    pub hostname: Option<String>,
+    pub vmip: Option<String>,
+    pub ram: Option<i64>,
+    pub ip_eth1: Option<String>,
+    pub vcpus: Option<i64>,
+    pub disk_gb: Option<i64>,
+    pub image: Option<String>,
+    pub purpose: Option<String>,
+    pub git_url: Option<String>,
+    pub state: String,
+    pub step: String,
+    pub error: Option<String>,
+    pub owner_uid: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A connection pool with a per-statement deadline.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    timeout: Duration,
+    /// The URL without its password, for messages and logs.
+    display_url: String,
+}
+
+impl Db {
+    /// Opens a pool to `url` (creating a SQLite file and its folder if needed).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Db, DbError> {
+        install_default_drivers();
+        let display_url = redact_url(url);
+        let url = prepare_sqlite(url)?;
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 4 } else { 8 })
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // WAL lets readers run beside the writer; busy_timeout makes a
+                        // writer wait for the lock instead of failing at once.
+                        sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout=1000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url);
+        let pool = match tokio::time::timeout(timeout * 2, pool).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(DbError::Unavailable(format!(
+                    "{display_url}: {}",
+                    redact_message(&e.to_string())
+                )));
+            }
+            Err(_) => {
+                return Err(DbError::Unavailable(format!(
+                    "{display_url}: no answer within {:?}",
+                    timeout * 2
+                )));
+            }
+        };
+        Ok(Db {
+            pool,
+            timeout,
+            display_url,
+        })
+    }
+
+    pub fn display_url(&self) -> &str {
+        &self.display_url
+    }
+
+    /// Runs the migrations in `migrations/` (idempotent).
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| DbError::Migrate(e.to_string()))
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, DbError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(DbError::from),
+            Err(_) => Err(DbError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Records a configured node in `host`, as the original `makevm.sh` did on first use.
+    pub async fn register_host(&self, hostname: &str, ip: &str, uri: &str) -> Result<(), DbError> {
+        let now = unix_now();
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query("UPDATE host SET ip = ?, uri = ? WHERE hostname = ?")
+                .bind(ip)
+                .bind(uri)
+                .bind(hostname)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                sqlx::query(
+                    "INSERT INTO host (hostname, ip, uri, registered_at) VALUES (?, ?, ?, ?)",
+                )
+                .bind(hostname)
+                .bind(ip)
+                .bind(uri)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Every `vm` row.
+    pub async fn list_vms(&self) -> Result<Vec<VmRow>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, \
+                     git_url, state, step, error, owner_uid, created_at, updated_at FROM vm",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter().map(vm_row).collect()
+    }
+
+    /// Hostnames registered in `host`.
+    pub async fn list_hosts(&self) -> Result<Vec<(String, String)>, DbError> {
+        let rows = self
+            .bounded(sqlx::query("SELECT hostname, ip FROM host ORDER BY hostname").fetch_all(&self.pool))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
+    let f = || -> Result<VmRow, sqlx::Error> {
+        Ok(VmRow {
+            vmname: r.try_get("vmname")?,
+            hostname: r.try_get("hostname")?,
+            vmip: r.try_get("vmip")?,
+            ram: r.try_get("ram")?,
+            ip_eth1: r.try_get("ip_eth1")?,
+            vcpus: r.try_get("vcpus")?,
+            disk_gb: r.try_get("disk_gb")?,
+            image: r.try_get("image")?,
+            purpose: r.try_get("purpose")?,
+            git_url: r.try_get("git_url")?,
+            state: r.try_get("state")?,
+            step: r.try_get("step")?,
+            error: r.try_get("error")?,
+            owner_uid: r.try_get("owner_uid")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    };
+    f().map_err(DbError::from)
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Creates the folder of a SQLite database and asks the driver to create the file.
+fn prepare_sqlite(url: &str) -> Result<String, DbError> {
+    let Some(rest) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) else {
+        return Ok(url.to_string());
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    DbError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+    }
+    let query = if query.contains("mode=") {
+        query.to_string()
+    } else if query.is_empty() {
+        "mode=rwc".to_string()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// `mysql://user:secret@host/db` → `mysql://user:***@host/db`: passwords never reach a log.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(p) => p,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Driver messages can quote the URL; strip anything that looks like credentials.
+fn redact_message(m: &str) -> String {
+    m.split_whitespace()
+        .map(|w| if w.contains("://") { redact_url(w) } else { w.to_string() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("mysql://root:s3cret@127.0.0.1:3306/kvmfs"),
+            "mysql://root:***@127.0.0.1:3306/kvmfs"
+        );
+        assert_eq!(redact_url("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        assert!(!redact_message("bad url mysql://a:pw@h/d").contains("pw"));
+    }
+
+    #[test]
+    fn sqlite_urls_create_files() {
+        assert_eq!(
+            prepare_sqlite("sqlite:///tmp/kvmfs-test-x/a.db").unwrap(),
+            "sqlite:///tmp/kvmfs-test-x/a.db?mode=rwc"
+        );
+        assert_eq!(prepare_sqlite("mysql://h/d").unwrap(), "mysql://h/d");
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_and_registers_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db", dir.path().display());
+        let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
+        db.migrate().await.unwrap();
+        db.migrate().await.unwrap();
+        db.register_host("kvm1", "10.0.0.1", "test:///default").await.unwrap();
+        db.register_host("kvm1", "10.0.0.2", "test:///default").await.unwrap();
+        assert_eq!(
+            db.list_hosts().await.unwrap(),
+            vec![("kvm1".to_string(), "10.0.0.2".to_string())]
+        );
+        assert!(db.list_vms().await.unwrap().is_empty());
+    }
+}

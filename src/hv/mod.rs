@@ -1,0 +1,213 @@
+//! The hypervisor backend: the only code that talks to libvirt. `NodeBackend` is what the
+//! controller needs from one KVM node; `libvirt::LibvirtNode` implements it with the `virt`
+//! crate. Every method blocks (libvirt calls are synchronous): callers run them on blocking
+//! threads under a deadline and never from a FUSE thread.
+
+pub mod libvirt;
+
+use std::sync::Arc;
+
+/// Errors from one node's hypervisor. Messages are lowercase and name the node.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HvError {
+    #[error("node {node}: cannot connect to {uri}: {message}")]
+    Connect {
+        node: String,
+        uri: String,
+        message: String,
+    },
+    #[error("node {node}: {message}")]
+    Call { node: String, message: String },
+    #[error("node {node}: {what} not found")]
+    NotFound { node: String, what: String },
+}
+
+/// The lifecycle state of a domain, as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainState {
+    NoState,
+    Running,
+    Blocked,
+    Paused,
+    Shutdown,
+    Shutoff,
+    Crashed,
+    PmSuspended,
+}
+
+impl DomainState {
+    pub fn from_raw(state: i32) -> DomainState {
+        match state {
+            1 => DomainState::Running,
+            2 => DomainState::Blocked,
+            3 => DomainState::Paused,
+            4 => DomainState::Shutdown,
+            5 => DomainState::Shutoff,
+            6 => DomainState::Crashed,
+            7 => DomainState::PmSuspended,
+            _ => DomainState::NoState,
+        }
+    }
+
+    /// The word shown in `status` files.
+    pub fn word(self) -> &'static str {
+        match self {
+            DomainState::NoState => "nostate",
+            DomainState::Running => "running",
+            DomainState::Blocked => "blocked",
+            DomainState::Paused => "paused",
+            DomainState::Shutdown => "shutdown",
+            DomainState::Shutoff => "shutoff",
+            DomainState::Crashed => "crashed",
+            DomainState::PmSuspended => "pmsuspended",
+        }
+    }
+
+    /// Whether the domain holds its vCPUs and RAM on the node.
+    pub fn is_active(self) -> bool {
+        !matches!(self, DomainState::Shutoff | DomainState::NoState)
+    }
+
+    /// Words for libvirt's per-state reason codes (`virsh domstate --reason`); `None` for
+    /// "unknown", which is not worth showing.
+    pub fn reason_word(self, reason: i32) -> Option<&'static str> {
+        let table: &[&str] = match self {
+            DomainState::Running => &[
+                "",
+                "booted",
+                "migrated",
+                "restored",
+                "from snapshot",
+                "unpaused",
+                "migration canceled",
+                "save canceled",
+                "woken up",
+                "crashed",
+                "post-copy",
+                "post-copy failed",
+            ],
+            DomainState::Paused => &[
+                "",
+                "user",
+                "migrating",
+                "saving",
+                "dumping",
+                "i/o error",
+                "watchdog",
+                "from snapshot",
+                "shutting down",
+                "creating snapshot",
+                "crashed",
+                "starting up",
+                "post-copy",
+                "post-copy failed",
+                "api error",
+            ],
+            DomainState::Shutdown => &["", "user"],
+            DomainState::Shutoff => &[
+                "",
+                "shutdown",
+                "destroyed",
+                "crashed",
+                "migrated",
+                "saved",
+                "failed",
+                "from snapshot",
+                "daemon",
+            ],
+            DomainState::Crashed => &["", "panicked"],
+            _ => &[""],
+        };
+        usize::try_from(reason)
+            .ok()
+            .and_then(|i| table.get(i))
+            .copied()
+            .filter(|w| !w.is_empty())
+    }
+}
+
+/// What the domain XML says about devices; fetched once per domain definition, not per poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DomainDevices {
+    pub disks: Vec<DiskInfo>,
+    pub interfaces: Vec<InterfaceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiskInfo {
+    pub target: String,
+    pub device: String,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InterfaceInfo {
+    pub mac: Option<String>,
+    pub network: Option<String>,
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainProbe {
+    pub name: String,
+    pub uuid: String,
+    pub state: DomainState,
+    pub reason: Option<&'static str>,
+    pub vcpus: u32,
+    pub max_memory_kib: u64,
+    pub memory_kib: u64,
+    pub devices: Arc<DomainDevices>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkProbe {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub active: bool,
+    pub autostart: bool,
+    pub persistent: bool,
+    pub forward: Option<String>,
+    /// Addresses of the network on this node, `address/prefix`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VolumeProbe {
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub path: Option<String>,
+}
+
+/// Cumulative CPU time counters of a node, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub busy: u64,
+    pub total: u64,
+}
+
+/// Everything one poll of a node learns.
+#[derive(Debug, Clone)]
+pub struct NodeProbe {
+    pub hostname: Option<String>,
+    pub cpus: u32,
+    pub mhz: u32,
+    pub model: String,
+    pub memory_kib: u64,
+    /// Measured free memory (free + buffers + cached), where the driver reports it.
+    pub free_memory_kib: Option<u64>,
+    pub cpu_times: Option<CpuTimes>,
+    pub domains: Vec<DomainProbe>,
+    pub networks: Vec<NetworkProbe>,
+    /// Volumes of the node's configured storage pool; `None` if the pool is missing.
+    pub volumes: Option<Vec<VolumeProbe>>,
+}
+
+/// What the controller needs from one KVM node. Blocking; see the module note.
+pub trait NodeBackend: Send + Sync + 'static {
+    /// Reads the node's capacity, domains, networks and pool volumes.
+    fn probe(&self) -> Result<NodeProbe, HvError>;
+    /// Forgets the current connection so the next call opens a fresh one; used after a
+    /// call timed out and the connection may be wedged.
+    fn reset(&self);
+}

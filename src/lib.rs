@@ -1,0 +1,16 @@
+//! kvmfs: a small KVM cloud whose interface is a FUSE filesystem.
+//!
+//! Layers, one way: `fs` (FUSE glue) → `tree` (inodes, contents, handles) → `cluster`
+//! (controller: live view, pollers, actions) → backends `hv` (libvirt) and `db` (sqlx).
+//! See docs/ARCHITECTURE.md.
+
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod fs;
+pub mod hv;
+pub mod model;
+pub mod mount;
+pub mod testnode;
+pub mod tree;

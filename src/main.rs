@@ -1,0 +1,208 @@
+//! `kvmfs`: arguments, logging, configuration, migrations and the mount — nothing else.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use kvmfs::cluster::Cluster;
+use kvmfs::config::Config;
+use kvmfs::db::Db;
+use kvmfs::fs::KvmFs;
+use kvmfs::mount::{self, Readiness};
+use kvmfs::tree::{Owner, Tree};
+
+#[derive(Parser)]
+#[command(name = "kvmfs", version, about = "A small KVM cloud as a FUSE filesystem")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the cluster at MOUNTPOINT (the embedded demo when no --config is given).
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct MountArgs {
+    /// An existing, empty directory.
+    mountpoint: PathBuf,
+    /// TOML configuration file (see docs/CONFIGURATION.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Stay attached to the terminal instead of running in the background.
+    #[arg(long)]
+    foreground: bool,
+    /// Where the database (SQLite), demo nodes and log live; overrides the file's state_dir.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Let other users use the mount (needs `user_allow_other` in /etc/fuse.conf for
+    /// non-root mounts). Permissions are still enforced per instance.
+    #[arg(long)]
+    allow_other: bool,
+    /// Log file of a backgrounded daemon (default: STATE_DIR/kvmfs.log).
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+fn main() {
+    // Taken before any thread starts: it edits the environment.
+    let mut readiness = Readiness::from_env();
+    let cli = Cli::parse();
+    let Cmd::Mount(args) = cli.cmd;
+    let code = if args.foreground {
+        init_logging();
+        match run_daemon(&args, &mut readiness) {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                readiness.failed(&format!("{e:#}"));
+                1
+            }
+        }
+    } else {
+        match start_background(&args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("kvmfs: {e:#}");
+                1
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KVMFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn load_config(args: &MountArgs) -> anyhow::Result<Config> {
+    Ok(match &args.config {
+        Some(path) => Config::load(path, args.state_dir.clone())?,
+        None => Config::demo(args.state_dir.clone())?,
+    })
+}
+
+/// Checks what can be checked here, then starts the daemon and waits for its mount.
+fn start_background(args: &MountArgs) -> anyhow::Result<()> {
+    let mp = mount::preflight(&args.mountpoint)?;
+    let cfg = load_config(args)?;
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| cfg.state_dir.join("kvmfs.log"));
+    let mut daemon_args: Vec<OsString> = vec!["mount".into(), mp.into_os_string(), "--foreground".into()];
+    if let Some(c) = &args.config {
+        daemon_args.push("--config".into());
+        daemon_args.push(std::fs::canonicalize(c)?.into_os_string());
+    }
+    daemon_args.push("--state-dir".into());
+    daemon_args.push(std::path::absolute(&cfg.state_dir)?.into_os_string());
+    if args.allow_other {
+        daemon_args.push("--allow-other".into());
+    }
+    mount::spawn_daemon(&daemon_args, &log)?;
+    Ok(())
+}
+
+fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
+    let mp = mount::preflight(&args.mountpoint)?;
+    let cfg = Arc::new(load_config(args)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()?;
+    let cluster = rt.block_on(async {
+        let db = Db::connect(&cfg.database.url, cfg.timing.db_timeout())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(database = db.display_url(), "database connected");
+        db.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cluster = Cluster::new(cfg.clone(), db);
+        cluster.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::Ok(cluster)
+    })?;
+
+    // SAFETY: geteuid/getegid have no preconditions.
+    let owner = unsafe {
+        Owner {
+            uid: libc::geteuid(),
+            gid: libc::getegid(),
+        }
+    };
+    let tree = Arc::new(Tree::new(cluster.clone(), owner));
+    let mut fuse_cfg = fuser::Config::default();
+    fuse_cfg.mount_options = vec![
+        fuser::MountOption::FSName("kvmfs".into()),
+        fuser::MountOption::Subtype("kvmfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
+    ];
+    if args.allow_other {
+        fuse_cfg.acl = fuser::SessionACL::All;
+    }
+    fuse_cfg.n_threads = Some(4);
+    fuse_cfg.clone_fd = true;
+    let mut session = fuser::Session::new(KvmFs::new(tree), &mp, &fuse_cfg)
+        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let session_thread = std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(());
+            r
+        })?;
+    if !mount::wait_until_mounted(&mp, Duration::from_secs(10)) {
+        anyhow::bail!("the mount at {} did not answer", mp.display());
+    }
+    tracing::info!(mountpoint = %mp.display(), nodes = cfg.nodes.len(), "mounted");
+    readiness.ready();
+
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let unmounted_outside = tokio::select! {
+            _ = done_rx => {
+                tracing::info!("unmounted from outside; exiting");
+                true
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: unmounting");
+                false
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: unmounting");
+                false
+            }
+        };
+        anyhow::Ok(unmounted_outside)
+    })
+    .and_then(|outside| {
+        if !outside {
+            unmounter.unmount()?;
+        }
+        Ok(())
+    })?;
+    match session_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("fuse session ended with: {e}"),
+        Err(_) => tracing::warn!("fuse session thread panicked"),
+    }
+    rt.block_on(cluster.db().close());
+    rt.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Names that cross layers. A `NodeName` or `InstanceName` can only hold a value that is safe
+//! as a file name, a libvirt domain name, a hostname label and an SQL key, so no later layer
+//! re-checks it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest name accepted: a DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid name {name:?}: {reason}")]
+pub struct NameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Checks the hostname-label shape shared by node and instance names: 1–63 characters of
+/// `a-z`, `0-9` and `-`, starting with a letter or digit and not ending with `-`.
+/// Lowercase only, so names stay unique under MariaDB's case-insensitive collation.
+fn check_label(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("empty");
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err("longer than 63 characters");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("only lowercase letters, digits and '-' are allowed");
+    }
+    if s.starts_with('-') {
+        return Err("must not start with '-'");
+    }
+    if s.ends_with('-') {
+        return Err("must not end with '-'");
+    }
+    Ok(())
+}
+
+macro_rules! label_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
+                let s = s.into();
+                match check_label(&s) {
+                    Ok(()) => Ok($name(s)),
+                    Err(reason) => Err(NameError { name: s, reason }),
+                }
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+label_newtype!(
+    /// A KVM node's name as configured (`kvm1`).
+    NodeName
+);
+label_newtype!(
+    /// The name of an instance kvmfs creates: its directory, domain name and hostname.
+    InstanceName
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        for ok in ["a", "web1", "web-1", "0abc", &"x".repeat(63)] {
+            assert!(InstanceName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "-a", "a-", "A", "a b", "a/b", "..", ".a", "a.b", "a_b", "é", "a\n",
+            &"x".repeat(64), "a;rm", "a'b",
+        ] {
+            assert!(InstanceName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+}

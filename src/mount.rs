@@ -1,0 +1,243 @@
+//! Mounting: checks that turn the usual mount failures into clear messages, the background
+//! daemon start-up (`kvmfs mount` returns once the mount answers, like sshfs), and the
+//! session lifecycle (unmount on SIGTERM/SIGINT, exit when unmounted from outside).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the pipe on which a backgrounded daemon reports readiness.
+pub const READY_FD_ENV: &str = "KVMFS_READY_FD";
+/// How long `kvmfs mount` waits for the daemon to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0} does not exist")]
+    Missing(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    NotDir(PathBuf),
+    #[error("mountpoint {0} is busy: something is already mounted there (unmount it with `fusermount3 -u {0}`)")]
+    Busy(PathBuf),
+    #[error("FUSE is unavailable: {0}")]
+    NoFuse(String),
+    #[error("cannot start the daemon: {0}")]
+    Spawn(String),
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// Whether `path` is itself a mount point, per /proc/self/mountinfo.
+fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let mp = fields.get(4)?;
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        (unescape_mountinfo(mp) == want).then(|| fstype.to_string())
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Checks the mountpoint and FUSE before anything is started. A stale kvmfs mount left by a
+/// crashed daemon (its endpoint no longer connected) is lazily unmounted and reused.
+pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
+    let abs = match std::fs::canonicalize(mountpoint) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => absolute(mountpoint),
+        Err(_) => return Err(MountError::Missing(mountpoint.to_path_buf())),
+    };
+    if let Some(fstype) = mounted_at(&abs) {
+        let stale = matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        if stale && fstype.starts_with("fuse") {
+            tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(&abs).status();
+            if mounted_at(&abs).is_some() {
+                return Err(MountError::Busy(abs));
+            }
+        } else {
+            return Err(MountError::Busy(abs));
+        }
+    }
+    match std::fs::metadata(&abs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(MountError::NotDir(abs)),
+        Err(_) => return Err(MountError::Missing(abs)),
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuse(
+            "/dev/fuse is missing (load the fuse module: modprobe fuse)".into(),
+        ));
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err()
+        && which("fusermount3").is_none()
+    {
+        return Err(MountError::NoFuse(
+            "cannot open /dev/fuse and fusermount3 is not installed (apt-get install fuse3)".into(),
+        ));
+    }
+    Ok(abs)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Starts this program again in the foreground as a detached daemon and waits until it
+/// reports that the mount answers (or why it could not). `args` are the daemon's arguments.
+pub fn spawn_daemon(args: &[std::ffi::OsString], log: &Path) -> Result<u32, MountError> {
+    let exe = std::env::current_exe().map_err(|e| MountError::Spawn(e.to_string()))?;
+    let (read_end, write_end) = pipe().map_err(|e| MountError::Spawn(format!("pipe: {e}")))?;
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| MountError::Spawn(format!("cannot open log {}: {e}", log.display())))?;
+    let logf2 = logf
+        .try_clone()
+        .map_err(|e| MountError::Spawn(e.to_string()))?;
+    let write_fd = write_end.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(READY_FD_ENV, write_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(logf2);
+    // SAFETY: setsid is async-signal-safe and the closure touches no other state; it detaches
+    // the daemon from the caller's terminal and process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| MountError::Spawn(e.to_string()))?;
+    drop(write_end);
+    let pid = child.id();
+    let mut reader = BufReader::new(std::fs::File::from(read_end));
+    let started = Instant::now();
+    let mut line = String::new();
+    // A reader thread keeps the wait bounded even if the daemon never writes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = reader.read_line(&mut line).map(|_| line);
+        let _ = tx.send(r);
+    });
+    let msg = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(l)) => break l,
+            Ok(Err(e)) => break format!("error: {e}"),
+            Err(_) if started.elapsed() > START_TIMEOUT => {
+                let _ = child.kill();
+                return Err(MountError::Daemon(format!(
+                    "the daemon did not answer within {START_TIMEOUT:?}; see {}",
+                    log.display()
+                )));
+            }
+            Err(_) => continue,
+        }
+    };
+    let msg = msg.trim();
+    if msg == "ready" {
+        return Ok(pid);
+    }
+    let _ = child.wait();
+    let reason = msg.strip_prefix("error: ").unwrap_or(msg);
+    if reason.is_empty() {
+        return Err(MountError::Daemon(format!(
+            "the daemon exited before mounting; see {}",
+            log.display()
+        )));
+    }
+    Err(MountError::Daemon(reason.to_string()))
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The write end must survive exec in the child: clear its close-on-exec flag.
+    // SAFETY: `w` is an open descriptor.
+    unsafe {
+        let flags = libc::fcntl(w.as_raw_fd(), libc::F_GETFD);
+        libc::fcntl(w.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+    }
+    Ok((r, w))
+}
+
+/// The daemon side of the readiness pipe: reports one line to the waiting `kvmfs mount`.
+pub struct Readiness(Option<std::fs::File>);
+
+impl Readiness {
+    pub fn from_env() -> Readiness {
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok());
+        // SAFETY: the variable is set only by `spawn_daemon`, which passes the write end of
+        // a pipe it created for this process; nothing else owns that descriptor.
+        let f = fd.map(|fd| unsafe { std::fs::File::from_raw_fd(fd) });
+        // SAFETY: removing our own variable before any thread reads the environment.
+        unsafe { std::env::remove_var(READY_FD_ENV) };
+        Readiness(f)
+    }
+
+    pub fn ready(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(b"ready\n");
+        }
+    }
+
+    pub fn failed(&mut self, reason: &str) {
+        if let Some(mut f) = self.0.take() {
+            let _ = writeln!(f, "error: {}", reason.replace('\n', " "));
+        }
+    }
+}
+
+/// Waits until `path` is served by a mount (its root answers `stat` with a new device).
+pub fn wait_until_mounted(path: &Path, timeout: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let before = path.parent().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.dev());
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(m) = std::fs::metadata(path) {
+            if Some(m.dev()) != before && mounted_at(path).is_some() {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
