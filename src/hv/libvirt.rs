@@ -49,12 +49,11 @@ impl LibvirtNode {
         self.uri.starts_with("test:")
     }
 
-    /// The node's connection, opened on first use.
+    /// The node's connection, opened on first use. The lock is never held while opening:
+    /// a wedged open must not block `reset` or a later attempt. If two opens race, the first
+    /// stored wins and the other is dropped, so the test driver never splits its state.
     fn connection(&self) -> Result<Connect, HvError> {
-        // The lock is held while connecting so that concurrent callers share one attempt;
-        // callers are bounded by their own deadline.
-        let mut guard = self.conn.lock();
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = self.conn.lock().as_ref() {
             return Ok(c.clone());
         }
         let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connect {
@@ -62,8 +61,14 @@ impl LibvirtNode {
             uri: self.uri.clone(),
             message: e.message().to_string(),
         })?;
-        *guard = Some(c.clone());
-        Ok(c)
+        let mut guard = self.conn.lock();
+        match guard.as_ref() {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                *guard = Some(c.clone());
+                Ok(c)
+            }
+        }
     }
 
     fn call_err(&self, e: virt::error::Error) -> HvError {
@@ -192,8 +197,14 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn reset(&self) {
-        if !self.is_test_driver() {
-            *self.conn.lock() = None;
+        if self.is_test_driver() {
+            return;
+        }
+        let old = self.conn.lock().take();
+        if let Some(c) = old {
+            // Closing a remote connection is an RPC, which a wedged server never answers:
+            // close it where nobody waits for it.
+            std::thread::spawn(move || drop(c));
         }
     }
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kvmfs needs to build, run and test, and only those that
+# are missing. Safe to run again: with everything present it changes nothing and touches
+# no network. Runs as root. Rust is not installed here (use rustup; cargo may already be
+# in ~/.cargo/bin).
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps.sh: must run as root (try: sudo $0)" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# Everything but qemu-utils, which is handled on its own below.
+PACKAGES=(
+    libvirt-dev                 # links the `virt` crate
+    libvirt-clients             # virsh
+    libvirt-daemon              # libvirt's drivers, including the test driver
+    libvirt-daemon-driver-qemu
+    qemu-system-x86
+    fuse3                       # fusermount3
+    mariadb-server              # tests start throwaway MariaDB servers
+    mariadb-client
+    genisoimage                 # cloud-init seed images
+    pkg-config
+)
+
+installed() {
+    [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]
+}
+
+updated=0
+# Runs one quiet `apt-get install`; its output is shown only if it fails.
+apt_install() {
+    echo "install-deps.sh: installing $*"
+    local log
+    log=$(mktemp)
+    if [[ $updated -eq 0 ]]; then
+        if ! apt-get -q update >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            echo "install-deps.sh: apt-get update failed" >&2
+            exit 1
+        fi
+        updated=1
+    fi
+    if ! apt-get install -y -q -o Dpkg::Use-Pty=0 "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "install-deps.sh: apt-get install $* failed" >&2
+        exit 1
+    fi
+    rm -f "$log"
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    # Never together with qemu-utils: the machine may carry a newer qemu-utils from
+    # backports, and asking for both in one call fails with "held broken packages".
+    # This call removes that qemu-utils if it has to; the next step brings back the
+    # version that matches qemu-system-x86.
+    apt_install "${missing[@]}"
+fi
+
+if ! installed qemu-utils; then
+    apt_install qemu-utils
+elif ! command -v qemu-img >/dev/null 2>&1; then
+    # Marked installed but its qemu-img is gone: put the files back.
+    apt_install --reinstall qemu-utils
+fi
+
+if [[ ${#missing[@]} -eq 0 && $updated -eq 0 ]]; then
+    echo "install-deps.sh: all packages present; nothing to install"
+fi

@@ -1,0 +1,354 @@
+//! Test harness: real parts only. A throwaway MariaDB server per test (temp dir, private
+//! port), simulated KVM nodes on libvirt's test driver written to temp files, and kvmfs
+//! itself mounted through the kernel and used with `std::fs`.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use kvmfs::testnode::SimNode;
+
+pub const KVMFS: &str = env!("CARGO_BIN_EXE_kvmfs");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Makes a spawned server die with the test thread that started it, even if the test
+/// panics before its guard is dropped.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// Runs `f` on another thread and fails the test if it does not finish in `limit`: a hang
+/// detector for "never blocks" properties, not a performance assertion.
+pub fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}: it hangs"),
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+pub fn read_json(p: impl AsRef<Path>) -> serde_json::Value {
+    let p = p.as_ref();
+    serde_json::from_str(&read(p)).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+pub fn list(p: impl AsRef<Path>) -> Vec<String> {
+    let p = p.as_ref();
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", p.display()))
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A throwaway MariaDB server.
+pub struct MariaDb {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl MariaDb {
+    /// Starts a server with a `kvmfs` database and a `kvmfs` user.
+    pub fn start() -> MariaDb {
+        let dir = tempfile::Builder::new().prefix("kvmfs-mariadb").tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let out = Command::new("mariadb-install-db")
+            .arg("--user=root")
+            .arg(format!("--datadir={}", data.display()))
+            .arg("--auth-root-authentication-method=normal")
+            .arg("--skip-test-db")
+            .output()
+            .expect("mariadb-install-db (install the mariadb-server package: scripts/install-deps.sh)");
+        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let mut cmd = Command::new("mariadbd");
+        cmd.arg("--no-defaults")
+            .arg("--user=root")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg("--innodb-buffer-pool-size=32M")
+            .arg("--skip-log-bin")
+            .stdout(Stdio::null())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("start mariadbd");
+        let db = MariaDb { dir, port, child };
+        wait_for(Duration::from_secs(30), "mariadbd to accept connections", || {
+            db.sql_try("SELECT 1").is_ok()
+        });
+        db.sql(
+            "CREATE DATABASE kvmfs; \
+             CREATE USER 'kvmfs'@'127.0.0.1' IDENTIFIED BY 'kvmfs-test-pw'; \
+             GRANT ALL ON kvmfs.* TO 'kvmfs'@'127.0.0.1';",
+        );
+        db
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://kvmfs:kvmfs-test-pw@127.0.0.1:{}/kvmfs", self.port)
+    }
+
+    fn sql_try(&self, sql: &str) -> Result<String, String> {
+        let mut child = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg("-uroot")
+            .arg(format!("--socket={}", self.dir.path().join("sock").display()))
+            .arg("-N")
+            .arg("-B")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(sql.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs SQL as root (statements on stdin, never on a command line) and returns the rows
+    /// tab-separated.
+    pub fn sql(&self, sql: &str) -> String {
+        self.sql_try(sql).unwrap_or_else(|e| panic!("sql {sql:?}: {e}"))
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kvmfs daemon mounted on a temp dir, running in the foreground as our child.
+pub struct Mounted {
+    pub mnt: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mounted {
+    /// The embedded demo.
+    pub fn demo() -> Mounted {
+        Self::start(None)
+    }
+
+    /// Mounts with a config file holding `toml`.
+    pub fn with_config(toml: &str) -> Mounted {
+        Self::start(Some(toml))
+    }
+
+    fn start(toml: Option<&str>) -> Mounted {
+        let mnt = tempfile::Builder::new().prefix("kvmfs-mnt").tempdir().expect("tempdir");
+        let state = tempfile::Builder::new().prefix("kvmfs-state").tempdir().expect("tempdir");
+        let mut cmd = Command::new(KVMFS);
+        cmd.arg("mount")
+            .arg(mnt.path())
+            .arg("--foreground")
+            .arg("--state-dir")
+            .arg(state.path());
+        if let Some(t) = toml {
+            let cfg = state.path().join("kvmfs.toml");
+            std::fs::write(&cfg, t).expect("write config");
+            cmd.arg("--config").arg(&cfg);
+        }
+        let log = std::fs::File::create(state.path().join("daemon.log")).expect("log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let child = cmd.spawn().expect("spawn kvmfs");
+        let mut m = Mounted {
+            mnt,
+            state,
+            child: Some(child),
+        };
+        let start = Instant::now();
+        loop {
+            if is_kvmfs_mount(m.mnt.path()) {
+                break;
+            }
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("kvmfs exited ({status}) before mounting:\n{}", m.log());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!("kvmfs did not mount within 30 s:\n{}", m.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.state.path().join("daemon.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("daemon running")
+    }
+
+    /// Unmounts from outside and returns the daemon's exit status.
+    pub fn unmount(mut self) -> std::process::ExitStatus {
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.mnt.path())
+            .status()
+            .expect("fusermount3");
+        assert!(st.success(), "fusermount3 -u failed");
+        let mut child = self.child.take().expect("daemon running");
+        wait_exit(&mut child, Duration::from_secs(10))
+    }
+}
+
+/// Waits for a child to exit, killing it if it does not.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("kvmfs did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(self.mnt.path())
+                .stderr(Stdio::null())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether `path` is a kvmfs mount answering `stat`.
+pub fn is_kvmfs_mount(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&want.as_ref())
+            && (l.contains(" - fuse kvmfs ") || l.contains(" - fuse.kvmfs kvmfs "))
+    }) && std::fs::metadata(path).is_ok()
+}
+
+/// A TCP socket that accepts connections and never says a word: a node whose libvirt
+/// endpoint is wedged.
+pub struct SilentServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok((sock, _)) = l.accept() {
+                    held.push(sock);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        SilentServer { port, stop }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Writes a simulated node into `dir` and returns its URI.
+pub fn sim_node(dir: &Path, name: &str, node: &SimNode) -> String {
+    node.write(&dir.join(format!("{name}.xml"))).expect("write node xml")
+}
+
+/// The errno of an I/O error, for assertions.
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
