@@ -25,6 +25,8 @@ CREATE TABLE vm (
     step VARCHAR(32) NOT NULL DEFAULT '',
     error TEXT NULL,
     spec TEXT NULL,
+    ssh_public_key TEXT NULL,
+    ssh_private_key TEXT NULL,
     owner_uid BIGINT NOT NULL DEFAULT 0,
     created_at BIGINT NOT NULL DEFAULT 0,
     updated_at BIGINT NOT NULL DEFAULT 0

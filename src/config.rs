@@ -39,6 +39,126 @@ pub struct Config {
     pub placement: PlacementConfig,
     pub timing: TimingConfig,
     pub flavors: BTreeMap<String, Flavor>,
+    pub instances: InstancesConfig,
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// Defaults and guest settings for instances kvmfs creates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancesConfig {
+    /// Base image volume used when a spec names none.
+    pub default_image: String,
+    /// Flavor used when a spec names neither a flavor nor vcpus + ram_mb.
+    pub default_flavor: String,
+    pub default_disk_gb: u64,
+    /// libvirt domain type: `kvm`, or `qemu` for software emulation (TCG). Nodes on the
+    /// test driver always get `test`.
+    pub domain_type: String,
+    /// Kernel and initrd paths on the nodes for direct kernel boot; empty boots the disk.
+    pub kernel: String,
+    pub initrd: String,
+    pub kernel_cmdline: String,
+    /// Web server package installed and started on `web` instances.
+    pub web_package: String,
+    /// Document root the git repository is cloned into on `web` instances.
+    pub web_root: String,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            default_image: "debian-12.qcow2".into(),
+            default_flavor: "m1.small".into(),
+            default_disk_gb: 10,
+            domain_type: "kvm".into(),
+            kernel: String::new(),
+            initrd: String::new(),
+            kernel_cmdline: "console=ttyS0 root=/dev/vda rw net.ifnames=0".into(),
+            web_package: "nginx".into(),
+            web_root: "/var/www/html".into(),
+        }
+    }
+}
+
+/// A virtual network every instance gets an interface on, with its static address pool.
+/// The first configured network is the instance's `eth0` (`vm.vmip`), the second `eth1`
+/// (`vm.ip_eth1`), as in the original design.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// libvirt network name on the nodes (an instance can only go to nodes that have it).
+    pub name: String,
+    /// The subnet, e.g. `192.168.122.0/24`.
+    pub cidr: String,
+    /// First and last address handed out (inclusive).
+    pub first: std::net::Ipv4Addr,
+    pub last: std::net::Ipv4Addr,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+impl NetworkConfig {
+    pub fn prefix(&self) -> u8 {
+        self.cidr
+            .split_once('/')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(24)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (net, prefix) = self.cidr.split_once('/').ok_or_else(|| {
+            ConfigError::Invalid(format!("network {}: cidr must be a.b.c.d/nn", self.name))
+        })?;
+        let net: std::net::Ipv4Addr = net.parse().map_err(|_| {
+            ConfigError::Invalid(format!("network {}: bad cidr address", self.name))
+        })?;
+        let prefix: u32 =
+            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| {
+                ConfigError::Invalid(format!("network {}: bad prefix", self.name))
+            })?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        let inside = |a: std::net::Ipv4Addr| u32::from(a) & mask == u32::from(net) & mask;
+        if !inside(self.first) || !inside(self.last) || u32::from(self.first) > u32::from(self.last)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "network {}: first..last must lie inside {} in order",
+                self.name, self.cidr
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_networks() -> Vec<NetworkConfig> {
+    vec![NetworkConfig {
+        name: "default".into(),
+        cidr: "192.168.122.0/24".into(),
+        first: std::net::Ipv4Addr::new(192, 168, 122, 10),
+        last: std::net::Ipv4Addr::new(192, 168, 122, 250),
+        gateway: Some(std::net::Ipv4Addr::new(192, 168, 122, 1)),
+        dns: vec![std::net::Ipv4Addr::new(192, 168, 122, 1)],
+    }]
+}
+
+/// The demo's two networks: `default` as eth0 and `overlay` as eth1 (only on kvm1, kvm2).
+fn demo_networks() -> Vec<NetworkConfig> {
+    let mut n = default_networks();
+    n.push(NetworkConfig {
+        name: "overlay".into(),
+        cidr: "172.16.123.0/24".into(),
+        first: std::net::Ipv4Addr::new(172, 16, 123, 10),
+        last: std::net::Ipv4Addr::new(172, 16, 123, 250),
+        gateway: None,
+        dns: Vec::new(),
+    });
+    n
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +288,10 @@ struct FileConfig {
     timing: TimingConfig,
     #[serde(default)]
     flavors: Option<BTreeMap<String, Flavor>>,
+    #[serde(default)]
+    instances: InstancesConfig,
+    #[serde(default, rename = "network")]
+    networks: Option<Vec<NetworkConfig>>,
 }
 
 /// Where state lives when neither the file nor the command line says.
@@ -218,6 +342,8 @@ impl Config {
             placement: file.placement,
             timing: file.timing,
             flavors: file.flavors.unwrap_or_else(default_flavors),
+            instances: file.instances,
+            networks: file.networks.unwrap_or_else(default_networks),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -243,9 +369,18 @@ impl Config {
             placement: PlacementConfig::default(),
             timing: TimingConfig::default(),
             flavors: default_flavors(),
+            instances: InstancesConfig::default(),
+            networks: demo_networks(),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// A configuration with defaults and one unreachable node, for unit tests.
+    pub fn for_tests() -> Config {
+        let text = "[[node]]\nname = 'kvm1'\nuri = 'test:///default'\n";
+        Config::parse(text, Path::new("test.toml"), Some("/nonexistent".into()))
+            .expect("the test config is valid")
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -263,14 +398,14 @@ impl Config {
                 )));
             }
             if n.uri.trim().is_empty() {
-                return Err(ConfigError::Invalid(format!("node {} has an empty uri", n.name)));
+                return Err(ConfigError::Invalid(format!(
+                    "node {} has an empty uri",
+                    n.name
+                )));
             }
         }
         let p = &self.placement;
-        for (k, v) in [
-            ("cpu_weight", p.cpu_weight),
-            ("ram_weight", p.ram_weight),
-        ] {
+        for (k, v) in [("cpu_weight", p.cpu_weight), ("ram_weight", p.ram_weight)] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(ConfigError::Invalid(format!(
                     "placement.{k} must be a number >= 0"
@@ -297,6 +432,21 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "database.url must start with mysql://, mariadb:// or sqlite:".into(),
+            ));
+        }
+        let mut nets = std::collections::HashSet::new();
+        for n in &self.networks {
+            n.validate()?;
+            if !nets.insert(n.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "network {} is configured twice",
+                    n.name
+                )));
+            }
+        }
+        if self.networks.len() > 2 {
+            return Err(ConfigError::Invalid(
+                "at most two networks (eth0 and eth1) are supported".into(),
             ));
         }
         for (name, f) in &self.flavors {
@@ -337,11 +487,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_names_are_refused() {
-        let bad_key = "[database]\nurl='sqlite:///x'\nfoo=1\n[[node]]\nname='a'\nuri='test:///default'";
+        let bad_key =
+            "[database]\nurl='sqlite:///x'\nfoo=1\n[[node]]\nname='a'\nuri='test:///default'";
         assert!(Config::parse(bad_key, Path::new("x"), None).is_err());
         let bad_name = "[[node]]\nname='a/b'\nuri='test:///default'";
         assert!(Config::parse(bad_name, Path::new("x"), None).is_err());
-        let dup = "[[node]]\nname='a'\nuri='test:///default'\n[[node]]\nname='a'\nuri='test:///default'";
+        let dup =
+            "[[node]]\nname='a'\nuri='test:///default'\n[[node]]\nname='a'\nuri='test:///default'";
         assert!(Config::parse(dup, Path::new("x"), None).is_err());
         let none = "[database]\nurl='sqlite:///x'";
         assert!(Config::parse(none, Path::new("x"), None).is_err());

@@ -4,6 +4,7 @@
 //! (controller: live view, pollers, actions) → backends `hv` (libvirt) and `db` (sqlx).
 //! See docs/ARCHITECTURE.md.
 
+pub mod cloudinit;
 pub mod cluster;
 pub mod config;
 pub mod db;
@@ -12,5 +13,6 @@ pub mod fs;
 pub mod hv;
 pub mod model;
 pub mod mount;
+pub mod spec;
 pub mod testnode;
 pub mod tree;

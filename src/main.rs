@@ -15,7 +15,11 @@ use kvmfs::mount::{self, Readiness};
 use kvmfs::tree::{Owner, Tree};
 
 #[derive(Parser)]
-#[command(name = "kvmfs", version, about = "A small KVM cloud as a FUSE filesystem")]
+#[command(
+    name = "kvmfs",
+    version,
+    about = "A small KVM cloud as a FUSE filesystem"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -101,7 +105,8 @@ fn start_background(args: &MountArgs) -> anyhow::Result<()> {
         .log
         .clone()
         .unwrap_or_else(|| cfg.state_dir.join("kvmfs.log"));
-    let mut daemon_args: Vec<OsString> = vec!["mount".into(), mp.into_os_string(), "--foreground".into()];
+    let mut daemon_args: Vec<OsString> =
+        vec!["mount".into(), mp.into_os_string(), "--foreground".into()];
     if let Some(c) = &args.config {
         daemon_args.push("--config".into());
         daemon_args.push(std::fs::canonicalize(c)?.into_os_string());
@@ -155,7 +160,8 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     }
     fuse_cfg.n_threads = Some(4);
     fuse_cfg.clone_fd = true;
-    let mut session = fuser::Session::new(KvmFs::new(tree), &mp, &fuse_cfg)
+    let fs = KvmFs::new(tree, rt.handle().clone(), cfg.timing.op_timeout());
+    let mut session = fuser::Session::new(fs, &mp, &fuse_cfg)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

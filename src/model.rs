@@ -107,8 +107,21 @@ mod tests {
             assert!(InstanceName::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "-a", "a-", "A", "a b", "a/b", "..", ".a", "a.b", "a_b", "é", "a\n",
-            &"x".repeat(64), "a;rm", "a'b",
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a b",
+            "a/b",
+            "..",
+            ".a",
+            "a.b",
+            "a_b",
+            "é",
+            "a\n",
+            &"x".repeat(64),
+            "a;rm",
+            "a'b",
         ] {
             assert!(InstanceName::new(bad).is_err(), "{bad:?}");
         }

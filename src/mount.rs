@@ -20,7 +20,9 @@ pub enum MountError {
     Missing(PathBuf),
     #[error("mountpoint {0} is not a directory")]
     NotDir(PathBuf),
-    #[error("mountpoint {0} is busy: something is already mounted there (unmount it with `fusermount3 -u {0}`)")]
+    #[error(
+        "mountpoint {0} is busy: something is already mounted there (unmount it with `fusermount3 -u {0}`)"
+    )]
     Busy(PathBuf),
     #[error("FUSE is unavailable: {0}")]
     NoFuse(String),
@@ -59,10 +61,16 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
         Err(_) => return Err(MountError::Missing(mountpoint.to_path_buf())),
     };
     if let Some(fstype) = mounted_at(&abs) {
-        let stale = matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let stale =
+            matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if stale && fstype.starts_with("fuse") {
             tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(&abs).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg("--")
+                .arg(&abs)
+                .status();
             if mounted_at(&abs).is_some() {
                 return Err(MountError::Busy(abs));
             }
@@ -80,7 +88,11 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
             "/dev/fuse is missing (load the fuse module: modprobe fuse)".into(),
         ));
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err()
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
         && which("fusermount3").is_none()
     {
         return Err(MountError::NoFuse(
@@ -94,7 +106,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -229,7 +243,10 @@ impl Readiness {
 /// Waits until `path` is served by a mount (its root answers `stat` with a new device).
 pub fn wait_until_mounted(path: &Path, timeout: Duration) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let before = path.parent().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.dev());
+    let before = path
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev());
     let started = Instant::now();
     while started.elapsed() < timeout {
         if let Ok(m) = std::fs::metadata(path) {

@@ -20,7 +20,10 @@ fn demo_shows_nodes_instances_and_networks() {
         vec!["legacy-build", "legacy-db", "legacy-web", "monitor"]
     );
     assert_eq!(list(m.path("networks")), vec!["default", "overlay"]);
-    assert_eq!(list(m.path("nodes/kvm1")), vec!["info.json", "instances", "status"]);
+    assert_eq!(
+        list(m.path("nodes/kvm1")),
+        vec!["info.json", "instances", "status"]
+    );
 
     let kvm1 = read_json(m.path("nodes/kvm1/info.json"));
     assert_eq!(kvm1["cpus"], 4);
@@ -48,7 +51,12 @@ fn demo_shows_nodes_instances_and_networks() {
         vec!["legacy-db", "legacy-web"]
     );
     let link = m.path("nodes/kvm1/instances/legacy-db");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(read(link.join("status")), "running\n");
 
     let overlay = read_json(m.path("networks/overlay/info.json"));
@@ -89,7 +97,11 @@ fn stat_size_equals_bytes_read_for_every_file() {
     // Plain tools agree.
     let out = Command::new("find").arg(m.path("")).output().unwrap();
     assert!(out.status.success());
-    let out = Command::new("du").arg("-s").arg(m.path("")).output().unwrap();
+    let out = Command::new("du")
+        .arg("-s")
+        .arg(m.path(""))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let copy = tempfile::tempdir().unwrap();
     let st = Command::new("cp")
@@ -108,11 +120,17 @@ fn read_only_files_and_folders_refuse_changes() {
     let status = m.path("nodes/kvm1/status");
     let meta = std::fs::metadata(&status).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o444);
-    assert_eq!(std::fs::metadata(m.path("instances")).unwrap().mode() & 0o7777, 0o1777);
+    assert_eq!(
+        std::fs::metadata(m.path("instances")).unwrap().mode() & 0o7777,
+        0o1777
+    );
 
     let e = OpenOptions::new().write(true).open(&status).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);
-    let e = OpenOptions::new().append(true).open(m.path("instances/monitor/status")).unwrap_err();
+    let e = OpenOptions::new()
+        .append(true)
+        .open(m.path("instances/monitor/status"))
+        .unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);
     let e = File::create(m.path("instances/monitor/new-file")).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);
@@ -126,7 +144,11 @@ fn read_only_files_and_folders_refuse_changes() {
     assert!(matches!(errno(&e), libc::EACCES | libc::ENOTEMPTY), "{e}");
     let e = std::fs::set_permissions(&status, std::fs::Permissions::from_mode(0o666)).unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);
-    let e = OpenOptions::new().write(true).truncate(true).open(&status).unwrap_err();
+    let e = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&status)
+        .unwrap_err();
     assert_eq!(errno(&e), libc::EACCES);
 
     let e = std::fs::read_dir(&status).unwrap_err();
@@ -157,7 +179,9 @@ fn sigterm_unmounts_and_exits() {
     let mnt = m.mnt.path().to_path_buf();
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
-    wait_for(Duration::from_secs(10), "the mount to go away", || !is_kvmfs_mount(&mnt));
+    wait_for(Duration::from_secs(10), "the mount to go away", || {
+        !is_kvmfs_mount(&mnt)
+    });
     let log = m.log();
     assert!(log.contains("SIGTERM"), "{log}");
 }
@@ -178,7 +202,11 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
                 .unwrap()
         }
     });
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // It returned only once the mount answers.
     assert!(is_kvmfs_mount(mnt.path()));
     assert_eq!(list(mnt.path().join("nodes")), vec!["kvm1", "kvm2", "kvm3"]);
@@ -191,7 +219,14 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert!(!pids().is_empty(), "no daemon process");
-    assert!(Command::new("fusermount3").arg("-u").arg(mnt.path()).status().unwrap().success());
+    assert!(
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt.path())
+            .status()
+            .unwrap()
+            .success()
+    );
     wait_for(Duration::from_secs(10), "the daemon to exit", || {
         // A reaped or zombie process no longer matches a live cmdline.
         pids().split_whitespace().all(|p| {
@@ -200,7 +235,11 @@ fn background_mount_returns_once_mounted_and_exits_on_unmount() {
                 .unwrap_or(true)
         })
     });
-    assert!(std::fs::read_to_string(state.path().join("kvmfs.log")).unwrap().contains("mounted"));
+    assert!(
+        std::fs::read_to_string(state.path().join("kvmfs.log"))
+            .unwrap()
+            .contains("mounted")
+    );
 }
 
 fn mount_cmd(mnt: &std::path::Path, extra: &[&str]) -> std::process::Output {
@@ -231,17 +270,27 @@ fn mount_errors_are_clear_and_immediate() {
     let m = Mounted::demo();
     let out = mount_cmd(m.mnt.path(), &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("busy"),
+        "{out:?}"
+    );
     assert_eq!(read(m.path("nodes/kvm1/status")), "online\n");
 
     let bad = tmp.path().join("bad.toml");
-    std::fs::write(&bad, "[[node]]\nname = 'Bad Name'\nuri = 'test:///default'\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[[node]]\nname = 'Bad Name'\nuri = 'test:///default'\n",
+    )
+    .unwrap();
     let dir = tmp.path().join("mnt");
     std::fs::create_dir(&dir).unwrap();
     let out = mount_cmd(&dir, &["--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml") && err.contains("lowercase"), "{err}");
+    assert!(
+        err.contains("bad.toml") && err.contains("lowercase"),
+        "{err}"
+    );
 
     // An unreachable database fails the mount with the reason, not a hang.
     let nodes = tempfile::tempdir().unwrap();
@@ -256,9 +305,11 @@ fn mount_errors_are_clear_and_immediate() {
         ),
     )
     .unwrap();
-    let out = within(Duration::from_secs(30), "mount with a dead database", move || {
-        mount_cmd(&dir, &["--config", cfg.to_str().unwrap()])
-    });
+    let out = within(
+        Duration::from_secs(30),
+        "mount with a dead database",
+        move || mount_cmd(&dir, &["--config", cfg.to_str().unwrap()]),
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database"), "{err}");
@@ -288,7 +339,10 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
         "kvm-a\t10.0.0.11\nkvm-b\tlocalhost\n"
     );
     assert_eq!(read(m.path("instances/old-web/status")), "running\n");
-    assert_eq!(read_json(m.path("instances/old-web/info.json"))["managed"], false);
+    assert_eq!(
+        read_json(m.path("instances/old-web/info.json"))["managed"],
+        false
+    );
 
     // The original system's own insert still works, and the row shows up live.
     db.sql(
@@ -298,13 +352,19 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
     wait_for(Duration::from_secs(5), "the vm row to appear", || {
         read_json(m.path("instances/old-web/info.json"))["managed"] == true
     });
-    assert_eq!(read(m.path("instances/old-web/ip")), "211.183.3.7\n172.16.123.7\n");
+    assert_eq!(
+        read(m.path("instances/old-web/ip")),
+        "211.183.3.7\n172.16.123.7\n"
+    );
     assert_eq!(
         db.sql("SELECT vmname, hostname, vmip, ram, ip_eth1 FROM kvmfs.vm"),
         "old-web\tkvm-a\t211.183.3.7\t1024\t172.16.123.7\n"
     );
     // The migration table says what ran.
-    assert!(db.sql("SELECT version FROM kvmfs._sqlx_migrations").contains('1'));
+    assert!(
+        db.sql("SELECT version FROM kvmfs._sqlx_migrations")
+            .contains('1')
+    );
     let st = m.unmount();
     assert!(st.success());
 }
@@ -313,16 +373,22 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
 fn a_node_that_never_answers_reads_offline_and_blocks_nothing() {
     let silent = SilentServer::start();
     let nodes = tempfile::tempdir().unwrap();
-    let ok = sim_node(nodes.path(), "ok", &SimNode::new(2, 4096).domain("vm1", 1, 512, true));
+    let ok = sim_node(
+        nodes.path(),
+        "ok",
+        &SimNode::new(2, 4096).domain("vm1", 1, 512, true),
+    );
     let cfg = format!(
         "[timing]\nrefresh_ms = 200\nlibvirt_timeout_ms = 800\n\
          [[node]]\nname = 'ok'\nuri = '{ok}'\n\
          [[node]]\nname = 'stuck'\nuri = 'qemu+tcp://127.0.0.1:{}/system'\n",
         silent.port
     );
-    let m = within(Duration::from_secs(30), "mounting with a silent node", move || {
-        Mounted::with_config(&cfg)
-    });
+    let m = within(
+        Duration::from_secs(30),
+        "mounting with a silent node",
+        move || Mounted::with_config(&cfg),
+    );
     let root = m.mnt.path().to_path_buf();
     // Every read keeps answering while the node stays silent, again and again.
     for _ in 0..5 {
@@ -342,8 +408,15 @@ fn a_node_that_never_answers_reads_offline_and_blocks_nothing() {
     let info = read_json(m.path("nodes/stuck/info.json"));
     assert_eq!(info["online"], false);
     assert_eq!(info["score"], 0.0);
-    assert!(info["last_error"].as_str().unwrap().contains("no answer"), "{info}");
-    let st = within(Duration::from_secs(15), "unmount with a stuck call", move || m.unmount());
+    assert!(
+        info["last_error"].as_str().unwrap().contains("no answer"),
+        "{info}"
+    );
+    let st = within(
+        Duration::from_secs(15),
+        "unmount with a stuck call",
+        move || m.unmount(),
+    );
     assert!(st.success());
 }
 

@@ -6,6 +6,8 @@
 //! misses it marks the node offline, and at most `MAX_STUCK_CALLS` calls per node may be left
 //! hanging in the background before polling of that node pauses.
 
+pub mod actions;
+pub mod placement;
 pub mod view;
 
 use std::sync::Arc;
@@ -39,6 +41,9 @@ struct Inputs {
     nodes: Vec<NodeState>,
     prev_cpu: Vec<Option<CpuTimes>>,
     rows: Vec<VmRow>,
+    /// Bumped by every local row change; a database poll that started before a change
+    /// is discarded instead of overwriting it with older rows.
+    rows_epoch: u64,
     db_error: Option<String>,
 }
 
@@ -49,8 +54,11 @@ pub struct Cluster {
     nodes: Vec<NodeHandle>,
     inputs: Mutex<Inputs>,
     view: RwLock<Arc<View>>,
-    /// Bumped on every new view; tasks wait on it (e.g. for the first poll round).
+    /// Bumped on every new view.
     version: watch::Sender<u64>,
+    /// Serialises placement with the reservation it leads to, so concurrent creates
+    /// cannot overbook a node.
+    place_lock: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -90,6 +98,7 @@ impl Cluster {
                 prev_cpu: vec![None; nodes.len()],
                 nodes: states,
                 rows: Vec::new(),
+                rows_epoch: 0,
                 db_error: None,
             }),
             cfg,
@@ -97,6 +106,7 @@ impl Cluster {
             nodes,
             view: RwLock::new(Arc::new(View::default())),
             version,
+            place_lock: tokio::sync::Mutex::new(()),
         });
         cluster.rebuild();
         cluster
@@ -169,6 +179,17 @@ impl Cluster {
         i: usize,
         f: impl FnOnce(&dyn NodeBackend) -> Result<T, HvError> + Send + 'static,
     ) -> Result<T, CallError> {
+        self.node_call_within(i, self.cfg.timing.libvirt_timeout(), f)
+            .await
+    }
+
+    /// Runs a blocking backend call for node `i` under `deadline`.
+    pub async fn node_call_within<T: Send + 'static>(
+        &self,
+        i: usize,
+        deadline: Duration,
+        f: impl FnOnce(&dyn NodeBackend) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, CallError> {
         let node = &self.nodes[i];
         if node.in_flight.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
             return Err(CallError::Stuck);
@@ -181,7 +202,6 @@ impl Cluster {
             in_flight.fetch_sub(1, Ordering::SeqCst);
             r
         });
-        let deadline = self.cfg.timing.libvirt_timeout();
         match tokio::time::timeout(deadline, handle).await {
             Ok(Ok(r)) => r.map_err(CallError::Hv),
             Ok(Err(join)) => Err(CallError::Panicked(join.to_string())),
@@ -193,7 +213,7 @@ impl Cluster {
     }
 
     /// Polls node `i` once; returns how long to back off when the node timed out.
-    async fn poll_node(&self, i: usize) -> Option<Duration> {
+    pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {
         let started = Instant::now();
         let result = self.node_call(i, |b| b.probe()).await;
         let mut backoff = None;
@@ -205,9 +225,9 @@ impl Cluster {
                 Ok(mut probe) => {
                     st.status = NodeStatus::Online;
                     st.cpu_usage = match (prev_cpu, probe.cpu_times) {
-                        (Some(a), Some(b)) if b.total > a.total => {
-                            Some((b.busy.saturating_sub(a.busy)) as f64 / (b.total - a.total) as f64)
-                        }
+                        (Some(a), Some(b)) if b.total > a.total => Some(
+                            (b.busy.saturating_sub(a.busy)) as f64 / (b.total - a.total) as f64,
+                        ),
                         _ => st.cpu_usage,
                     };
                     let cpu = probe.cpu_times;
@@ -238,10 +258,12 @@ impl Cluster {
     }
 
     async fn poll_db(&self) {
+        let epoch = self.inputs.lock().rows_epoch;
         let r = self.db.list_vms().await;
         {
             let mut inputs = self.inputs.lock();
             match r {
+                Ok(_) if inputs.rows_epoch != epoch => {}
                 Ok(rows) => {
                     if inputs.db_error.is_some() {
                         tracing::info!("database reachable again");
@@ -255,6 +277,20 @@ impl Cluster {
                     }
                     inputs.db_error = Some(e.to_string());
                 }
+            }
+        }
+        self.rebuild();
+    }
+
+    /// Replaces (or with `None` removes) one row in the inputs and republishes the view,
+    /// so the caller's change is visible at once rather than at the next poll.
+    pub(crate) fn set_local_row(&self, name: &str, row: Option<VmRow>) {
+        {
+            let mut inputs = self.inputs.lock();
+            inputs.rows_epoch += 1;
+            inputs.rows.retain(|r| r.vmname != name);
+            if let Some(r) = row {
+                inputs.rows.push(r);
             }
         }
         self.rebuild();

@@ -111,7 +111,10 @@ impl InstanceView {
                 "building" => return format!("building: {}", row.step),
                 "deleting" => return "deleting".into(),
                 "failed" => {
-                    return format!("failed: {}", row.error.as_deref().unwrap_or("unknown error"));
+                    return format!(
+                        "failed: {}",
+                        row.error.as_deref().unwrap_or("unknown error")
+                    );
                 }
                 _ => {}
             }
@@ -324,8 +327,14 @@ pub fn build(
             if prev.status() == iv.status()
                 && prev.node == iv.node
                 && prev.row == iv.row
-                && prev.domain.as_ref().map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
-                    == iv.domain.as_ref().map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
+                && prev
+                    .domain
+                    .as_ref()
+                    .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
+                    == iv
+                        .domain
+                        .as_ref()
+                        .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
             {
                 iv.changed_at = prev.changed_at;
             }
@@ -442,7 +451,7 @@ fn round4(x: f64) -> f64 {
 /// any time); an unmanaged domain only while it runs.
 fn counts_against_node(i: &InstanceView) -> bool {
     match (&i.row, &i.domain) {
-        (Some(r), _) => r.state != "draft",
+        (Some(r), _) => matches!(r.state.as_str(), "building" | "ready" | "deleting"),
         (None, Some(d)) => d.state.is_active(),
         (None, None) => false,
     }
@@ -455,8 +464,12 @@ fn instance_resources(i: &InstanceView) -> (u64, u64) {
     }
     let r = i.row.as_ref();
     (
-        r.and_then(|r| r.vcpus).and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
-        r.and_then(|r| r.ram).and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+        r.and_then(|r| r.vcpus)
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        r.and_then(|r| r.ram)
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
     )
 }
 
@@ -513,7 +526,14 @@ mod tests {
             node("a", 4, 4096, vec![dom("x", 8, 2048, DomainState::Running)]),
             node("b", 2, 4096, vec![dom("y", 1, 512, DomainState::Shutoff)]),
         ];
-        let v = build(&nodes, &[], None, &PlacementConfig::default(), &View::default(), SystemTime::now());
+        let v = build(
+            &nodes,
+            &[],
+            None,
+            &PlacementConfig::default(),
+            &View::default(),
+            SystemTime::now(),
+        );
         let a = &v.nodes["a"];
         // 8 of 16 vCPUs, 2048 of 4096 MB committed.
         assert_eq!(a.free_cpu_share, 0.5);
@@ -530,7 +550,14 @@ mod tests {
             node("a", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]),
             node("b", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]),
         ];
-        let v = build(&nodes, &[], None, &PlacementConfig::default(), &View::default(), SystemTime::now());
+        let v = build(
+            &nodes,
+            &[],
+            None,
+            &PlacementConfig::default(),
+            &View::default(),
+            SystemTime::now(),
+        );
         assert!(v.instances.contains_key("x"));
         assert!(v.instances.contains_key("x@b"));
         assert_eq!(v.nodes["b"].instance_names, vec!["x@b".to_string()]);
@@ -540,7 +567,14 @@ mod tests {
     fn offline_node_instances_read_unknown() {
         let mut n = node("a", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]);
         n.status = NodeStatus::Offline("no answer".into());
-        let v = build(&[n], &[], None, &PlacementConfig::default(), &View::default(), SystemTime::now());
+        let v = build(
+            &[n],
+            &[],
+            None,
+            &PlacementConfig::default(),
+            &View::default(),
+            SystemTime::now(),
+        );
         assert_eq!(v.instances["x"].status(), "unknown: node a is offline");
         assert_eq!(v.nodes["a"].status, "offline: no answer");
         assert_eq!(v.nodes["a"].score, 0.0);

@@ -20,6 +20,16 @@ pub enum DbError {
     Query(String),
     #[error("database migration failed: {0}")]
     Migrate(String),
+    /// A uniqueness constraint refused the write (name or address taken).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The row is not in a state that allows the change.
+    #[error("{0}")]
+    State(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("address pool {0} is exhausted")]
+    PoolExhausted(String),
 }
 
 impl From<sqlx::Error> for DbError {
@@ -27,6 +37,9 @@ impl From<sqlx::Error> for DbError {
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
                 DbError::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(ref d) if d.is_unique_violation() => {
+                DbError::Conflict(d.message().to_string())
             }
             other => DbError::Query(other.to_string()),
         }
@@ -36,7 +49,7 @@ impl From<sqlx::Error> for DbError {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A row of the `vm` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct VmRow {
     pub vmname: String,
     pub hostname: Option<String>,
@@ -54,6 +67,52 @@ pub struct VmRow {
     pub owner_uid: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    pub spec: Option<String>,
+    /// OpenSSH private key; never printed (see the `Debug` impl).
+    pub ssh_private_key: Option<String>,
+}
+
+impl std::fmt::Debug for VmRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmRow")
+            .field("vmname", &self.vmname)
+            .field("hostname", &self.hostname)
+            .field("state", &self.state)
+            .field("step", &self.step)
+            .field("vmip", &self.vmip)
+            .field("ip_eth1", &self.ip_eth1)
+            .field("owner_uid", &self.owner_uid)
+            .field(
+                "ssh_private_key",
+                &self.ssh_private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// `SELECT` of every `vm` column `vm_row` reads, followed by `$tail` (a literal, so the
+/// statement stays a static string).
+macro_rules! select_vm {
+    ($tail:literal) => {
+        concat!(
+            "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
+            "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
+            "ssh_private_key FROM vm",
+            $tail
+        )
+    };
+}
+
+/// What `begin_build` writes.
+pub struct BuildRow<'a> {
+    pub node: &'a str,
+    pub vcpus: u32,
+    pub ram_mb: u64,
+    pub disk_gb: u64,
+    pub image: &'a str,
+    pub purpose: &'a str,
+    pub git: Option<&'a str>,
+    pub spec: &'a str,
 }
 
 /// A connection pool with a per-statement deadline.
@@ -80,8 +139,12 @@ impl Db {
                     if is_sqlite {
                         // WAL lets readers run beside the writer; busy_timeout makes a
                         // writer wait for the lock instead of failing at once.
-                        sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout=1000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout=1000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -162,13 +225,7 @@ impl Db {
     /// Every `vm` row.
     pub async fn list_vms(&self) -> Result<Vec<VmRow>, DbError> {
         let rows = self
-            .bounded(
-                sqlx::query(
-                    "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, \
-                     git_url, state, step, error, owner_uid, created_at, updated_at FROM vm",
-                )
-                .fetch_all(&self.pool),
-            )
+            .bounded(sqlx::query(select_vm!("")).fetch_all(&self.pool))
             .await?;
         rows.iter().map(vm_row).collect()
     }
@@ -176,10 +233,259 @@ impl Db {
     /// Hostnames registered in `host`.
     pub async fn list_hosts(&self) -> Result<Vec<(String, String)>, DbError> {
         let rows = self
-            .bounded(sqlx::query("SELECT hostname, ip FROM host ORDER BY hostname").fetch_all(&self.pool))
+            .bounded(
+                sqlx::query("SELECT hostname, ip FROM host ORDER BY hostname")
+                    .fetch_all(&self.pool),
+            )
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Reserves `name` for `owner` as a draft. A taken name is `Conflict`.
+    pub async fn insert_draft(&self, name: &str, owner: u32) -> Result<(), DbError> {
+        let now = unix_now();
+        self.bounded(
+            sqlx::query(
+                "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at) \
+                 VALUES (?, 'draft', '', ?, ?, ?)",
+            )
+            .bind(name)
+            .bind(i64::from(owner))
+            .bind(now)
+            .bind(now)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves a draft (or failed) instance to `building` on `node` with its spec.
+    pub async fn begin_build(&self, name: &str, b: &BuildRow<'_>) -> Result<(), DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
+                     vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
+                     error = NULL, updated_at = ? WHERE vmname = ? AND state IN ('draft', 'failed')",
+                )
+                .bind(b.node)
+                .bind(i64::try_from(b.ram_mb).unwrap_or(i64::MAX))
+                .bind(i64::from(b.vcpus))
+                .bind(i64::try_from(b.disk_gb).unwrap_or(i64::MAX))
+                .bind(b.image)
+                .bind(b.purpose)
+                .bind(b.git)
+                .bind(b.spec)
+                .bind(unix_now())
+                .bind(name)
+                .execute(&self.pool),
+            )
+            .await?;
+        if n.rows_affected() == 0 {
+            return Err(DbError::State(format!(
+                "instance {name} is not a draft (already committed or being deleted)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the step an operation is in, so a crash can be finished or undone.
+    pub async fn set_step(&self, name: &str, step: &str) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query("UPDATE vm SET step = ?, updated_at = ? WHERE vmname = ?")
+                .bind(step)
+                .bind(unix_now())
+                .bind(name)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Allocates the lowest free address of `pool` in `first..=last` to `name`. The primary
+    /// key on (pool, address) decides races between writers; the loser tries the next one.
+    pub async fn allocate_ip(
+        &self,
+        pool: &str,
+        first: std::net::Ipv4Addr,
+        last: std::net::Ipv4Addr,
+        name: &str,
+    ) -> Result<std::net::Ipv4Addr, DbError> {
+        for _ in 0..16 {
+            let rows = self
+                .bounded(
+                    sqlx::query("SELECT address FROM ip_alloc WHERE pool = ?")
+                        .bind(pool)
+                        .fetch_all(&self.pool),
+                )
+                .await?;
+            let used: std::collections::HashSet<u32> = rows
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>(0).ok())
+                .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+                .map(u32::from)
+                .collect();
+            let Some(free) = (u32::from(first)..=u32::from(last)).find(|a| !used.contains(a))
+            else {
+                return Err(DbError::PoolExhausted(pool.to_string()));
+            };
+            let addr = std::net::Ipv4Addr::from(free);
+            let r = self
+                .bounded(
+                    sqlx::query("INSERT INTO ip_alloc (pool, address, vmname) VALUES (?, ?, ?)")
+                        .bind(pool)
+                        .bind(addr.to_string())
+                        .bind(name)
+                        .execute(&self.pool),
+                )
+                .await;
+            match r {
+                Ok(_) => return Ok(addr),
+                Err(DbError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DbError::Conflict(format!(
+            "address pool {pool}: too many concurrent allocations"
+        )))
+    }
+
+    /// Stores the instance's addresses in the original columns and its key pair.
+    pub async fn set_addresses_and_keys(
+        &self,
+        name: &str,
+        vmip: Option<&str>,
+        ip_eth1: Option<&str>,
+        public_key: &str,
+        private_key: &str,
+    ) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query(
+                "UPDATE vm SET vmip = ?, ip_eth1 = ?, ssh_public_key = ?, ssh_private_key = ?, \
+                 updated_at = ? WHERE vmname = ?",
+            )
+            .bind(vmip)
+            .bind(ip_eth1)
+            .bind(public_key)
+            .bind(private_key)
+            .bind(unix_now())
+            .bind(name)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn finish_build(&self, name: &str) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query(
+                "UPDATE vm SET state = 'ready', step = '', updated_at = ? WHERE vmname = ?",
+            )
+            .bind(unix_now())
+            .bind(name)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Undoes a failed build in the database: addresses released, node and keys cleared,
+    /// the reason kept in `error`. The instance can be given a new spec.
+    pub async fn fail_build(&self, name: &str, error: &str) -> Result<(), DbError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM ip_alloc WHERE vmname = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE vm SET state = 'failed', step = '', error = ?, hostname = NULL, \
+                 vmip = NULL, ip_eth1 = NULL, ssh_public_key = NULL, ssh_private_key = NULL, \
+                 updated_at = ? WHERE vmname = ?",
+            )
+            .bind(error)
+            .bind(unix_now())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Records a refused spec or command without changing the state.
+    pub async fn set_error(&self, name: &str, error: Option<&str>) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query("UPDATE vm SET error = ?, updated_at = ? WHERE vmname = ?")
+                .bind(error)
+                .bind(unix_now())
+                .bind(name)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Marks an instance as being deleted; refused while it is being built.
+    pub async fn begin_delete(&self, name: &str) -> Result<(), DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE vm SET state = 'deleting', step = 'deleting', updated_at = ? \
+                     WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
+                )
+                .bind(unix_now())
+                .bind(name)
+                .execute(&self.pool),
+            )
+            .await?;
+        if n.rows_affected() == 0 {
+            return Err(DbError::State(format!("instance {name} is being built")));
+        }
+        Ok(())
+    }
+
+    /// Deletes the row and releases its addresses, in one transaction.
+    pub async fn delete_vm(&self, name: &str) -> Result<(), DbError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM ip_alloc WHERE vmname = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM vm WHERE vmname = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    pub async fn get_vm(&self, name: &str) -> Result<Option<VmRow>, DbError> {
+        let r = self
+            .bounded(
+                sqlx::query(select_vm!(" WHERE vmname = ?"))
+                    .bind(name)
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        r.as_ref().map(vm_row).transpose()
+    }
+
+    /// Addresses allocated per pool, for consistency checks.
+    pub async fn list_ip_allocations(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query("SELECT pool, address, vmname FROM ip_alloc ORDER BY pool, address")
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(DbError::from)
     }
@@ -208,6 +514,8 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             owner_uid: r.try_get("owner_uid")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            spec: r.try_get("spec")?,
+            ssh_private_key: r.try_get("ssh_private_key")?,
         })
     };
     f().map_err(DbError::from)
@@ -222,7 +530,10 @@ pub fn unix_now() -> i64 {
 
 /// Creates the folder of a SQLite database and asks the driver to create the file.
 fn prepare_sqlite(url: &str) -> Result<String, DbError> {
-    let Some(rest) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) else {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))
+    else {
         return Ok(url.to_string());
     };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -263,7 +574,13 @@ pub fn redact_url(url: &str) -> String {
 /// Driver messages can quote the URL; strip anything that looks like credentials.
 fn redact_message(m: &str) -> String {
     m.split_whitespace()
-        .map(|w| if w.contains("://") { redact_url(w) } else { w.to_string() })
+        .map(|w| {
+            if w.contains("://") {
+                redact_url(w)
+            } else {
+                w.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -278,7 +595,10 @@ mod tests {
             redact_url("mysql://root:s3cret@127.0.0.1:3306/kvmfs"),
             "mysql://root:***@127.0.0.1:3306/kvmfs"
         );
-        assert_eq!(redact_url("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        assert_eq!(
+            redact_url("sqlite:///var/lib/x.db"),
+            "sqlite:///var/lib/x.db"
+        );
         assert!(!redact_message("bad url mysql://a:pw@h/d").contains("pw"));
     }
 
@@ -298,8 +618,12 @@ mod tests {
         let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
         db.migrate().await.unwrap();
         db.migrate().await.unwrap();
-        db.register_host("kvm1", "10.0.0.1", "test:///default").await.unwrap();
-        db.register_host("kvm1", "10.0.0.2", "test:///default").await.unwrap();
+        db.register_host("kvm1", "10.0.0.1", "test:///default")
+            .await
+            .unwrap();
+        db.register_host("kvm1", "10.0.0.2", "test:///default")
+            .await
+            .unwrap();
         assert_eq!(
             db.list_hosts().await.unwrap(),
             vec![("kvm1".to_string(), "10.0.0.2".to_string())]

@@ -12,6 +12,7 @@ use fuser::{
     ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 
+use crate::cluster::actions::ActionError;
 use crate::tree::{Attr, EntryKind, Tree, TreeError};
 
 /// Everything is live: the kernel must ask again on every access.
@@ -20,11 +21,44 @@ const TTL: Duration = Duration::ZERO;
 /// The filesystem handed to `fuser`.
 pub struct KvmFs {
     tree: Arc<Tree>,
+    rt: tokio::runtime::Handle,
+    /// Upper bound for an operation that waits on a backend.
+    op_timeout: Duration,
 }
 
 impl KvmFs {
-    pub fn new(tree: Arc<Tree>) -> KvmFs {
-        KvmFs { tree }
+    pub fn new(tree: Arc<Tree>, rt: tokio::runtime::Handle, op_timeout: Duration) -> KvmFs {
+        KvmFs {
+            tree,
+            rt,
+            op_timeout,
+        }
+    }
+
+    /// Runs an operation that waits on a backend on the runtime, so FUSE threads stay free,
+    /// and replies within `op_timeout` (plus a margin for the tree's own, inner deadline to
+    /// answer first) whatever the backend does.
+    fn spawn<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(
+            Arc<Tree>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, TreeError>> + Send>,
+        > + Send
+        + 'static,
+        reply: impl FnOnce(Result<T, TreeError>) + Send + 'static,
+    ) {
+        let tree = self.tree.clone();
+        let limit = self.op_timeout + Duration::from_millis(250);
+        self.rt.spawn(async move {
+            let r = match tokio::time::timeout(limit, op(tree)).await {
+                Ok(r) => r,
+                Err(_) => Err(TreeError::Action(ActionError::Backend(format!(
+                    "no answer within {limit:?}"
+                )))),
+            };
+            reply(r);
+        });
     }
 }
 
@@ -37,6 +71,17 @@ pub fn errno(e: &TreeError) -> Errno {
         TreeError::ReadOnly(_) => Errno::EACCES,
         TreeError::BadHandle => Errno::EBADF,
         TreeError::NotSymlink => Errno::EINVAL,
+        TreeError::InProgress => Errno::from_i32(libc::EINPROGRESS),
+        TreeError::Action(a) => match a {
+            ActionError::Invalid(_) => Errno::EINVAL,
+            ActionError::Exists(_) => Errno::EEXIST,
+            ActionError::NotFound(_) => Errno::ENOENT,
+            ActionError::NoCapacity(_) => Errno::ENOSPC,
+            ActionError::Busy(_) => Errno::EBUSY,
+            ActionError::NotOwner(_) => Errno::EACCES,
+            ActionError::TooBig(_) => Errno::EFBIG,
+            ActionError::Backend(_) => Errno::EIO,
+        },
     }
 }
 
@@ -89,24 +134,36 @@ impl Filesystem for KvmFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
         _mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
         _chgtime: Option<std::time::SystemTime>,
         _bkuptime: Option<std::time::SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.tree.getattr(ino.0) {
-            Ok(_) => reply.error(Errno::EACCES),
+        // Only a truncation of a writable file is a change kvmfs takes; timestamps that
+        // tools set after writing (touch, cp -p) are accepted and ignored.
+        let r = match (mode, uid, gid, size) {
+            (None, None, None, Some(size)) => {
+                self.tree.truncate(ino.0, fh.map(|f| f.0), size, req.uid())
+            }
+            (None, None, None, None) => self.tree.getattr(ino.0),
+            _ => self
+                .tree
+                .getattr(ino.0)
+                .and(Err(TreeError::ReadOnly("attributes are fixed"))),
+        };
+        match r {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -120,14 +177,21 @@ impl Filesystem for KvmFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
-        _name: &OsStr,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.tree.refuse_create(parent.0)));
+        let (name, uid) = (name.to_owned(), req.uid());
+        self.spawn(
+            move |t| Box::pin(async move { t.mkdir(parent.0, &name, uid).await }),
+            move |r| match r {
+                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn mknod(
@@ -160,13 +224,21 @@ impl Filesystem for KvmFs {
         reply.error(errno(&self.tree.refuse_create(parent.0)));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.tree.refuse_create(parent.0)));
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (name, uid) = (name.to_owned(), req.uid());
+        self.spawn(
+            move |t| Box::pin(async move { t.rmdir(parent.0, &name, uid).await }),
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        match self.tree.open(ino.0, write) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self.tree.open(ino.0, write, truncate, req.uid()) {
             // direct_io: contents are computed, so reads must not be cut to a cached size.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),
@@ -192,28 +264,42 @@ impl Filesystem for KvmFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(&TreeError::ReadOnly("this file cannot be written")));
+        let (data, uid) = (data.to_vec(), req.uid());
+        self.spawn(
+            move |t| Box::pin(async move { t.write(fh.0, offset, &data, uid).await }),
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let uid = req.uid();
+        self.spawn(
+            move |t| Box::pin(async move { t.flush(fh.0, uid).await }),
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn release(

@@ -13,7 +13,7 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::{
-    CpuTimes, DiskInfo, DomainDevices, DomainProbe, DomainState, HvError, InterfaceInfo,
+    CpuTimes, DiskInfo, DomainDevices, DomainOp, DomainProbe, DomainState, HvError, InterfaceInfo,
     NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
 };
 
@@ -180,7 +180,9 @@ impl NodeBackend for LibvirtNode {
             probes.sort_by(|a, b| a.name.cmp(&b.name));
             let live: std::collections::HashSet<&str> =
                 probes.iter().map(|p| p.uuid.as_str()).collect();
-            self.devices.lock().retain(|uuid, _| live.contains(uuid.as_str()));
+            self.devices
+                .lock()
+                .retain(|uuid, _| live.contains(uuid.as_str()));
             Ok(NodeProbe {
                 hostname,
                 cpus: info.cpus,
@@ -193,6 +195,121 @@ impl NodeBackend for LibvirtNode {
                 volumes: self.probe_volumes(c)?,
                 domains: probes,
             })
+        })
+    }
+
+    fn domain_type(&self, configured: &str) -> String {
+        if self.is_test_driver() {
+            "test".into()
+        } else {
+            configured.to_string()
+        }
+    }
+
+    fn create_volume(&self, xml: &str) -> Result<String, HvError> {
+        self.with_conn(|c| {
+            let pool = c.lookup_storage_pool_by_name(&self.pool)?;
+            let vol = virt::storage_vol::StorageVol::create_xml(&pool, xml, 0)?;
+            vol.path()
+        })
+    }
+
+    fn upload_volume(&self, name: &str, data: &[u8]) -> Result<(), HvError> {
+        let r = self.with_conn(|c| {
+            let pool = c.lookup_storage_pool_by_name(&self.pool)?;
+            let vol = pool.lookup_storage_vol_by_name(name)?;
+            let stream = virt::stream::Stream::new(c, 0)?;
+            vol.upload(&stream, 0, data.len() as u64, 0)?;
+            let mut sent = 0;
+            while sent < data.len() {
+                let n = stream.send(&data[sent..])?;
+                sent += usize::try_from(n).unwrap_or(0).max(1);
+            }
+            stream.finish()
+        });
+        match r {
+            Err(HvError::Call { message, .. })
+                if self.is_test_driver() && message.contains("not supported") =>
+            {
+                tracing::debug!(node = %self.name, volume = name, "test driver: upload skipped");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn volume_path(&self, name: &str) -> Result<Option<String>, HvError> {
+        self.with_conn(|c| {
+            let pool = c.lookup_storage_pool_by_name(&self.pool)?;
+            match pool.lookup_storage_vol_by_name(name) {
+                Ok(v) => v.path().map(Some),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<bool, HvError> {
+        self.with_conn(|c| {
+            let pool = c.lookup_storage_pool_by_name(&self.pool)?;
+            match pool.lookup_storage_vol_by_name(name) {
+                Ok(v) => v.delete(0).map(|_| true),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn define_and_start(&self, xml: &str) -> Result<(), HvError> {
+        self.with_conn(|c| {
+            let d = c.define_domain_xml(xml)?;
+            if let Err(e) = d.create() {
+                let _ = d.undefine();
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+
+    fn domain_op(&self, name: &str, op: DomainOp) -> Result<(), HvError> {
+        let r = self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            match op {
+                DomainOp::Start => d.create(),
+                DomainOp::Shutdown => d.shutdown(),
+                DomainOp::Destroy => d.destroy(),
+                DomainOp::Reboot => d.reboot(0),
+            }
+        });
+        match r {
+            Err(HvError::Call { node, message })
+                if message.contains("not running") || message.contains("already running") =>
+            {
+                Err(HvError::WrongState { node, message })
+            }
+            other => other,
+        }
+    }
+
+    fn remove_domain(&self, name: &str) -> Result<bool, HvError> {
+        self.with_conn(|c| {
+            let d = match c.lookup_domain_by_name(name) {
+                Ok(d) => d,
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if d.is_active()? {
+                if let Err(e) = d.destroy() {
+                    if d.is_active()? {
+                        return Err(e);
+                    }
+                }
+            }
+            match d.undefine() {
+                Ok(()) => Ok(true),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(true),
+                Err(e) => Err(e),
+            }
         })
     }
 

@@ -4,6 +4,7 @@
 //! threads under a deadline and never from a FUSE thread.
 
 pub mod libvirt;
+pub mod xml;
 
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ pub enum HvError {
     Call { node: String, message: String },
     #[error("node {node}: {what} not found")]
     NotFound { node: String, what: String },
+    #[error("node {node}: {message}")]
+    WrongState { node: String, message: String },
 }
 
 /// The lifecycle state of a domain, as libvirt reports it.
@@ -203,10 +206,38 @@ pub struct NodeProbe {
     pub volumes: Option<Vec<VolumeProbe>>,
 }
 
+/// A change of a domain's run state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainOp {
+    Start,
+    /// Graceful: asks the guest to power off.
+    Shutdown,
+    /// Hard power-off.
+    Destroy,
+    Reboot,
+}
+
 /// What the controller needs from one KVM node. Blocking; see the module note.
 pub trait NodeBackend: Send + Sync + 'static {
     /// Reads the node's capacity, domains, networks and pool volumes.
     fn probe(&self) -> Result<NodeProbe, HvError>;
+    /// The domain type instances get on this node (`test` on the test driver).
+    fn domain_type(&self, configured: &str) -> String;
+    /// Creates a volume in the node's pool from XML; returns its path.
+    fn create_volume(&self, xml: &str) -> Result<String, HvError>;
+    /// Writes `data` into a volume. Drivers without uploads (the test driver) accept and
+    /// drop the data.
+    fn upload_volume(&self, name: &str, data: &[u8]) -> Result<(), HvError>;
+    /// The path of a volume in the node's pool, if it exists.
+    fn volume_path(&self, name: &str) -> Result<Option<String>, HvError>;
+    /// Deletes a volume; `false` if it was not there.
+    fn delete_volume(&self, name: &str) -> Result<bool, HvError>;
+    /// Defines a domain and starts it.
+    fn define_and_start(&self, xml: &str) -> Result<(), HvError>;
+    /// Changes a domain's run state.
+    fn domain_op(&self, name: &str, op: DomainOp) -> Result<(), HvError>;
+    /// Stops (hard) and undefines a domain; `false` if it was not there.
+    fn remove_domain(&self, name: &str) -> Result<bool, HvError>;
     /// Forgets the current connection so the next call opens a fresh one; used after a
     /// call timed out and the connection may be wedged.
     fn reset(&self);

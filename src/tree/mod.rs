@@ -20,7 +20,9 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 
 use crate::cluster::Cluster;
+use crate::cluster::actions::{ActionError, Control};
 use crate::cluster::view::View;
+use crate::spec::{MAX_SPEC_BYTES, is_incomplete};
 
 pub use render::FileKind;
 
@@ -39,6 +41,11 @@ pub enum TreeError {
     BadHandle,
     #[error("not a symbolic link")]
     NotSymlink,
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    /// The operation goes on in the background past the time a FUSE call may take.
+    #[error("still in progress")]
+    InProgress,
 }
 
 /// What an inode is, decoded from its number.
@@ -181,6 +188,17 @@ struct Names {
 enum Handle {
     Dir(Arc<Vec<DirEntry>>),
     File(Arc<Vec<u8>>),
+    /// `spec.json` or `ctl` opened for writing.
+    Write(WriteHandle),
+}
+
+#[derive(Clone)]
+struct WriteHandle {
+    instance: String,
+    kind: FileKind,
+    buf: Vec<u8>,
+    /// Written since the last commit.
+    dirty: bool,
 }
 
 /// Who owns what the daemon itself presents (the mount's owner).
@@ -373,7 +391,11 @@ impl Tree {
                 ..base
             },
             Ino::Node(_) | Ino::NodeInstances(_) => Attr {
-                mtime: v.nodes.get(name).map(|n| n.changed_at).unwrap_or(base.mtime),
+                mtime: v
+                    .nodes
+                    .get(name)
+                    .map(|n| n.changed_at)
+                    .unwrap_or(base.mtime),
                 ..base
             },
             Ino::Network(_) => base,
@@ -398,12 +420,19 @@ impl Tree {
                 let (perm, uid, mtime) = match r.ino {
                     Ino::InstanceFile(_, f) => {
                         let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
-                        (f.perm(), render::instance_uid(i, self.owner.uid), i.changed_at)
+                        (
+                            render::instance_perm(i, f),
+                            render::instance_uid(i, self.owner.uid),
+                            i.changed_at,
+                        )
                     }
                     Ino::NodeFile(..) => (
                         0o444,
                         base.uid,
-                        v.nodes.get(name).map(|n| n.changed_at).unwrap_or(base.mtime),
+                        v.nodes
+                            .get(name)
+                            .map(|n| n.changed_at)
+                            .unwrap_or(base.mtime),
                     ),
                     _ => (0o444, base.uid, base.mtime),
                 };
@@ -444,7 +473,9 @@ impl Tree {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
         match r.ino {
-            Ino::InstanceLink(_) => Ok(render::link_target(r.name.as_deref().unwrap_or("")).into_bytes()),
+            Ino::InstanceLink(_) => {
+                Ok(render::link_target(r.name.as_deref().unwrap_or("")).into_bytes())
+            }
             _ => Err(TreeError::NotSymlink),
         }
     }
@@ -496,23 +527,216 @@ impl Tree {
         }
     }
 
-    /// Opens a file for reading; its content is fixed at this moment.
-    pub fn open(&self, ino: u64, write: bool) -> Result<u64, TreeError> {
+    /// Whether `uid` may use instance `name`'s private files (its owner, or root).
+    fn owns(&self, view: &View, name: &str, uid: u32) -> bool {
+        uid == 0
+            || view
+                .instances
+                .get(name)
+                .is_some_and(|i| render::instance_uid(i, self.owner.uid) == uid)
+    }
+
+    /// Opens a file. Reads see the content of this moment; `spec.json` and `ctl` may be
+    /// opened for writing by the instance's owner.
+    pub fn open(&self, ino: u64, write: bool, truncate: bool, uid: u32) -> Result<u64, TreeError> {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
+        let name = r.name.clone().unwrap_or_default();
+        if let Ino::InstanceFile(_, f @ (FileKind::SshKey | FileKind::Spec | FileKind::Ctl)) = r.ino
+        {
+            let private = f == FileKind::SshKey || write;
+            if private && !self.owns(&view, &name, uid) {
+                return Err(ActionError::NotOwner(format!("instance {name} is not yours")).into());
+            }
+        }
         if write {
-            return Err(TreeError::ReadOnly("this file cannot be written"));
+            let Ino::InstanceFile(_, kind @ (FileKind::Spec | FileKind::Ctl)) = r.ino else {
+                return Err(TreeError::ReadOnly("this file cannot be written"));
+            };
+            let inst = view.instances.get(&name).ok_or(TreeError::NotFound)?;
+            if kind == FileKind::Spec && !render::takes_spec(inst) {
+                return Err(ActionError::Busy(format!(
+                    "instance {name} is already committed; its spec.json is read-only"
+                ))
+                .into());
+            }
+            let buf = if truncate || kind == FileKind::Ctl {
+                Vec::new()
+            } else {
+                self.content(&r)?
+            };
+            return Ok(self.new_handle(Handle::Write(WriteHandle {
+                instance: name,
+                kind,
+                buf,
+                dirty: false,
+            })));
         }
         let content = self.content(&r)?;
         Ok(self.new_handle(Handle::File(Arc::new(content))))
     }
 
+    fn write_handle(&self, fh: u64) -> Result<WriteHandle, TreeError> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Write(w)) => Ok(w.clone()),
+            _ => Err(TreeError::BadHandle),
+        }
+    }
+
+    fn store_write_handle(&self, fh: u64, w: WriteHandle) {
+        if let Some(h @ Handle::Write(_)) = self.handles.lock().get_mut(&fh) {
+            *h = Handle::Write(w);
+        }
+    }
+
+    /// Writes to `spec.json` (buffered; a complete document is checked at once so the
+    /// writer gets EINVAL) or `ctl` (the command runs now).
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        uid: u32,
+    ) -> Result<u32, TreeError> {
+        let mut w = self.write_handle(fh)?;
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        match w.kind {
+            FileKind::Ctl => {
+                let cmd = match Control::parse(data) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.cluster.record_error(&w.instance, &e).await;
+                        return Err(e.into());
+                    }
+                };
+                let c = self.cluster.clone();
+                self.detached(async move { c.control(&w.instance, uid, cmd).await })
+                    .await?;
+                Ok(len)
+            }
+            _ => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                let end = start.saturating_add(data.len());
+                if end > MAX_SPEC_BYTES {
+                    let e = ActionError::TooBig(format!(
+                        "spec.json is limited to {MAX_SPEC_BYTES} bytes"
+                    ));
+                    self.cluster.record_error(&w.instance, &e).await;
+                    return Err(e.into());
+                }
+                if w.buf.len() < end {
+                    w.buf.resize(end, 0);
+                }
+                w.buf[start..end].copy_from_slice(data);
+                w.dirty = true;
+                self.store_write_handle(fh, w.clone());
+                // A complete document is committed now, not at close: shells ignore close()
+                // errors, so only a write can tell `echo … > spec.json` what went wrong.
+                if !is_incomplete(&w.buf) {
+                    self.commit(fh, w, uid).await?;
+                }
+                Ok(len)
+            }
+        }
+    }
+
+    async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {
+        w.dirty = false;
+        self.store_write_handle(fh, w.clone());
+        let c = self.cluster.clone();
+        self.detached(async move { c.commit_spec(&w.instance, uid, &w.buf).await })
+            .await
+    }
+
+    /// Truncates a writable file (`> spec.json` truncates before it writes).
+    pub fn truncate(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        size: u64,
+        uid: u32,
+    ) -> Result<Attr, TreeError> {
+        let view = self.cluster.view();
+        let r = self.resolve(ino, &view)?;
+        let name = r.name.clone().unwrap_or_default();
+        match r.ino {
+            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl)
+                if self.owns(&view, &name, uid) => {}
+            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl) => {
+                return Err(ActionError::NotOwner(format!("instance {name} is not yours")).into());
+            }
+            _ => return Err(TreeError::ReadOnly("this file cannot be changed")),
+        }
+        if let Some(fh) = fh {
+            if let Ok(mut w) = self.write_handle(fh) {
+                w.buf.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+                w.dirty = true;
+                self.store_write_handle(fh, w);
+            }
+        }
+        self.attr(&r)
+    }
+
+    /// Commits what was written to `spec.json` and not committed yet (an incomplete
+    /// document, which then fails with the parser's reason) when its writer closes it.
+    pub async fn flush(&self, fh: u64, uid: u32) -> Result<(), TreeError> {
+        let Ok(w) = self.write_handle(fh) else {
+            return Ok(());
+        };
+        if w.kind != FileKind::Spec || !w.dirty || w.buf.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        self.commit(fh, w, uid).await
+    }
+
+    /// `mkdir` in `/instances`: a new draft instance owned by `uid`.
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<Attr, TreeError> {
+        if Ino::decode(parent) != Some(Ino::InstancesDir) {
+            return Err(self.refuse_create(parent));
+        }
+        let n = name
+            .to_str()
+            .ok_or_else(|| ActionError::Invalid("instance names are ASCII".into()))?;
+        let (c, n) = (self.cluster.clone(), n.to_string());
+        self.detached(async move { c.create_draft(&n, uid).await })
+            .await?;
+        self.lookup(parent, name)
+    }
+
+    /// `rmdir` in `/instances`: deletes the instance and everything it holds.
+    pub async fn rmdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), TreeError> {
+        if Ino::decode(parent) != Some(Ino::InstancesDir) {
+            return Err(self.refuse_create(parent));
+        }
+        let n = name.to_str().ok_or(TreeError::NotFound)?.to_string();
+        let c = self.cluster.clone();
+        self.detached(async move { c.delete(&n, uid).await }).await
+    }
+
+    /// Runs an action to completion on its own task, even if the caller stops waiting (an
+    /// action cut in the middle would leave a half-made or half-deleted instance), and waits
+    /// for it at most `op_timeout`; past that the caller hears `InProgress`.
+    async fn detached<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ActionError>> + Send + 'static,
+    ) -> Result<T, TreeError> {
+        let task = tokio::spawn(fut);
+        match tokio::time::timeout(self.cluster.config().timing.op_timeout(), task).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(e)) => Err(ActionError::Backend(format!("action failed: {e}")).into()),
+            Err(_) => Err(TreeError::InProgress),
+        }
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, TreeError> {
         let content = match self.handles.lock().get(&fh) {
             Some(Handle::File(c)) => c.clone(),
+            Some(Handle::Write(w)) => Arc::new(w.buf.clone()),
             _ => return Err(TreeError::BadHandle),
         };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(content.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(content.len());
         let end = start.saturating_add(size as usize).min(content.len());
         Ok(content[start..end].to_vec())
     }
@@ -526,7 +750,9 @@ impl Tree {
         let view = self.cluster.view();
         match self.resolve(parent, &view) {
             Ok(r) => match r.ino {
-                Ino::NodeFile(..) | Ino::InstanceFile(..) | Ino::NetworkFile(..) => TreeError::NotDir,
+                Ino::NodeFile(..) | Ino::InstanceFile(..) | Ino::NetworkFile(..) => {
+                    TreeError::NotDir
+                }
                 _ => TreeError::ReadOnly("nothing can be created here"),
             },
             Err(e) => e,

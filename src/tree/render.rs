@@ -11,14 +11,20 @@ pub enum FileKind {
     Node,
     Ip,
     Error,
+    Spec,
+    SshKey,
+    Ctl,
 }
 
-const ALL: [FileKind; 5] = [
+const ALL: [FileKind; 8] = [
     FileKind::Info,
     FileKind::Status,
     FileKind::Node,
     FileKind::Ip,
     FileKind::Error,
+    FileKind::Spec,
+    FileKind::SshKey,
+    FileKind::Ctl,
 ];
 
 impl FileKind {
@@ -29,6 +35,9 @@ impl FileKind {
             FileKind::Node => 2,
             FileKind::Ip => 3,
             FileKind::Error => 4,
+            FileKind::Spec => 5,
+            FileKind::SshKey => 6,
+            FileKind::Ctl => 7,
         }
     }
 
@@ -43,31 +52,64 @@ impl FileKind {
             FileKind::Node => "node",
             FileKind::Ip => "ip",
             FileKind::Error => "error",
+            FileKind::Spec => "spec.json",
+            FileKind::SshKey => "ssh_key",
+            FileKind::Ctl => "ctl",
         }
     }
+}
 
-    pub fn perm(self) -> u16 {
-        0o444
+/// Whether an instance still takes a (new) spec: a draft, or a build that failed.
+pub fn takes_spec(i: &InstanceView) -> bool {
+    i.row
+        .as_ref()
+        .is_some_and(|r| matches!(r.state.as_str(), "draft" | "failed"))
+}
+
+/// Permission bits of an instance file.
+pub fn instance_perm(i: &InstanceView, f: FileKind) -> u16 {
+    match f {
+        FileKind::Spec if takes_spec(i) => 0o644,
+        FileKind::SshKey => 0o600,
+        FileKind::Ctl => 0o644,
+        _ => 0o444,
     }
 }
 
 pub const NODE_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
 pub const NETWORK_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
-const UNMANAGED_FILES: &[FileKind] = &[FileKind::Info, FileKind::Ip, FileKind::Node, FileKind::Status];
-const MANAGED_FILES: &[FileKind] = &[
-    FileKind::Error,
+const UNMANAGED_FILES: &[FileKind] = &[
     FileKind::Info,
     FileKind::Ip,
     FileKind::Node,
     FileKind::Status,
 ];
+const MANAGED_FILES: &[FileKind] = &[
+    FileKind::Ctl,
+    FileKind::Error,
+    FileKind::Info,
+    FileKind::Ip,
+    FileKind::Node,
+    FileKind::Spec,
+    FileKind::Status,
+];
+const MANAGED_FILES_WITH_KEY: &[FileKind] = &[
+    FileKind::Ctl,
+    FileKind::Error,
+    FileKind::Info,
+    FileKind::Ip,
+    FileKind::Node,
+    FileKind::Spec,
+    FileKind::SshKey,
+    FileKind::Status,
+];
 
-/// The files an instance folder holds.
+/// The files an instance folder holds (sorted by name).
 pub fn instance_files(i: &InstanceView) -> &'static [FileKind] {
-    if i.managed() {
-        MANAGED_FILES
-    } else {
-        UNMANAGED_FILES
+    match &i.row {
+        None => UNMANAGED_FILES,
+        Some(r) if r.ssh_private_key.is_some() => MANAGED_FILES_WITH_KEY,
+        Some(_) => MANAGED_FILES,
     }
 }
 
@@ -124,6 +166,19 @@ pub fn instance_file(i: &InstanceView, f: FileKind) -> Vec<u8> {
             .filter(|e| !e.is_empty())
             .map(line)
             .unwrap_or_default(),
+        FileKind::Spec => i
+            .row
+            .as_ref()
+            .and_then(|r| r.spec.clone())
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+        FileKind::SshKey => i
+            .row
+            .as_ref()
+            .and_then(|r| r.ssh_private_key.clone())
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+        FileKind::Ctl => line(crate::cluster::actions::Control::WORDS),
     }
 }
 

@@ -37,7 +37,11 @@ fn die_with_parent(cmd: &mut Command) {
 
 /// Runs `f` on another thread and fails the test if it does not finish in `limit`: a hang
 /// detector for "never blocks" properties, not a performance assertion.
-pub fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -74,7 +78,12 @@ pub fn list(p: impl AsRef<Path>) -> Vec<String> {
     let p = p.as_ref();
     let mut v: Vec<String> = std::fs::read_dir(p)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", p.display()))
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     v.sort();
     v
@@ -90,7 +99,10 @@ pub struct MariaDb {
 impl MariaDb {
     /// Starts a server with a `kvmfs` database and a `kvmfs` user.
     pub fn start() -> MariaDb {
-        let dir = tempfile::Builder::new().prefix("kvmfs-mariadb").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kvmfs-mariadb")
+            .tempdir()
+            .expect("tempdir");
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
             .arg("--user=root")
@@ -98,8 +110,14 @@ impl MariaDb {
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .output()
-            .expect("mariadb-install-db (install the mariadb-server package: scripts/install-deps.sh)");
-        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+            .expect(
+                "mariadb-install-db (install the mariadb-server package: scripts/install-deps.sh)",
+            );
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
         let mut cmd = Command::new("mariadbd");
@@ -117,9 +135,11 @@ impl MariaDb {
         die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start mariadbd");
         let db = MariaDb { dir, port, child };
-        wait_for(Duration::from_secs(30), "mariadbd to accept connections", || {
-            db.sql_try("SELECT 1").is_ok()
-        });
+        wait_for(
+            Duration::from_secs(30),
+            "mariadbd to accept connections",
+            || db.sql_try("SELECT 1").is_ok(),
+        );
         db.sql(
             "CREATE DATABASE kvmfs; \
              CREATE USER 'kvmfs'@'127.0.0.1' IDENTIFIED BY 'kvmfs-test-pw'; \
@@ -136,7 +156,10 @@ impl MariaDb {
         let mut child = Command::new("mariadb")
             .arg("--no-defaults")
             .arg("-uroot")
-            .arg(format!("--socket={}", self.dir.path().join("sock").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
             .arg("-N")
             .arg("-B")
             .stdin(Stdio::piped())
@@ -162,7 +185,8 @@ impl MariaDb {
     /// Runs SQL as root (statements on stdin, never on a command line) and returns the rows
     /// tab-separated.
     pub fn sql(&self, sql: &str) -> String {
-        self.sql_try(sql).unwrap_or_else(|e| panic!("sql {sql:?}: {e}"))
+        self.sql_try(sql)
+            .unwrap_or_else(|e| panic!("sql {sql:?}: {e}"))
     }
 }
 
@@ -192,8 +216,14 @@ impl Mounted {
     }
 
     fn start(toml: Option<&str>) -> Mounted {
-        let mnt = tempfile::Builder::new().prefix("kvmfs-mnt").tempdir().expect("tempdir");
-        let state = tempfile::Builder::new().prefix("kvmfs-state").tempdir().expect("tempdir");
+        let mnt = tempfile::Builder::new()
+            .prefix("kvmfs-mnt")
+            .tempdir()
+            .expect("tempdir");
+        let state = tempfile::Builder::new()
+            .prefix("kvmfs-state")
+            .tempdir()
+            .expect("tempdir");
         let mut cmd = Command::new(KVMFS);
         cmd.arg("mount")
             .arg(mnt.path())
@@ -345,7 +375,8 @@ impl Drop for SilentServer {
 
 /// Writes a simulated node into `dir` and returns its URI.
 pub fn sim_node(dir: &Path, name: &str, node: &SimNode) -> String {
-    node.write(&dir.join(format!("{name}.xml"))).expect("write node xml")
+    node.write(&dir.join(format!("{name}.xml")))
+        .expect("write node xml")
 }
 
 /// The errno of an I/O error, for assertions.

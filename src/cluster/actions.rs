@@ -1,0 +1,581 @@
+//! Instance lifecycle: draft (`mkdir`), commit (`spec.json`), background build, control
+//! (`ctl`) and delete (`rmdir`). Each step of a build is recorded in `vm.step` before it runs,
+//! and a failed build undoes what it made in reverse order, so nothing is left half-made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cloudinit::{self, Nic};
+use crate::db::{BuildRow, DbError};
+use crate::hv::DomainOp;
+use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
+use crate::model::InstanceName;
+use crate::spec::{Spec, SpecError};
+
+use super::placement::{self, Need};
+use super::{CallError, Cluster};
+
+/// Deadline for one hypervisor call made by an action (creating a volume, starting a
+/// domain); longer than a poll's, since QEMU start-up takes real time.
+const ACTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for the git reachability check.
+const GIT_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why an action was refused or failed. Each maps to one errno in the FUSE layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NotOwner(String),
+    #[error("{0}")]
+    TooBig(String),
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl From<DbError> for ActionError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(m) => ActionError::Exists(m),
+            DbError::State(m) => ActionError::Busy(m),
+            DbError::NotFound(m) => ActionError::NotFound(format!("{m} not found")),
+            DbError::PoolExhausted(p) => {
+                ActionError::NoCapacity(format!("address pool {p} is exhausted"))
+            }
+            other => ActionError::Backend(other.to_string()),
+        }
+    }
+}
+
+impl From<SpecError> for ActionError {
+    fn from(e: SpecError) -> Self {
+        ActionError::Invalid(e.to_string())
+    }
+}
+
+/// A control command written to `ctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Start,
+    Stop,
+    Destroy,
+    Reboot,
+}
+
+impl Control {
+    pub const WORDS: &'static str = "start stop destroy reboot";
+
+    pub fn parse(text: &[u8]) -> Result<Control, ActionError> {
+        let word = std::str::from_utf8(text).unwrap_or("").trim();
+        match word {
+            "start" => Ok(Control::Start),
+            "stop" => Ok(Control::Stop),
+            "destroy" => Ok(Control::Destroy),
+            "reboot" => Ok(Control::Reboot),
+            _ => Err(ActionError::Invalid(format!(
+                "unknown command {:?}; ctl takes one of: {}",
+                word.chars().take(40).collect::<String>(),
+                Control::WORDS
+            ))),
+        }
+    }
+}
+
+fn disk_volume(name: &str) -> String {
+    format!("{name}.qcow2")
+}
+
+fn seed_volume(name: &str) -> String {
+    format!("{name}-seed.iso")
+}
+
+fn random_mac() -> String {
+    let mut b = [0u8; 3];
+    if getrandom_bytes(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = [(t >> 16) as u8, (t >> 8) as u8, t as u8];
+    }
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+fn getrandom_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+impl Cluster {
+    fn node_index(&self, node: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == node)
+    }
+
+    /// Reloads one `vm` row into the inputs and republishes the view.
+    async fn refresh_row(&self, name: &str) {
+        match self.db.get_vm(name).await {
+            Ok(row) => self.set_local_row(name, row),
+            Err(e) => tracing::warn!(instance = name, error = %e, "cannot reload row"),
+        }
+    }
+
+    /// Checks that `uid` may change instance `name` (its owner, or root).
+    fn check_owner(&self, name: &str, uid: u32) -> Result<crate::db::VmRow, ActionError> {
+        let view = self.view();
+        let Some(inst) = view.instances.get(name) else {
+            return Err(ActionError::NotFound(format!("instance {name} not found")));
+        };
+        let Some(row) = inst.row.clone() else {
+            return Err(ActionError::NotOwner(format!(
+                "instance {name} is not managed by kvmfs; it is left alone"
+            )));
+        };
+        if uid != 0 && i64::from(uid) != row.owner_uid {
+            return Err(ActionError::NotOwner(format!(
+                "instance {name} belongs to uid {}",
+                row.owner_uid
+            )));
+        }
+        Ok(row)
+    }
+
+    /// `mkdir /instances/NAME`: reserves the name as a draft owned by `uid`.
+    pub async fn create_draft(&self, name: &str, uid: u32) -> Result<(), ActionError> {
+        let name = InstanceName::new(name).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        if self.view().instances.contains_key(name.as_str()) {
+            return Err(ActionError::Exists(format!(
+                "instance {name} already exists"
+            )));
+        }
+        match self.db.insert_draft(name.as_str(), uid).await {
+            Ok(()) => {}
+            Err(DbError::Conflict(_)) => {
+                return Err(ActionError::Exists(format!(
+                    "instance {name} already exists"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(instance = %name, uid, "draft created");
+        self.refresh_row(name.as_str()).await;
+        Ok(())
+    }
+
+    /// Checks a complete `spec.json` without committing it.
+    pub fn check_spec(&self, text: &[u8]) -> Result<Spec, ActionError> {
+        Ok(Spec::parse(text, &self.cfg)?)
+    }
+
+    /// Records why a spec or command was refused, for the instance's `error` file.
+    pub async fn record_error(&self, name: &str, err: &ActionError) {
+        tracing::warn!(instance = name, error = %err, "refused");
+        if self
+            .db
+            .set_error(name, Some(&err.to_string()))
+            .await
+            .is_ok()
+        {
+            self.refresh_row(name).await;
+        }
+    }
+
+    /// Commits `spec.json`: places the instance and starts its build in the background.
+    pub async fn commit_spec(
+        self: &Arc<Self>,
+        name: &str,
+        uid: u32,
+        text: &[u8],
+    ) -> Result<(), ActionError> {
+        let row = self.check_owner(name, uid)?;
+        if !matches!(row.state.as_str(), "draft" | "failed") {
+            return Err(ActionError::Busy(format!(
+                "instance {name} is {}; its spec can no longer change",
+                row.state
+            )));
+        }
+        let spec = match self.check_spec(text) {
+            Ok(s) => s,
+            Err(e) => {
+                self.record_error(name, &e).await;
+                return Err(e);
+            }
+        };
+        let node = {
+            let _guard = self.place_lock.lock().await;
+            let view = self.view();
+            let networks: Vec<&str> = self.cfg.networks.iter().map(|n| n.name.as_str()).collect();
+            let need = Need {
+                vcpus: spec.vcpus,
+                ram_mb: spec.ram_mb,
+                image: &spec.image,
+                networks: &networks,
+                node: spec.node.as_ref().map(|n| n.as_str()),
+            };
+            let node = match placement::choose(&view, &need) {
+                Ok(n) => n,
+                Err(e) => {
+                    let e = ActionError::from(e);
+                    self.record_error(name, &e).await;
+                    return Err(e);
+                }
+            };
+            let spec_text = String::from_utf8_lossy(text).into_owned();
+            self.db
+                .begin_build(
+                    name,
+                    &BuildRow {
+                        node: &node,
+                        vcpus: spec.vcpus,
+                        ram_mb: spec.ram_mb,
+                        disk_gb: spec.disk_gb,
+                        image: &spec.image,
+                        purpose: spec.purpose.as_str(),
+                        git: spec.git.as_ref().map(|g| g.as_str()),
+                        spec: &spec_text,
+                    },
+                )
+                .await?;
+            // Published before the lock is released, so the next placement counts it.
+            self.refresh_row(name).await;
+            node
+        };
+        tracing::info!(instance = name, node = %node, "placed; building");
+        let c = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { c.build(name, node, spec, uid).await });
+        Ok(())
+    }
+
+    async fn step(&self, name: &str, step: &str) -> Result<(), String> {
+        self.db
+            .set_step(name, step)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.refresh_row(name).await;
+        Ok(())
+    }
+
+    async fn action_call<T: Send + 'static>(
+        &self,
+        node: usize,
+        f: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
+    ) -> Result<T, String> {
+        self.node_call_within(node, ACTION_CALL_TIMEOUT, f)
+            .await
+            .map_err(|e: CallError| e.to_string())
+    }
+
+    async fn build(self: Arc<Self>, name: String, node: String, spec: Spec, uid: u32) {
+        let r = self.build_steps(&name, &node, &spec, uid).await;
+        if let Some(ni) = self.node_index(&node) {
+            self.poll_node(ni).await;
+        }
+        match r {
+            Ok(()) => {
+                if let Err(e) = self.db.finish_build(&name).await {
+                    tracing::error!(instance = %name, error = %e, "cannot record the finished build");
+                }
+                tracing::info!(instance = %name, node = %node, "built and started");
+            }
+            Err(msg) => {
+                tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
+                self.undo_build(&name, &node).await;
+                if let Err(e) = self.db.fail_build(&name, &msg).await {
+                    tracing::error!(instance = %name, error = %e, "cannot record the failed build");
+                }
+            }
+        }
+        self.refresh_row(&name).await;
+    }
+
+    async fn build_steps(
+        &self,
+        name: &str,
+        node: &str,
+        spec: &Spec,
+        uid: u32,
+    ) -> Result<(), String> {
+        let ni = self
+            .node_index(node)
+            .ok_or_else(|| format!("node {node} is not configured"))?;
+        if let Some(git) = &spec.git {
+            self.step(name, "checking git").await?;
+            check_git(git.as_str()).await?;
+        }
+
+        self.step(name, "allocating addresses").await?;
+        let mut nics = Vec::new();
+        for (i, net) in self.cfg.networks.iter().enumerate() {
+            let addr = self
+                .db
+                .allocate_ip(&net.name, net.first, net.last, name)
+                .await
+                .map_err(|e| e.to_string())?;
+            nics.push(Nic {
+                name: format!("eth{i}"),
+                mac: random_mac(),
+                address: addr,
+                prefix: net.prefix(),
+                gateway: net.gateway,
+                dns: net.dns.clone(),
+            });
+        }
+
+        self.step(name, "generating key").await?;
+        let (public, private) = generate_key(name)?;
+        let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
+        self.db
+            .set_addresses_and_keys(name, ip(0).as_deref(), ip(1).as_deref(), &public, &private)
+            .await
+            .map_err(|e| e.to_string())?;
+
+        self.step(name, "creating disk").await?;
+        let image = spec.image.clone();
+        let base = self
+            .action_call(ni, move |b| b.volume_path(&image))
+            .await?
+            .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
+        let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
+        let disk_path = self.action_call(ni, move |b| b.create_volume(&xml)).await?;
+
+        self.step(name, "writing seed").await?;
+        let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
+        let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
+        let netcfg = cloudinit::network_config(&nics);
+        let iso = tokio::task::spawn_blocking(move || cloudinit::build_iso(&meta, &user, &netcfg))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let seed_name = seed_volume(name);
+        let xml = raw_volume_xml(&seed_name, iso.len() as u64);
+        let seed_path = self.action_call(ni, move |b| b.create_volume(&xml)).await?;
+        let sn = seed_name.clone();
+        self.action_call(ni, move |b| b.upload_volume(&sn, &iso))
+            .await?;
+
+        self.step(name, "starting").await?;
+        let inst = &self.cfg.instances;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let kernel = nonempty(&inst.kernel);
+        let domain_type = self.nodes[ni].backend.domain_type(&inst.domain_type);
+        let def = DomainDef {
+            name: name.to_string(),
+            domain_type,
+            vcpus: spec.vcpus,
+            ram_mb: spec.ram_mb,
+            disk_path,
+            seed_path: Some(seed_path),
+            interfaces: self
+                .cfg
+                .networks
+                .iter()
+                .zip(&nics)
+                .map(|(n, nic)| (n.name.clone(), nic.mac.clone()))
+                .collect(),
+            initrd: kernel.as_ref().and_then(|_| nonempty(&inst.initrd)),
+            cmdline: kernel.as_ref().and_then(|_| nonempty(&inst.kernel_cmdline)),
+            kernel,
+            owner_uid: uid,
+        };
+        let xml = def.to_xml();
+        self.action_call(ni, move |b| b.define_and_start(&xml))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes whatever a build may have made on its node. Each part is tolerant of being
+    /// absent, so this is safe after a failure at any step.
+    async fn undo_build(&self, name: &str, node: &str) {
+        let Some(ni) = self.node_index(node) else {
+            return;
+        };
+        let n = name.to_string();
+        if let Err(e) = self.action_call(ni, move |b| b.remove_domain(&n)).await {
+            tracing::warn!(instance = name, error = %e, "undo: domain");
+        }
+        for vol in [disk_volume(name), seed_volume(name)] {
+            let v = vol.clone();
+            if let Err(e) = self.action_call(ni, move |b| b.delete_volume(&v)).await {
+                tracing::warn!(instance = name, volume = %vol, error = %e, "undo: volume");
+            }
+        }
+    }
+
+    /// `rmdir`: destroys the domain, deletes its volumes, releases its addresses and deletes
+    /// its row. Safe to repeat; safe when the domain is already gone.
+    pub async fn delete(self: &Arc<Self>, name: &str, uid: u32) -> Result<(), ActionError> {
+        let row = self.check_owner(name, uid)?;
+        if row.state == "building" {
+            return Err(ActionError::Busy(format!(
+                "instance {name} is being built ({}); delete it when the build ends",
+                row.step
+            )));
+        }
+        self.db.begin_delete(name).await?;
+        self.refresh_row(name).await;
+        if let Some(node) = &row.hostname {
+            let Some(ni) = self.node_index(node) else {
+                return Err(ActionError::Backend(format!(
+                    "node {node} is not configured"
+                )));
+            };
+            let n = name.to_string();
+            self.action_call(ni, move |b| b.remove_domain(&n))
+                .await
+                .map_err(ActionError::Backend)?;
+            for vol in [disk_volume(name), seed_volume(name)] {
+                self.action_call(ni, move |b| b.delete_volume(&vol))
+                    .await
+                    .map_err(ActionError::Backend)?;
+            }
+        }
+        self.db.delete_vm(name).await?;
+        self.set_local_row(name, None);
+        // Re-read the node so the gone domain does not linger as an unmanaged one.
+        if let Some(ni) = row.hostname.as_deref().and_then(|n| self.node_index(n)) {
+            self.poll_node(ni).await;
+        }
+        tracing::info!(instance = name, "deleted");
+        Ok(())
+    }
+
+    /// `ctl`: start, stop (graceful), destroy (hard) or reboot; the wrong state is `Busy`.
+    pub async fn control(&self, name: &str, uid: u32, cmd: Control) -> Result<(), ActionError> {
+        let row = self.check_owner(name, uid)?;
+        let busy = |m: String| Err(ActionError::Busy(m));
+        if row.state != "ready" {
+            return busy(format!("instance {name} is {}", row.state));
+        }
+        let view = self.view();
+        let inst = view
+            .instances
+            .get(name)
+            .ok_or_else(|| ActionError::NotFound(format!("instance {name} not found")))?;
+        let Some(dom) = &inst.domain else {
+            return busy(format!("instance {name} has no domain on its node"));
+        };
+        let active = dom.state.is_active();
+        let running = dom.state == crate::hv::DomainState::Running;
+        let op = match cmd {
+            Control::Start if active => {
+                return busy(format!("instance {name} is already {}", dom.state.word()));
+            }
+            Control::Start => DomainOp::Start,
+            Control::Stop | Control::Reboot if !running => {
+                return busy(format!(
+                    "instance {name} is {}, not running",
+                    dom.state.word()
+                ));
+            }
+            Control::Stop => DomainOp::Shutdown,
+            Control::Reboot => DomainOp::Reboot,
+            Control::Destroy if !active => return busy(format!("instance {name} is not running")),
+            Control::Destroy => DomainOp::Destroy,
+        };
+        let node = row.hostname.clone().unwrap_or_default();
+        let ni = self
+            .node_index(&node)
+            .ok_or_else(|| ActionError::Backend(format!("node {node} is not configured")))?;
+        let n = name.to_string();
+        match self
+            .node_call_within(ni, ACTION_CALL_TIMEOUT, move |b| b.domain_op(&n, op))
+            .await
+        {
+            Ok(()) => {}
+            Err(CallError::Hv(crate::hv::HvError::WrongState { message, .. })) => {
+                return Err(ActionError::Busy(message));
+            }
+            Err(e) => return Err(ActionError::Backend(e.to_string())),
+        }
+        tracing::info!(instance = name, command = ?cmd, "control");
+        // Show the new state without waiting for the next poll.
+        self.poll_node(ni).await;
+        Ok(())
+    }
+}
+
+/// Generates an ed25519 key pair: (OpenSSH public line, OpenSSH private PEM).
+fn generate_key(name: &str) -> Result<(String, String), String> {
+    use ssh_key::{Algorithm, LineEnding, PrivateKey, rand_core::OsRng};
+    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| e.to_string())?;
+    key.set_comment(format!("kvmfs-{name}"));
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    Ok((public, private))
+}
+
+/// Checks that a git repository answers before anything is built. The URL is passed after
+/// `--`, with remote helpers and terminal prompts disabled.
+async fn check_git(url: &str) -> Result<(), String> {
+    let child = tokio::process::Command::new("git")
+        .args([
+            "-c",
+            "protocol.ext.allow=never",
+            "ls-remote",
+            "--exit-code",
+            "--",
+            url,
+            "HEAD",
+        ])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    match tokio::time::timeout(GIT_CHECK_TIMEOUT, child.wait_with_output()).await {
+        Err(_) => Err(format!(
+            "git repository {url} did not answer within {GIT_CHECK_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("git: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let first = err.lines().next().unwrap_or("no HEAD").trim().to_string();
+            Err(format!("git repository {url} is not reachable: {first}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_words() {
+        assert_eq!(Control::parse(b"start\n").unwrap(), Control::Start);
+        assert_eq!(Control::parse(b"  destroy ").unwrap(), Control::Destroy);
+        assert!(Control::parse(b"explode").is_err());
+        assert!(Control::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn keys_are_openssh() {
+        let (public, private) = generate_key("web1").unwrap();
+        assert!(public.starts_with("ssh-ed25519 "));
+        assert!(public.ends_with(" kvmfs-web1"));
+        assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    }
+
+    #[test]
+    fn macs_are_local() {
+        let m = random_mac();
+        assert!(m.starts_with("52:54:00:"));
+        assert_eq!(m.len(), 17);
+    }
+}
