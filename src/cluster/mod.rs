@@ -33,8 +33,8 @@ pub struct NodeHandle {
     pub name: String,
     pub uri: String,
     pub backend: Arc<dyn NodeBackend>,
-    /// Calls started and not yet returned (including those past their deadline).
-    in_flight: Arc<AtomicUsize>,
+    /// Calls that missed their deadline and have not returned yet.
+    overdue: Arc<AtomicUsize>,
 }
 
 struct Inputs {
@@ -72,7 +72,7 @@ impl Cluster {
                 name: n.name.to_string(),
                 uri: n.uri.clone(),
                 backend: Arc::new(LibvirtNode::new(n.name.as_str(), &n.uri, &n.pool)),
-                in_flight: Arc::new(AtomicUsize::new(0)),
+                overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
         Self::with_nodes(cfg, db, nodes)
@@ -191,21 +191,33 @@ impl Cluster {
         f: impl FnOnce(&dyn NodeBackend) -> Result<T, HvError> + Send + 'static,
     ) -> Result<T, CallError> {
         let node = &self.nodes[i];
-        if node.in_flight.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
+        if node.overdue.load(Ordering::SeqCst) >= MAX_STUCK_CALLS {
             return Err(CallError::Stuck);
         }
         let backend = node.backend.clone();
-        let in_flight = node.in_flight.clone();
-        in_flight.fetch_add(1, Ordering::SeqCst);
+        // Whoever comes second — the call returning or the deadline passing — settles the
+        // overdue count, under this lock, so a call is counted overdue exactly while it is.
+        let state = Arc::new(Mutex::new(CallState::Running));
+        let (st, overdue) = (state.clone(), node.overdue.clone());
         let handle = tokio::task::spawn_blocking(move || {
             let r = f(backend.as_ref());
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let mut s = st.lock();
+            if *s == CallState::Overdue {
+                overdue.fetch_sub(1, Ordering::SeqCst);
+            }
+            *s = CallState::Done;
             r
         });
         match tokio::time::timeout(deadline, handle).await {
             Ok(Ok(r)) => r.map_err(CallError::Hv),
             Ok(Err(join)) => Err(CallError::Panicked(join.to_string())),
             Err(_) => {
+                let mut s = state.lock();
+                if *s == CallState::Running {
+                    *s = CallState::Overdue;
+                    node.overdue.fetch_add(1, Ordering::SeqCst);
+                }
+                drop(s);
                 node.backend.reset();
                 Err(CallError::Timeout(deadline))
             }
@@ -312,6 +324,13 @@ impl Cluster {
         drop(inputs);
         self.version.send_modify(|n| *n += 1);
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Running,
+    Overdue,
+    Done,
 }
 
 /// Why a bounded backend call did not return a result.

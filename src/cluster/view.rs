@@ -78,6 +78,8 @@ pub struct NodeView {
     /// Placement score: cpu_weight × free_cpu_share + ram_weight × free_ram_share.
     pub score: f64,
     pub updated_at: Option<u64>,
+    /// Volumes in the node's storage pool (base images and instance disks).
+    pub pool_volumes: Vec<String>,
     #[serde(skip)]
     pub instance_names: Vec<String>,
     #[serde(skip)]
@@ -408,6 +410,10 @@ pub fn build(
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             instance_names: names,
+            pool_volumes: probe
+                .and_then(|p| p.volumes.as_ref())
+                .map(|v| v.iter().map(|v| v.name.clone()).collect())
+                .unwrap_or_default(),
             volumes: probe.and_then(|p| p.volumes.clone()),
             changed_at: now,
         };

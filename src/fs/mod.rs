@@ -237,8 +237,7 @@ impl Filesystem for KvmFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
-        let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.tree.open(ino.0, write, truncate, req.uid()) {
+        match self.tree.open(ino.0, write, req.uid()) {
             // direct_io: contents are computed, so reads must not be cut to a cached size.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),

@@ -538,7 +538,7 @@ impl Tree {
 
     /// Opens a file. Reads see the content of this moment; `spec.json` and `ctl` may be
     /// opened for writing by the instance's owner.
-    pub fn open(&self, ino: u64, write: bool, truncate: bool, uid: u32) -> Result<u64, TreeError> {
+    pub fn open(&self, ino: u64, write: bool, uid: u32) -> Result<u64, TreeError> {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
         let name = r.name.clone().unwrap_or_default();
@@ -560,15 +560,12 @@ impl Tree {
                 ))
                 .into());
             }
-            let buf = if truncate || kind == FileKind::Ctl {
-                Vec::new()
-            } else {
-                self.content(&r)?
-            };
+            // Both files take whole documents: a writer always starts from empty, however
+            // it opened the file (the kernel may strip O_TRUNC and truncate separately).
             return Ok(self.new_handle(Handle::Write(WriteHandle {
                 instance: name,
                 kind,
-                buf,
+                buf: Vec::new(),
                 dirty: false,
             })));
         }

@@ -1,0 +1,488 @@
+//! The instance lifecycle through the kernel, against a real MariaDB and several simulated
+//! nodes: placement, every spec field and error, ctl, rmdir, concurrency, two mounts.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// A git repository with an `index.html`, served as `file://`.
+fn git_repo(dir: &Path, body: &str) -> String {
+    let repo = dir.join("site");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("index.html"), body).unwrap();
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "index.html"],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "site",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(&args)
+            .current_dir(&repo)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    format!("file://{}", repo.display())
+}
+
+struct Lab {
+    db: MariaDb,
+    _nodes: tempfile::TempDir,
+    m: Mounted,
+}
+
+/// Three lopsided nodes: `big` (16 CPUs, empty), `busy` (8 CPUs, mostly committed) and
+/// `small` (2 CPUs); only `big` and `busy` carry the `centos-7.qcow2` image.
+fn lab() -> Lab {
+    let db = MariaDb::start();
+    let nodes = tempfile::tempdir().unwrap();
+    let big = sim_node(
+        nodes.path(),
+        "big",
+        &SimNode::new(16, 8192).volume("centos-7.qcow2", 8),
+    );
+    let busy = sim_node(
+        nodes.path(),
+        "busy",
+        &SimNode::new(8, 8192)
+            .domain("hog", 24, 6144, true)
+            .volume("centos-7.qcow2", 8),
+    );
+    let small = sim_node(nodes.path(), "small", &SimNode::new(2, 4096));
+    let m = Mounted::with_config(&format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 200\n\
+         [[node]]\nname = 'big'\nuri = '{big}'\n\
+         [[node]]\nname = 'busy'\nuri = '{busy}'\n\
+         [[node]]\nname = 'small'\nuri = '{small}'\n",
+        db.url()
+    ));
+    Lab {
+        db,
+        _nodes: nodes,
+        m,
+    }
+}
+
+fn write_spec(m: &Mounted, name: &str, spec: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path(&format!("instances/{name}/spec.json")))?;
+    f.write_all(spec.as_bytes())?;
+    drop(f);
+    Ok(())
+}
+
+fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
+    let p = m.path(&format!("instances/{name}/status"));
+    let start = std::time::Instant::now();
+    loop {
+        let last = std::fs::read_to_string(&p).unwrap_or_default();
+        if last.starts_with(prefix) {
+            return last;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let err = std::fs::read_to_string(m.path(&format!("instances/{name}/error")));
+            panic!(
+                "{name} is {last:?}, not {prefix} (error: {err:?})\n{}",
+                m.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn create_places_builds_and_deletes() {
+    let lab = lab();
+    let m = &lab.m;
+    let repo = tempfile::tempdir().unwrap();
+    let url = git_repo(repo.path(), "<h1>hello from web1</h1>");
+    std::fs::create_dir(m.path("instances/web1")).unwrap();
+    assert_eq!(
+        read(m.path("instances/web1/status")),
+        "draft: waiting for spec.json\n"
+    );
+    assert_eq!(
+        lab.db.sql("SELECT vmname, state FROM kvmfs.vm"),
+        "web1\tdraft\n"
+    );
+
+    let spec = format!(r#"{{"flavor":"m1.medium","purpose":"web","git":"{url}","disk_gb":12}}"#);
+    write_spec(m, "web1", &spec).unwrap();
+    wait_status(m, "web1", "running");
+    // The emptiest node wins: big scores 0.7 × 1 + 0.3 × 1 before anything lands.
+    assert_eq!(read(m.path("instances/web1/node")), "big\n");
+    let ips = read(m.path("instances/web1/ip"));
+    assert_eq!(ips, "192.168.122.10\n");
+    let info = read_json(m.path("instances/web1/info.json"));
+    assert_eq!(info["managed"], true);
+    assert_eq!(info["vcpus"], 2);
+    assert_eq!(info["ram_mb"], 2048);
+    assert_eq!(info["purpose"], "web");
+    assert_eq!(info["disk_gb"], 12);
+    let disks: Vec<&str> = info["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(disks, vec!["disk", "cdrom"]);
+    assert_eq!(
+        lab.db
+            .sql("SELECT vmname, hostname, vmip, ram, vcpus, state FROM kvmfs.vm"),
+        "web1\tbig\t192.168.122.10\t2048\t2\tready\n"
+    );
+    assert_eq!(
+        lab.db
+            .sql("SELECT pool, address, vmname FROM kvmfs.ip_alloc"),
+        "default\t192.168.122.10\tweb1\n"
+    );
+    let node = read_json(m.path("nodes/big/info.json"));
+    let vols: Vec<&str> = node["pool_volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        vols.contains(&"web1.qcow2") && vols.contains(&"web1-seed.iso"),
+        "{vols:?}"
+    );
+    assert_eq!(node["committed_vcpus"], 2);
+
+    // The key is the owner's alone, in OpenSSH format.
+    let key = m.path("instances/web1/ssh_key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(read(&key).starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    // The committed spec reads back and is now read-only.
+    assert_eq!(read(m.path("instances/web1/spec.json")), spec);
+    let e = write_spec(m, "web1", "{}").unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+
+    std::fs::remove_dir(m.path("instances/web1")).unwrap();
+    assert!(!list(m.path("instances")).contains(&"web1".to_string()));
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.vm"), "0\n");
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "0\n");
+    let node = read_json(m.path("nodes/big/info.json"));
+    assert!(!node["pool_volumes"].to_string().contains("web1"), "{node}");
+    assert_eq!(node["committed_vcpus"], 0);
+    // Deleting again is a clean ENOENT.
+    let e = std::fs::remove_dir(m.path("instances/web1")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOENT);
+}
+
+#[test]
+fn placement_follows_score_filters_and_forced_nodes() {
+    let lab = lab();
+    let m = &lab.m;
+    let score = |n: &str| {
+        read_json(m.path(&format!("nodes/{n}/info.json")))["score"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(score("big") >= score("small") && score("small") > score("busy"));
+
+    // The centos image exists only on big and busy; a large flavor fits only big.
+    std::fs::create_dir(m.path("instances/c1")).unwrap();
+    write_spec(m, "c1", r#"{"image":"centos-7.qcow2","flavor":"m1.large"}"#).unwrap();
+    wait_status(m, "c1", "running");
+    assert_eq!(read(m.path("instances/c1/node")), "big\n");
+
+    // Forcing a node that has room works; one without the image is refused with ENOSPC.
+    std::fs::create_dir(m.path("instances/f1")).unwrap();
+    write_spec(m, "f1", r#"{"node":"small","vcpus":1,"ram_mb":512}"#).unwrap();
+    wait_status(m, "f1", "running");
+    assert_eq!(read(m.path("instances/f1/node")), "small\n");
+    std::fs::create_dir(m.path("instances/f2")).unwrap();
+    let e = write_spec(m, "f2", r#"{"node":"small","image":"centos-7.qcow2"}"#).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOSPC);
+    assert!(read(m.path("instances/f2/error")).contains("small has no image centos-7.qcow2"));
+    let e = write_spec(m, "f2", r#"{"node":"nowhere"}"#).unwrap_err();
+    assert_eq!(errno(&e), libc::EINVAL);
+
+    // Room is counted: busy has 24 of 32 vCPUs and 6 of 8 GiB committed.
+    std::fs::create_dir(m.path("instances/big2")).unwrap();
+    let e = write_spec(m, "big2", r#"{"vcpus":40,"ram_mb":1024}"#).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOSPC);
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "2\n");
+}
+
+#[test]
+fn bad_names_and_specs_get_errnos_reasons_and_leave_nothing() {
+    let lab = lab();
+    let m = &lab.m;
+    for bad in [
+        "Web",
+        "a_b",
+        "-x",
+        "x-",
+        "a.b",
+        "with space",
+        &"x".repeat(64),
+    ] {
+        let e = std::fs::create_dir(m.path(&format!("instances/{bad}"))).unwrap_err();
+        assert_eq!(errno(&e), libc::EINVAL, "{bad:?}");
+    }
+    let e = std::fs::create_dir(m.path("nodes/big/x")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+    std::fs::create_dir(m.path("instances/s1")).unwrap();
+    let e = std::fs::create_dir(m.path("instances/s1")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST);
+    // An unmanaged domain's name is taken too.
+    let e = std::fs::create_dir(m.path("instances/hog")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST);
+
+    for (spec, why) in [
+        ("{not json", "not valid JSON"),
+        (r#"{"flavor":"m1.huge"}"#, "unknown flavor"),
+        (r#"{"flavour":"m1.small"}"#, "unknown field"),
+        (r#"{"vcpus":-1,"ram_mb":512}"#, "invalid value"),
+        (r#"{"purpose":"web"}"#, "needs a git"),
+        (r#"{"purpose":"web","git":"ext::sh"}"#, "remote helpers"),
+        (
+            r#"{"purpose":"web","git":"--upload-pack=id"}"#,
+            "must not start with '-'",
+        ),
+        (r#"{"disk_gb":100000}"#, "disk_gb"),
+    ] {
+        let e = write_spec(m, "s1", spec).unwrap_err();
+        assert_eq!(errno(&e), libc::EINVAL, "{spec}");
+        let err = read(m.path("instances/s1/error"));
+        assert!(err.contains(why), "{spec}: {err}");
+        assert_eq!(
+            read(m.path("instances/s1/status")),
+            "draft: waiting for spec.json\n"
+        );
+    }
+    // Oversized specs are refused before they are buffered.
+    let big = format!(r#"{{"image":"{}"}}"#, "a".repeat(20_000));
+    let e = write_spec(m, "s1", &big).unwrap_err();
+    assert_eq!(errno(&e), libc::EFBIG);
+    // Unknown ctl commands, and ctl on a draft.
+    let e = std::fs::write(m.path("instances/s1/ctl"), "explode\n").unwrap_err();
+    assert_eq!(errno(&e), libc::EINVAL);
+    let e = std::fs::write(m.path("instances/s1/ctl"), "start\n").unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    // Unmanaged domains are left alone.
+    let e = std::fs::remove_dir(m.path("instances/hog")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+
+    // Nothing was made: one draft row, no addresses, no volumes.
+    assert_eq!(
+        lab.db.sql("SELECT vmname, state FROM kvmfs.vm"),
+        "s1\tdraft\n"
+    );
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "0\n");
+    for n in ["big", "busy", "small"] {
+        let v = read_json(m.path(&format!("nodes/{n}/info.json")))["pool_volumes"].to_string();
+        assert!(!v.contains("s1"), "{n}: {v}");
+    }
+    // A good spec after the bad ones still works, written the way cp writes.
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), r#"{"flavor":"m1.small"}"#).unwrap();
+    let st = Command::new("cp")
+        .arg(src.path())
+        .arg(m.path("instances/s1/spec.json"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_status(m, "s1", "running");
+    assert_eq!(read(m.path("instances/s1/error")), "");
+}
+
+#[test]
+fn an_unreachable_git_repository_fails_the_build_and_undoes_it() {
+    let lab = lab();
+    let m = &lab.m;
+    std::fs::create_dir(m.path("instances/w")).unwrap();
+    write_spec(
+        m,
+        "w",
+        r#"{"purpose":"web","git":"file:///nonexistent/repo.git"}"#,
+    )
+    .unwrap();
+    let st = wait_status(m, "w", "failed");
+    assert!(st.contains("not reachable"), "{st}");
+    assert!(read(m.path("instances/w/error")).contains("/nonexistent/repo.git"));
+    assert_eq!(
+        lab.db.sql("SELECT state, hostname FROM kvmfs.vm"),
+        "failed\tNULL\n"
+    );
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "0\n");
+    // A failed instance takes a new spec.
+    write_spec(m, "w", r#"{"flavor":"m1.small"}"#).unwrap();
+    wait_status(m, "w", "running");
+}
+
+#[test]
+fn ctl_changes_the_domain_and_refuses_the_wrong_state() {
+    let lab = lab();
+    let m = &lab.m;
+    std::fs::create_dir(m.path("instances/c")).unwrap();
+    write_spec(m, "c", "{}").unwrap();
+    wait_status(m, "c", "running");
+    let ctl = m.path("instances/c/ctl");
+    assert_eq!(read(&ctl), "start stop destroy reboot\n");
+    let e = std::fs::write(&ctl, "start").unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    std::fs::write(&ctl, "reboot\n").unwrap();
+    std::fs::write(&ctl, "stop\n").unwrap();
+    wait_status(m, "c", "shutoff");
+    let e = std::fs::write(&ctl, "stop").unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    let e = std::fs::write(&ctl, "destroy").unwrap_err();
+    assert_eq!(errno(&e), libc::EBUSY);
+    std::fs::write(&ctl, "start").unwrap();
+    wait_status(m, "c", "running");
+    std::fs::write(&ctl, "destroy").unwrap();
+    wait_status(m, "c", "shutoff");
+    // A stopped instance still holds its room and deletes cleanly.
+    std::fs::remove_dir(m.path("instances/c")).unwrap();
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.vm"), "0\n");
+}
+
+#[test]
+fn fifty_concurrent_creates_and_deletes_leave_nothing_behind() {
+    let lab = lab();
+    let root = lab.m.mnt.path().to_path_buf();
+    let names: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
+    let threads: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|n| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                std::fs::create_dir(root.join("instances").join(&n)).unwrap();
+                std::fs::write(
+                    root.join("instances").join(&n).join("spec.json"),
+                    r#"{"vcpus":1,"ram_mb":128,"disk_gb":1}"#,
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (n, r) in names.iter().zip(&results) {
+        assert!(r.is_ok(), "{n}: {r:?}");
+    }
+    for n in &names {
+        wait_status(&lab.m, n, "running");
+    }
+    let addrs = lab.db.sql("SELECT address FROM kvmfs.ip_alloc");
+    let mut uniq: Vec<&str> = addrs.lines().collect();
+    assert_eq!(uniq.len(), 50);
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 50, "duplicate addresses");
+    // No node is overbooked.
+    for node in ["big", "busy", "small"] {
+        let i = read_json(lab.m.path(&format!("nodes/{node}/info.json")));
+        assert!(
+            i["committed_vcpus"].as_u64() <= i["capacity_vcpus"].as_u64(),
+            "{i}"
+        );
+        assert!(
+            i["committed_ram_mb"].as_u64() <= i["capacity_ram_mb"].as_u64(),
+            "{i}"
+        );
+    }
+    let threads: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|n| {
+            let root = root.clone();
+            std::thread::spawn(move || std::fs::remove_dir(root.join("instances").join(&n)))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.vm"), "0\n");
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "0\n");
+    assert_eq!(list(root.join("instances")), vec!["hog"]);
+    for node in ["big", "busy", "small"] {
+        let v =
+            read_json(lab.m.path(&format!("nodes/{node}/info.json")))["pool_volumes"].to_string();
+        assert!(!v.contains("c0") && !v.contains("c1"), "{node}: {v}");
+    }
+}
+
+#[test]
+fn two_mounts_on_one_database_race_for_a_name() {
+    let lab = lab();
+    let nodes = tempfile::tempdir().unwrap();
+    let other = sim_node(nodes.path(), "other", &SimNode::new(4, 4096));
+    let m2 = Mounted::with_config(&format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 200\n[[node]]\nname = 'other'\nuri = '{other}'\n",
+        lab.db.url()
+    ));
+    for round in 0..5 {
+        let name = format!("race{round}");
+        let (a, b) = (
+            lab.m.path(&format!("instances/{name}")),
+            m2.path(&format!("instances/{name}")),
+        );
+        let ta = std::thread::spawn(move || std::fs::create_dir(a));
+        let tb = std::thread::spawn(move || std::fs::create_dir(b));
+        let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "exactly one mkdir wins: {ra:?} {rb:?}"
+        );
+        let loser = ra.err().or(rb.err()).unwrap();
+        assert_eq!(errno(&loser), libc::EEXIST);
+    }
+    assert_eq!(lab.db.sql("SELECT COUNT(*) FROM kvmfs.vm"), "5\n");
+    // Each mount sees the other's drafts.
+    wait_for(Duration::from_secs(5), "the drafts on both mounts", || {
+        list(m2.path("instances")).len() == 5 && list(lab.m.path("instances")).len() == 6
+    });
+}
+
+#[test]
+fn demo_creates_on_sqlite() {
+    let m = Mounted::demo();
+    std::fs::create_dir(m.path("instances/web1")).unwrap();
+    // Written the way Python writes.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "open('{}','w').write('{{\"flavor\":\"m1.small\"}}')",
+            m.path("instances/web1/spec.json").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_status(&m, "web1", "running");
+    // kvm3 has the best score but no overlay network, so it is filtered out.
+    assert_eq!(read(m.path("instances/web1/node")), "kvm2\n");
+    assert_eq!(
+        read(m.path("instances/web1/ip")),
+        "192.168.122.10\n172.16.123.10\n"
+    );
+    assert!(list(m.path("nodes/kvm2/instances")).contains(&"web1".to_string()));
+    std::fs::remove_dir(m.path("instances/web1")).unwrap();
+    assert!(!list(m.path("instances")).contains(&"web1".to_string()));
+}
