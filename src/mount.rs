@@ -249,10 +249,11 @@ pub fn wait_until_mounted(path: &Path, timeout: Duration) -> bool {
         .map(|m| m.dev());
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if let Ok(m) = std::fs::metadata(path) {
-            if Some(m.dev()) != before && mounted_at(path).is_some() {
-                return true;
-            }
+        if let Ok(m) = std::fs::metadata(path)
+            && Some(m.dev()) != before
+            && mounted_at(path).is_some()
+        {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

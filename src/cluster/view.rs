@@ -294,13 +294,13 @@ pub fn build(
     }
     for n in nodes {
         for d in &n.domains {
-            if let Some(row) = rows_by_name.get(d.name.as_str()) {
-                if row.hostname.as_deref() == Some(n.name.as_str()) {
-                    if let Some(iv) = instances.get_mut(&d.name) {
-                        iv.domain = Some(d.clone());
-                    }
-                    continue;
+            if let Some(row) = rows_by_name.get(d.name.as_str())
+                && row.hostname.as_deref() == Some(n.name.as_str())
+            {
+                if let Some(iv) = instances.get_mut(&d.name) {
+                    iv.domain = Some(d.clone());
                 }
+                continue;
             }
             // Unmanaged: shown under its own name unless that is taken, then as name@node.
             let name = if instances.contains_key(&d.name) || !is_listable(&d.name) {
@@ -325,21 +325,20 @@ pub fn build(
         }
     }
     for iv in instances.values_mut() {
-        if let Some(prev) = previous.instances.get(&iv.name) {
-            if prev.status() == iv.status()
-                && prev.node == iv.node
-                && prev.row == iv.row
-                && prev
+        if let Some(prev) = previous.instances.get(&iv.name)
+            && prev.status() == iv.status()
+            && prev.node == iv.node
+            && prev.row == iv.row
+            && prev
+                .domain
+                .as_ref()
+                .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
+                == iv
                     .domain
                     .as_ref()
                     .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
-                    == iv
-                        .domain
-                        .as_ref()
-                        .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
-            {
-                iv.changed_at = prev.changed_at;
-            }
+        {
+            iv.changed_at = prev.changed_at;
         }
     }
 

@@ -537,14 +537,12 @@ fn prepare_sqlite(url: &str) -> Result<String, DbError> {
         return Ok(url.to_string());
     };
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" {
-        if let Some(dir) = std::path::Path::new(path).parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    DbError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-        }
+    if path != ":memory:"
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
     }
     let query = if query.contains("mode=") {
         query.to_string()

@@ -17,6 +17,9 @@ use super::{
     NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
 };
 
+/// A domain's device list and the domain id it was read at.
+type CachedDevices = (Option<u32>, Arc<DomainDevices>);
+
 /// One KVM node reached through a libvirt URI.
 pub struct LibvirtNode {
     name: String,
@@ -25,7 +28,7 @@ pub struct LibvirtNode {
     conn: Mutex<Option<Connect>>,
     /// Device lists by domain UUID, with the domain id they were read at: a restarted or
     /// redefined domain gets a new id and is read again.
-    devices: Mutex<HashMap<String, (Option<u32>, Arc<DomainDevices>)>>,
+    devices: Mutex<HashMap<String, CachedDevices>>,
 }
 
 /// Silences libvirt's default error printer (it writes every error to stderr); errors are
@@ -298,12 +301,11 @@ impl NodeBackend for LibvirtNode {
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(false),
                 Err(e) => return Err(e),
             };
-            if d.is_active()? {
-                if let Err(e) = d.destroy() {
-                    if d.is_active()? {
-                        return Err(e);
-                    }
-                }
+            if d.is_active()?
+                && let Err(e) = d.destroy()
+                && d.is_active()?
+            {
+                return Err(e);
             }
             match d.undefine() {
                 Ok(()) => Ok(true),

@@ -251,10 +251,10 @@ impl Tree {
             Ino::Instance(id) | Ino::InstanceFile(id, _) | Ino::InstanceLink(id) => {
                 let n = names.instances.name(id).ok_or(TreeError::NotFound)?;
                 let inst = view.instances.get(n).ok_or(TreeError::NotFound)?;
-                if let Ino::InstanceFile(_, f) = i {
-                    if !render::instance_files(inst).contains(&f) {
-                        return Err(TreeError::NotFound);
-                    }
+                if let Ino::InstanceFile(_, f) = i
+                    && !render::instance_files(inst).contains(&f)
+                {
+                    return Err(TreeError::NotFound);
                 }
                 Some(n.to_string())
             }
@@ -664,12 +664,12 @@ impl Tree {
             }
             _ => return Err(TreeError::ReadOnly("this file cannot be changed")),
         }
-        if let Some(fh) = fh {
-            if let Ok(mut w) = self.write_handle(fh) {
-                w.buf.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-                w.dirty = true;
-                self.store_write_handle(fh, w);
-            }
+        if let Some(fh) = fh
+            && let Ok(mut w) = self.write_handle(fh)
+        {
+            w.buf.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            w.dirty = true;
+            self.store_write_handle(fh, w);
         }
         self.attr(&r)
     }

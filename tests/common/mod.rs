@@ -248,10 +248,10 @@ impl Mounted {
             if is_kvmfs_mount(m.mnt.path()) {
                 break;
             }
-            if let Some(c) = m.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("kvmfs exited ({status}) before mounting:\n{}", m.log());
-                }
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("kvmfs exited ({status}) before mounting:\n{}", m.log());
             }
             if start.elapsed() > Duration::from_secs(30) {
                 panic!("kvmfs did not mount within 30 s:\n{}", m.log());
