@@ -58,6 +58,10 @@ missing=()
 for p in "${PACKAGES[@]}"; do
     installed "$p" || missing+=("$p")
 done
+# Commands kvmfs and its tests run, wherever they came from (a git under /usr/local counts).
+for cmd_pkg in git:git python3:python3; do
+    command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg#*:}")
+done
 if [[ ${#missing[@]} -gt 0 ]]; then
     # Never together with qemu-utils: the machine may carry a newer qemu-utils from
     # backports, and asking for both in one call fails with "held broken packages".

@@ -47,6 +47,8 @@ impl From<sqlx::Error> for DbError {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// Migrations may run longer than one statement; they still must not hang start-up.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A row of the `vm` table.
 #[derive(Clone, PartialEq, Eq)]
@@ -176,12 +178,13 @@ impl Db {
         &self.display_url
     }
 
-    /// Runs the migrations in `migrations/` (idempotent).
+    /// Runs the migrations in `migrations/` (idempotent), within a bounded time.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| DbError::Migrate(e.to_string()))
+        let limit = MIGRATION_TIMEOUT.max(self.timeout);
+        match tokio::time::timeout(limit, MIGRATOR.run(&self.pool)).await {
+            Ok(r) => r.map_err(|e| DbError::Migrate(e.to_string())),
+            Err(_) => Err(DbError::Timeout(limit)),
+        }
     }
 
     async fn bounded<T>(

@@ -104,11 +104,15 @@ impl MariaDb {
             .tempdir()
             .expect("tempdir");
         let data = dir.path().join("data");
+        // A private tmpdir: parallel bootstraps in a shared /tmp clash on temp tables.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("tmpdir");
         let out = Command::new("mariadb-install-db")
             .arg("--user=root")
             .arg(format!("--datadir={}", data.display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect(
                 "mariadb-install-db (install the mariadb-server package: scripts/install-deps.sh)",
@@ -128,6 +132,7 @@ impl MariaDb {
             .arg(format!("--port={port}"))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg("--innodb-buffer-pool-size=32M")
             .arg("--skip-log-bin")
             .stdout(Stdio::null())
