@@ -423,7 +423,10 @@ impl Config {
             }
         }
         let t = &self.timing;
-        if t.refresh_ms == 0 || t.libvirt_timeout_ms == 0 || t.db_timeout_ms == 0 || t.op_timeout_ms == 0
+        if t.refresh_ms == 0
+            || t.libvirt_timeout_ms == 0
+            || t.db_timeout_ms == 0
+            || t.op_timeout_ms == 0
         {
             return Err(ConfigError::Invalid("timing values must be > 0".into()));
         }

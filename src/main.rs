@@ -160,6 +160,15 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     }
     fuse_cfg.n_threads = Some(4);
     fuse_cfg.clone_fd = true;
+    // Handlers go in before the mount appears: a SIGTERM right after mounting must unmount,
+    // not kill the daemon and leave a dead mount behind.
+    let (mut term, mut int) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     let fs = KvmFs::new(tree, rt.handle().clone(), cfg.timing.op_timeout());
     let mut session = fuser::Session::new(fs, &mp, &fuse_cfg)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
@@ -179,7 +188,6 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     readiness.ready();
 
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let unmounted_outside = tokio::select! {
             _ = done_rx => {
                 tracing::info!("unmounted from outside; exiting");
@@ -189,7 +197,7 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
                 tracing::info!("SIGTERM: unmounting");
                 false
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = int.recv() => {
                 tracing::info!("SIGINT: unmounting");
                 false
             }
