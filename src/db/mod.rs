@@ -400,10 +400,7 @@ impl Db {
     pub async fn fail_build(&self, name: &str, error: &str) -> Result<(), DbError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("DELETE FROM ip_alloc WHERE vmname = ?")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            release_addresses(&mut tx, name).await?;
             sqlx::query(
                 "UPDATE vm SET state = 'failed', step = '', error = ?, hostname = NULL, \
                  vmip = NULL, ip_eth1 = NULL, ssh_public_key = NULL, ssh_private_key = NULL, \
@@ -455,10 +452,7 @@ impl Db {
     pub async fn delete_vm(&self, name: &str) -> Result<(), DbError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("DELETE FROM ip_alloc WHERE vmname = ?")
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            release_addresses(&mut tx, name).await?;
             sqlx::query("DELETE FROM vm WHERE vmname = ?")
                 .bind(name)
                 .execute(&mut *tx)
@@ -496,6 +490,18 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Releases every address held by instance `name`.
+async fn release_addresses(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM ip_alloc WHERE vmname = ?")
+        .bind(name)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
 }
 
 fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
