@@ -166,7 +166,7 @@ fn demo_networks() -> Vec<NetworkConfig> {
 pub struct DatabaseConfig {
     /// `mysql://user:pass@host:3306/db` or `sqlite:///abs/path.db`.
     pub url: String,
-    /// A second server written to when the primary is unreachable (MariaDB replica).
+    /// A replica server; parsed but not used yet (failover is not implemented).
     #[serde(default)]
     pub replica_url: Option<String>,
 }

@@ -476,6 +476,18 @@ fn demo_creates_on_sqlite() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_status(&m, "web1", "running");
+    // The shell's way: the document, then its newline in a write of its own.
+    std::fs::create_dir(m.path("instances/sh1")).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{{ printf '%s' '{{\"flavor\":\"m1.small\"}}'; echo; }} > {}",
+            m.path("instances/sh1/spec.json").display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_status(&m, "sh1", "running");
     // kvm3 has the best score but no overlay network, so it is filtered out.
     assert_eq!(read(m.path("instances/web1/node")), "kvm2\n");
     assert_eq!(

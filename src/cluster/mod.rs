@@ -1,5 +1,5 @@
 //! The controller: owns the node backends and the database, keeps the live `View` fresh with
-//! one poller per node and one for the database, and (in later issues) runs actions.
+//! one poller per node and one for the database, and runs actions (`actions`).
 //!
 //! Invariants: a FUSE thread never waits on libvirt or SQL to read — reads take the current
 //! `Arc<View>`. Every backend call runs on a blocking thread under a deadline; a call that

@@ -199,6 +199,8 @@ struct WriteHandle {
     buf: Vec<u8>,
     /// Written since the last commit.
     dirty: bool,
+    /// This handle's document was committed; only trailing whitespace may follow.
+    committed: bool,
 }
 
 /// Who owns what the daemon itself presents (the mount's owner).
@@ -567,6 +569,7 @@ impl Tree {
                 kind,
                 buf: Vec::new(),
                 dirty: false,
+                committed: false,
             })));
         }
         let content = self.content(&r)?;
@@ -602,7 +605,7 @@ impl Tree {
                 let cmd = match Control::parse(data) {
                     Ok(c) => c,
                     Err(e) => {
-                        self.cluster.record_error(&w.instance, &e).await;
+                        self.record_error_later(&w.instance, &e);
                         return Err(e.into());
                     }
                 };
@@ -611,6 +614,18 @@ impl Tree {
                     .await?;
                 Ok(len)
             }
+            _ if w.committed => {
+                // `echo` may send its newline in a write of its own after the document.
+                if data.iter().all(u8::is_ascii_whitespace) {
+                    Ok(len)
+                } else {
+                    Err(ActionError::Busy(format!(
+                        "instance {}: spec.json was already committed",
+                        w.instance
+                    ))
+                    .into())
+                }
+            }
             _ => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
                 let end = start.saturating_add(data.len());
@@ -618,7 +633,7 @@ impl Tree {
                     let e = ActionError::TooBig(format!(
                         "spec.json is limited to {MAX_SPEC_BYTES} bytes"
                     ));
-                    self.cluster.record_error(&w.instance, &e).await;
+                    self.record_error_later(&w.instance, &e);
                     return Err(e.into());
                 }
                 if w.buf.len() < end {
@@ -637,12 +652,23 @@ impl Tree {
         }
     }
 
+    /// Records a refusal for the `error` file without making the caller wait for the
+    /// database.
+    fn record_error_later(&self, instance: &str, e: &ActionError) {
+        let (c, name, e) = (self.cluster.clone(), instance.to_string(), e.clone());
+        tokio::spawn(async move { c.record_error(&name, &e).await });
+    }
+
     async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {
         w.dirty = false;
         self.store_write_handle(fh, w.clone());
         let c = self.cluster.clone();
-        self.detached(async move { c.commit_spec(&w.instance, uid, &w.buf).await })
-            .await
+        let (name, buf) = (w.instance.clone(), w.buf.clone());
+        self.detached(async move { c.commit_spec(&name, uid, &buf).await })
+            .await?;
+        w.committed = true;
+        self.store_write_handle(fh, w);
+        Ok(())
     }
 
     /// Truncates a writable file (`> spec.json` truncates before it writes).
