@@ -97,6 +97,25 @@ label_newtype!(
     InstanceName
 );
 
+/// The volume holding an instance's disk in its node's pool. Instance names have no `.`,
+/// so this never clashes with an image called `NAME.qcow2`.
+pub fn disk_volume(instance: &str) -> String {
+    format!("{instance}.disk.qcow2")
+}
+
+/// The volume holding an instance's NoCloud seed.
+pub fn seed_volume(instance: &str) -> String {
+    format!("{instance}.seed.iso")
+}
+
+/// The instance a disk or seed volume name belongs to, by its shape.
+pub fn instance_of_volume(volume: &str) -> Option<&str> {
+    volume
+        .strip_suffix(".seed.iso")
+        .or_else(|| volume.strip_suffix(".disk.qcow2"))
+        .filter(|i| !i.contains('.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,7 +161,7 @@ fn create_places_builds_and_deletes() {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(
-        vols.contains(&"web1.qcow2") && vols.contains(&"web1-seed.iso"),
+        vols.contains(&"web1.disk.qcow2") && vols.contains(&"web1.seed.iso"),
         "{vols:?}"
     );
     assert_eq!(node["committed_vcpus"], 2);

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cloudinit::{self, Nic};
-use crate::db::{BuildRow, DbError};
+use crate::db::{BuildRow, DbError, Made, Part};
 use crate::hv::DomainOp;
 use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
-use crate::model::InstanceName;
+use crate::model::{InstanceName, disk_volume, seed_volume};
 use crate::spec::{Spec, SpecError};
 
-use super::placement::{self, Need};
+use super::placement::{self, Committed, Need};
 use super::{CallError, Cluster};
 
 /// Deadline for one hypervisor call made by an action (creating a volume, starting a
@@ -88,14 +88,6 @@ impl Control {
             ))),
         }
     }
-}
-
-fn disk_volume(name: &str) -> String {
-    format!("{name}.qcow2")
-}
-
-fn seed_volume(name: &str) -> String {
-    format!("{name}-seed.iso")
 }
 
 fn random_mac() -> String {
@@ -175,16 +167,17 @@ impl Cluster {
         Ok(Spec::parse(text, &self.cfg)?)
     }
 
-    /// Records why a spec or command was refused, for the instance's `error` file.
+    /// Records why a spec, command or delete was refused or failed, for the instance's
+    /// `error` file (and the log). With the database down, the reason is still shown.
     pub async fn record_error(&self, name: &str, err: &ActionError) {
         tracing::warn!(instance = name, error = %err, "refused");
-        if self
-            .db
-            .set_error(name, Some(&err.to_string()))
-            .await
-            .is_ok()
-        {
-            self.refresh_row(name).await;
+        let msg = err.to_string();
+        match self.db.set_error(name, Some(&msg)).await {
+            Ok(()) => self.refresh_row(name).await,
+            Err(e) => {
+                tracing::warn!(instance = name, error = %e, "cannot store the error");
+                self.set_local_error(name, &msg);
+            }
         }
     }
 
@@ -209,44 +202,48 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let node = {
+        let networks: Vec<&str> = self.cfg.networks.iter().map(|n| n.name.as_str()).collect();
+        let need = Need {
+            vcpus: spec.vcpus,
+            ram_mb: spec.ram_mb,
+            image: &spec.image,
+            networks: &networks,
+            node: spec.node.as_ref().map(|n| n.as_str()),
+        };
+        let spec_text = String::from_utf8_lossy(text).into_owned();
+        let build = BuildRow {
+            vcpus: spec.vcpus,
+            ram_mb: spec.ram_mb,
+            disk_gb: spec.disk_gb,
+            image: &spec.image,
+            purpose: spec.purpose.as_str(),
+            git: spec.git.as_ref().map(|g| g.as_str()),
+            spec: &spec_text,
+        };
+        let placed = {
+            // Local creates queue here rather than on the database's placement lock.
             let _guard = self.place_lock.lock().await;
             let view = self.view();
-            let networks: Vec<&str> = self.cfg.networks.iter().map(|n| n.name.as_str()).collect();
-            let need = Need {
-                vcpus: spec.vcpus,
-                ram_mb: spec.ram_mb,
-                image: &spec.image,
-                networks: &networks,
-                node: spec.node.as_ref().map(|n| n.as_str()),
-            };
-            let node = match placement::choose(&view, &need) {
-                Ok(n) => n,
-                Err(e) => {
-                    let e = ActionError::from(e);
-                    self.record_error(name, &e).await;
-                    return Err(e);
-                }
-            };
-            let spec_text = String::from_utf8_lossy(text).into_owned();
-            self.db
-                .begin_build(
-                    name,
-                    &BuildRow {
-                        node: &node,
-                        vcpus: spec.vcpus,
-                        ram_mb: spec.ram_mb,
-                        disk_gb: spec.disk_gb,
-                        image: &spec.image,
-                        purpose: spec.purpose.as_str(),
-                        git: spec.git.as_ref().map(|g| g.as_str()),
-                        spec: &spec_text,
-                    },
-                )
-                .await?;
-            // Published before the lock is released, so the next placement counts it.
-            self.refresh_row(name).await;
-            node
+            let placed = self
+                .db
+                .begin_build(name, &build, |loads| {
+                    let held = Committed::from_loads(loads);
+                    placement::choose(&view, &need, &held, &self.cfg.placement)
+                        .map_err(ActionError::from)
+                })
+                .await;
+            if placed.is_ok() {
+                // Published before the lock is released, so the next placement sees it.
+                self.refresh_row(name).await;
+            }
+            placed
+        };
+        let node = match placed {
+            Ok(n) => n,
+            Err(e) => {
+                self.record_error(name, &e).await;
+                return Err(e);
+            }
         };
         tracing::info!(instance = name, node = %node, "placed; building");
         let c = self.clone();
@@ -274,8 +271,43 @@ impl Cluster {
             .map_err(|e: CallError| e.to_string())
     }
 
+    /// Makes one part of an instance on its node. The part is recorded in `vm.made` before
+    /// the call, so an undo, `rmdir` or reconciliation knows it may exist; a call the node
+    /// refused outright made nothing (say, a volume of that name was already there, which
+    /// is then left alone) and is unrecorded.
+    async fn make_part<T: Send + 'static>(
+        &self,
+        name: &str,
+        node: usize,
+        made: &mut Made,
+        part: Part,
+        make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError>
+        + Send
+        + 'static,
+    ) -> Result<T, String> {
+        *made = made.with(part, true);
+        self.db
+            .set_made(name, *made)
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
+            Ok(v) => Ok(v),
+            Err(CallError::Hv(e)) => {
+                *made = made.with(part, false);
+                if let Err(de) = self.db.set_made(name, *made).await {
+                    tracing::warn!(instance = name, error = %de, "cannot unrecord a part");
+                }
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn build(self: Arc<Self>, name: String, node: String, spec: Spec, uid: u32) {
-        let r = self.build_steps(&name, &node, &spec, uid).await;
+        let mut made = Made::default();
+        let r = self
+            .build_steps(&name, &node, &spec, uid, &mut made)
+            .await;
         if let Some(ni) = self.node_index(&node) {
             self.poll_node(ni).await;
         }
@@ -288,8 +320,8 @@ impl Cluster {
             }
             Err(msg) => {
                 tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
-                self.undo_build(&name, &node).await;
-                if let Err(e) = self.db.fail_build(&name, &msg).await {
+                let left = self.remove_parts(&name, &node, made).await;
+                if let Err(e) = self.db.fail_build(&name, &msg, left).await {
                     tracing::error!(instance = %name, error = %e, "cannot record the failed build");
                 }
             }
@@ -303,6 +335,7 @@ impl Cluster {
         node: &str,
         spec: &Spec,
         uid: u32,
+        made: &mut Made,
     ) -> Result<(), String> {
         let ni = self
             .node_index(node)
@@ -345,7 +378,9 @@ impl Cluster {
             .await?
             .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
         let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
-        let disk_path = self.action_call(ni, move |b| b.create_volume(&xml)).await?;
+        let disk_path = self
+            .make_part(name, ni, made, Part::Disk, move |b| b.create_volume(&xml))
+            .await?;
 
         self.step(name, "writing seed").await?;
         let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
@@ -357,9 +392,12 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         let seed_name = seed_volume(name);
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
-        let seed_path = self.action_call(ni, move |b| b.create_volume(&xml)).await?;
-        let sn = seed_name.clone();
-        self.action_call(ni, move |b| b.upload_volume(&sn, &iso))
+        let seed_path = self
+            .make_part(name, ni, made, Part::Seed, move |b| {
+                let path = b.create_volume(&xml)?;
+                b.upload_volume(&seed_name, &iso)?;
+                Ok(path)
+            })
             .await?;
 
         self.step(name, "starting").await?;
@@ -387,27 +425,37 @@ impl Cluster {
             owner_uid: uid,
         };
         let xml = def.to_xml();
-        self.action_call(ni, move |b| b.define_and_start(&xml))
-            .await?;
+        self.make_part(name, ni, made, Part::Domain, move |b| {
+            b.define_and_start(&xml)
+        })
+        .await?;
         Ok(())
     }
 
-    /// Removes whatever a build may have made on its node. Each part is tolerant of being
-    /// absent, so this is safe after a failure at any step.
-    async fn undo_build(&self, name: &str, node: &str) {
+    /// Removes the parts of instance `name` listed in `made` from `node`, each one
+    /// tolerant of being gone already; returns what could not be removed.
+    async fn remove_parts(&self, name: &str, node: &str, mut made: Made) -> Made {
         let Some(ni) = self.node_index(node) else {
-            return;
+            return made;
         };
-        let n = name.to_string();
-        if let Err(e) = self.action_call(ni, move |b| b.remove_domain(&n)).await {
-            tracing::warn!(instance = name, error = %e, "undo: domain");
-        }
-        for vol in [disk_volume(name), seed_volume(name)] {
-            let v = vol.clone();
-            if let Err(e) = self.action_call(ni, move |b| b.delete_volume(&v)).await {
-                tracing::warn!(instance = name, volume = %vol, error = %e, "undo: volume");
+        for part in [Part::Domain, Part::Disk, Part::Seed] {
+            if !made.has(part) {
+                continue;
+            }
+            let n = name.to_string();
+            let r = self
+                .action_call(ni, move |b| match part {
+                    Part::Domain => b.remove_domain(&n).map(|_| ()),
+                    Part::Disk => b.delete_volume(&disk_volume(&n)).map(|_| ()),
+                    Part::Seed => b.delete_volume(&seed_volume(&n)).map(|_| ()),
+                })
+                .await;
+            match r {
+                Ok(()) => made = made.with(part, false),
+                Err(e) => tracing::warn!(instance = name, ?part, error = %e, "cannot remove"),
             }
         }
+        made
     }
 
     /// `rmdir`: destroys the domain, deletes its volumes, releases its addresses and deletes
@@ -422,20 +470,23 @@ impl Cluster {
         }
         self.db.begin_delete(name).await?;
         self.refresh_row(name).await;
-        if let Some(node) = &row.hostname {
-            let Some(ni) = self.node_index(node) else {
+        if let Some(node) = &row.hostname
+            && !row.made.is_empty()
+        {
+            if self.node_index(node).is_none() {
                 return Err(ActionError::Backend(format!(
                     "node {node} is not configured"
                 )));
-            };
-            let n = name.to_string();
-            self.action_call(ni, move |b| b.remove_domain(&n))
-                .await
-                .map_err(ActionError::Backend)?;
-            for vol in [disk_volume(name), seed_volume(name)] {
-                self.action_call(ni, move |b| b.delete_volume(&vol))
-                    .await
-                    .map_err(ActionError::Backend)?;
+            }
+            let left = self.remove_parts(name, node, row.made).await;
+            if left != row.made {
+                self.db.set_made(name, left).await?;
+            }
+            if !left.is_empty() {
+                return Err(ActionError::Backend(format!(
+                    "instance {name}: cannot remove its {left} from node {node}; \
+                     rmdir again when the node answers"
+                )));
             }
         }
         self.db.delete_vm(name).await?;

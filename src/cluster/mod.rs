@@ -308,6 +308,19 @@ impl Cluster {
         self.rebuild();
     }
 
+    /// Shows `error` in instance `name`'s `error` file when the database cannot record it
+    /// (it is down): the next successful database poll replaces it with what is stored.
+    pub(crate) fn set_local_error(&self, name: &str, error: &str) {
+        {
+            let mut inputs = self.inputs.lock();
+            let Some(row) = inputs.rows.iter_mut().find(|r| r.vmname == name) else {
+                return;
+            };
+            row.error = Some(error.to_string());
+        }
+        self.rebuild();
+    }
+
     /// Assembles a new view from the current inputs and publishes it.
     fn rebuild(&self) {
         let inputs = self.inputs.lock();

@@ -1,9 +1,18 @@
 //! Placement: the filters a real scheduler applies (node online, image present, networks
-//! present, room for the vCPUs and RAM under the overcommit ratios), then the original
-//! `getresource.sh` rule — the best score, 0.7 × free-CPU share + 0.3 × free-RAM share — with
-//! ties going to the node named first.
+//! present and active, room for the vCPUs and RAM under the overcommit ratios), then the
+//! original `getresource.sh` rule — the best score, 0.7 × free-CPU share + 0.3 × free-RAM
+//! share — with ties going to the node named first.
+//!
+//! What an instance holds is counted from the database's rows at the moment of placement
+//! (`Load`, read under the placement lock, so other kvmfs mounts' instances count too), plus
+//! the active domains on each node that kvmfs does not manage.
 
-use super::view::{NodeView, View};
+use std::collections::{HashMap, HashSet};
+
+use crate::config::PlacementConfig;
+use crate::db::Load;
+
+use super::view::{NodeView, Room, View};
 
 /// What an instance needs from a node.
 #[derive(Debug, Clone)]
@@ -33,8 +42,45 @@ impl From<PlaceError> for super::actions::ActionError {
     }
 }
 
+/// (vCPUs, RAM MB) held on each node.
+pub struct Committed<'a> {
+    by_node: HashMap<&'a str, (u64, u64)>,
+    managed: HashSet<(&'a str, &'a str)>,
+}
+
+impl<'a> Committed<'a> {
+    /// From the database's rows: every kvmfs instance that holds resources, on any mount.
+    pub fn from_loads(loads: &'a [Load]) -> Committed<'a> {
+        let mut by_node: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut managed = HashSet::new();
+        for l in loads {
+            let e = by_node.entry(l.hostname.as_str()).or_default();
+            e.0 += l.vcpus;
+            e.1 += l.ram_mb;
+            managed.insert((l.hostname.as_str(), l.vmname.as_str()));
+        }
+        Committed { by_node, managed }
+    }
+
+    /// What `node` holds: its kvmfs instances, and its active domains that are not one.
+    fn of(&self, node: &NodeView) -> (u64, u64) {
+        let (mut v, mut r) = self
+            .by_node
+            .get(node.name.as_str())
+            .copied()
+            .unwrap_or_default();
+        for (name, dv, dr) in &node.unmanaged_load {
+            if !self.managed.contains(&(node.name.as_str(), name.as_str())) {
+                v += dv;
+                r += dr;
+            }
+        }
+        (v, r)
+    }
+}
+
 /// Why `node` cannot take `need`, or `None` if it can.
-pub fn refusal(view: &View, node: &NodeView, need: &Need<'_>) -> Option<String> {
+fn refusal(view: &View, node: &NodeView, need: &Need<'_>, held: (u64, u64)) -> Option<String> {
     if !node.online {
         return Some(format!("{} is offline", node.name));
     }
@@ -46,28 +92,31 @@ pub fn refusal(view: &View, node: &NodeView, need: &Need<'_>) -> Option<String> 
         return Some(format!("{} has no image {}", node.name, need.image));
     }
     for net in need.networks {
-        let has = view
+        let state = view
             .networks
             .get(*net)
-            .is_some_and(|n| n.per_node.iter().any(|(nn, _)| nn == &node.name));
-        if !has {
-            return Some(format!("{} has no network {net}", node.name));
+            .and_then(|n| n.per_node.iter().find(|(nn, _)| nn == &node.name))
+            .map(|(_, p)| p.active);
+        match state {
+            None => return Some(format!("{} has no network {net}", node.name)),
+            Some(false) => return Some(format!("{}: network {net} is inactive", node.name)),
+            Some(true) => {}
         }
     }
-    if node.committed_vcpus + u64::from(need.vcpus) > node.capacity_vcpus {
+    if held.0 + u64::from(need.vcpus) > node.capacity_vcpus {
         return Some(format!(
             "{} has {} of {} vCPUs free, {} needed",
             node.name,
-            node.capacity_vcpus.saturating_sub(node.committed_vcpus),
+            node.capacity_vcpus.saturating_sub(held.0),
             node.capacity_vcpus,
             need.vcpus
         ));
     }
-    if node.committed_ram_mb + need.ram_mb > node.capacity_ram_mb {
+    if held.1 + need.ram_mb > node.capacity_ram_mb {
         return Some(format!(
             "{} has {} of {} MB RAM free, {} needed",
             node.name,
-            node.capacity_ram_mb.saturating_sub(node.committed_ram_mb),
+            node.capacity_ram_mb.saturating_sub(held.1),
             node.capacity_ram_mb,
             need.ram_mb
         ));
@@ -75,32 +124,39 @@ pub fn refusal(view: &View, node: &NodeView, need: &Need<'_>) -> Option<String> 
     None
 }
 
-/// The node to build on.
-pub fn choose(view: &View, need: &Need<'_>) -> Result<String, PlaceError> {
+/// The node to build on: the filters, then the best score on what each node holds now.
+pub fn choose(
+    view: &View,
+    need: &Need<'_>,
+    committed: &Committed<'_>,
+    p: &PlacementConfig,
+) -> Result<String, PlaceError> {
     if let Some(forced) = need.node {
         let node = view
             .nodes
             .get(forced)
             .ok_or_else(|| PlaceError::UnknownNode(forced.to_string()))?;
-        return match refusal(view, node, need) {
+        return match refusal(view, node, need, committed.of(node)) {
             None => Ok(forced.to_string()),
             Some(why) => Err(PlaceError::NoRoom(why)),
         };
     }
-    let mut best: Option<&NodeView> = None;
+    let mut best: Option<(&NodeView, f64)> = None;
     let mut reasons = Vec::new();
     for node in view.nodes.values() {
-        match refusal(view, node, need) {
+        let held = committed.of(node);
+        match refusal(view, node, need, held) {
             Some(why) => reasons.push(why),
             None => {
-                if best.is_none_or(|b| node.score > b.score) {
-                    best = Some(node);
+                let score = Room::new(node.cpus, node.memory_total_mb, held, p).score;
+                if best.is_none_or(|(_, b)| score > b) {
+                    best = Some((node, score));
                 }
             }
         }
     }
     match best {
-        Some(n) => Ok(n.name.clone()),
+        Some((n, _)) => Ok(n.name.clone()),
         None if reasons.is_empty() => Err(PlaceError::NoRoom("no nodes are configured".into())),
         None => Err(PlaceError::NoRoom(reasons.join("; "))),
     }

@@ -50,7 +50,7 @@ pub struct NodeState {
 }
 
 /// A node as shown under `/nodes`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeView {
     pub name: String,
     pub uri: String,
@@ -82,6 +82,10 @@ pub struct NodeView {
     pub pool_volumes: Vec<String>,
     #[serde(skip)]
     pub instance_names: Vec<String>,
+    /// Active domains kvmfs does not manage, with (vCPUs, RAM MB): placement counts them on
+    /// top of what the database says kvmfs instances hold.
+    #[serde(skip)]
+    pub unmanaged_load: Vec<(String, u64, u64)>,
     #[serde(skip)]
     pub volumes: Option<Vec<VolumeProbe>>,
     #[serde(skip)]
@@ -234,12 +238,42 @@ impl NetworkView {
     }
 }
 
+/// A base image: a volume in the storage pools that no instance uses as its own disk or
+/// seed, which a spec's `image` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageView {
+    pub name: String,
+    /// (node, capacity in bytes, path) for every node whose pool holds it.
+    pub per_node: Vec<(String, u64, Option<String>)>,
+}
+
+impl ImageView {
+    /// The largest capacity over the nodes (they normally agree).
+    pub fn size_bytes(&self) -> u64 {
+        self.per_node.iter().map(|(_, c, _)| *c).max().unwrap_or(0)
+    }
+
+    pub fn info_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "size_bytes": self.size_bytes(),
+            "size_gb": (self.size_bytes() as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0,
+            "nodes": self.per_node.iter().map(|(n, c, p)| serde_json::json!({
+                "node": n,
+                "size_bytes": c,
+                "path": p,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// One consistent picture of the cluster.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub nodes: BTreeMap<String, NodeView>,
     pub instances: BTreeMap<String, InstanceView>,
     pub networks: BTreeMap<String, NetworkView>,
+    pub images: BTreeMap<String, ImageView>,
     /// Whether the last database poll succeeded, and why not.
     pub db_error: Option<String>,
     pub built_at: Option<SystemTime>,
@@ -371,15 +405,17 @@ pub fn build(
             Some(f) => (mb(f), "measured"),
             None => (total_mb.saturating_sub(committed.1), "committed"),
         };
-        let cap_vcpus = (f64::from(cpus) * placement.cpu_overcommit).floor() as u64;
-        let cap_ram = (total_mb as f64 * placement.ram_overcommit).floor() as u64;
-        let free_cpu_share = share_free(committed.0 as f64, cap_vcpus as f64);
-        let free_ram_share = share_free(committed.1 as f64, cap_ram as f64);
-        let score = if n.status.is_online() {
-            placement.cpu_weight * free_cpu_share + placement.ram_weight * free_ram_share
-        } else {
-            0.0
-        };
+        let unmanaged_load: Vec<(String, u64, u64)> = names
+            .iter()
+            .filter_map(|name| instances.get(name))
+            .filter(|i| i.row.is_none() && counts_against_node(i))
+            .filter_map(|i| {
+                let (v, r) = instance_resources(i);
+                i.domain.as_ref().map(|d| (d.name.clone(), v, r))
+            })
+            .collect();
+        let room = Room::new(cpus, total_mb, committed, placement);
+        let score = if n.status.is_online() { room.score } else { 0.0 };
         let mut nv = NodeView {
             name: n.name.clone(),
             uri: n.uri.clone(),
@@ -397,18 +433,19 @@ pub fn build(
             memory_source: source,
             committed_vcpus: committed.0,
             committed_ram_mb: committed.1,
-            capacity_vcpus: cap_vcpus,
-            capacity_ram_mb: cap_ram,
+            capacity_vcpus: room.capacity_vcpus,
+            capacity_ram_mb: room.capacity_ram_mb,
             instances: names.len(),
             active_instances: active,
-            free_cpu_share: round4(free_cpu_share),
-            free_ram_share: round4(free_ram_share),
+            free_cpu_share: round4(room.free_cpu_share),
+            free_ram_share: round4(room.free_ram_share),
             score: round4(score),
             updated_at: n
                 .updated_at
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             instance_names: names,
+            unmanaged_load,
             pool_volumes: probe
                 .and_then(|p| p.volumes.as_ref())
                 .map(|v| v.iter().map(|v| v.name.clone()).collect())
@@ -417,11 +454,14 @@ pub fn build(
             changed_at: now,
         };
         if let Some(prev) = previous.nodes.get(&n.name) {
-            let same = serde_json::to_value(prev).ok() == serde_json::to_value(&nv).ok()
-                && prev.instance_names == nv.instance_names;
-            if same {
-                nv.changed_at = prev.changed_at;
+            // The poll time alone is no change: compare everything else.
+            let (updated_at, changed_at) = (nv.updated_at, nv.changed_at);
+            nv.updated_at = prev.updated_at;
+            nv.changed_at = prev.changed_at;
+            if *prev != nv {
+                nv.changed_at = changed_at;
             }
+            nv.updated_at = updated_at;
         }
         node_views.insert(n.name.clone(), nv);
         if let Some(p) = probe {
@@ -438,14 +478,81 @@ pub fn build(
         }
     }
     networks.retain(|name, _| is_listable(name));
+    let images = images(&node_views, &instances);
 
     View {
         nodes: node_views,
         instances,
         networks,
+        images,
         db_error,
         built_at: Some(now),
     }
+}
+
+/// A node's capacity under the overcommit ratios, what is free of it, and its score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    pub capacity_vcpus: u64,
+    pub capacity_ram_mb: u64,
+    pub free_cpu_share: f64,
+    pub free_ram_share: f64,
+    /// cpu_weight × free_cpu_share + ram_weight × free_ram_share: the original rule.
+    pub score: f64,
+}
+
+impl Room {
+    /// `committed` is (vCPUs, RAM MB) held by instances on the node.
+    pub fn new(cpus: u32, total_mb: u64, committed: (u64, u64), p: &PlacementConfig) -> Room {
+        let capacity_vcpus = (f64::from(cpus) * p.cpu_overcommit).floor() as u64;
+        let capacity_ram_mb = (total_mb as f64 * p.ram_overcommit).floor() as u64;
+        let free_cpu_share = share_free(committed.0 as f64, capacity_vcpus as f64);
+        let free_ram_share = share_free(committed.1 as f64, capacity_ram_mb as f64);
+        Room {
+            capacity_vcpus,
+            capacity_ram_mb,
+            free_cpu_share,
+            free_ram_share,
+            score: p.cpu_weight * free_cpu_share + p.ram_weight * free_ram_share,
+        }
+    }
+}
+
+/// The volumes of every pool that are not an instance's own: not a kvmfs instance's disk or
+/// seed, and not a disk any domain on that node uses.
+fn images(
+    nodes: &BTreeMap<String, NodeView>,
+    instances: &BTreeMap<String, InstanceView>,
+) -> BTreeMap<String, ImageView> {
+    let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
+    for n in nodes.values() {
+        let Some(vols) = &n.volumes else { continue };
+        let mut in_use: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for iname in &n.instance_names {
+            let Some(i) = instances.get(iname) else {
+                continue;
+            };
+            if let Some(d) = &i.domain {
+                in_use.extend(d.devices.disks.iter().filter_map(|d| d.source.as_deref()));
+            }
+        }
+        for v in vols {
+            let own = crate::model::instance_of_volume(&v.name)
+                .is_some_and(|i| instances.contains_key(i));
+            let used = v.path.as_deref().is_some_and(|p| in_use.contains(p));
+            if own || used || !is_listable(&v.name) {
+                continue;
+            }
+            out.entry(v.name.clone())
+                .or_insert_with(|| ImageView {
+                    name: v.name.clone(),
+                    per_node: Vec::new(),
+                })
+                .per_node
+                .push((n.name.clone(), v.capacity_bytes, v.path.clone()));
+        }
+    }
+    out
 }
 
 fn round4(x: f64) -> f64 {

@@ -72,6 +72,84 @@ pub struct VmRow {
     pub spec: Option<String>,
     /// OpenSSH private key; never printed (see the `Debug` impl).
     pub ssh_private_key: Option<String>,
+    /// What kvmfs made (or was about to make) on the node for this instance.
+    pub made: Made,
+}
+
+/// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Made {
+    pub domain: bool,
+    pub disk: bool,
+    pub seed: bool,
+}
+
+/// One part of an instance on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Domain,
+    Disk,
+    Seed,
+}
+
+impl Made {
+    pub fn parse(s: &str) -> Made {
+        let mut m = Made::default();
+        for w in s.split(',') {
+            match w.trim() {
+                "domain" => m.domain = true,
+                "disk" => m.disk = true,
+                "seed" => m.seed = true,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    pub fn has(self, p: Part) -> bool {
+        match p {
+            Part::Domain => self.domain,
+            Part::Disk => self.disk,
+            Part::Seed => self.seed,
+        }
+    }
+
+    pub fn with(mut self, p: Part, on: bool) -> Made {
+        match p {
+            Part::Domain => self.domain = on,
+            Part::Disk => self.disk = on,
+            Part::Seed => self.seed = on,
+        }
+        self
+    }
+
+    pub fn is_empty(self) -> bool {
+        self == Made::default()
+    }
+}
+
+impl std::fmt::Display for Made {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<&str> = [
+            (self.domain, "domain"),
+            (self.disk, "disk"),
+            (self.seed, "seed"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, w)| w)
+        .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Resources an instance holds on its node, as the database records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    pub vmname: String,
+    pub hostname: String,
+    pub vcpus: u64,
+    pub ram_mb: u64,
 }
 
 impl std::fmt::Debug for VmRow {
@@ -99,7 +177,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key FROM vm",
+            "ssh_private_key, made FROM vm",
             $tail
         )
     };
@@ -107,7 +185,6 @@ macro_rules! select_vm {
 
 /// What `begin_build` writes.
 pub struct BuildRow<'a> {
-    pub node: &'a str,
     pub vcpus: u32,
     pub ram_mb: u64,
     pub disk_gb: u64,
@@ -265,34 +342,92 @@ impl Db {
         .map(|_| ())
     }
 
-    /// Moves a draft (or failed) instance to `building` on `node` with its spec.
-    pub async fn begin_build(&self, name: &str, b: &BuildRow<'_>) -> Result<(), DbError> {
-        let n = self
-            .bounded(
-                sqlx::query(
-                    "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
-                     vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
-                     error = NULL, updated_at = ? WHERE vmname = ? AND state IN ('draft', 'failed')",
-                )
-                .bind(b.node)
-                .bind(i64::try_from(b.ram_mb).unwrap_or(i64::MAX))
-                .bind(i64::from(b.vcpus))
-                .bind(i64::try_from(b.disk_gb).unwrap_or(i64::MAX))
-                .bind(b.image)
-                .bind(b.purpose)
-                .bind(b.git)
-                .bind(b.spec)
+    /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
+    /// transaction that holds the placement lock: `choose` sees the resources every instance
+    /// in the database holds (including those of other kvmfs mounts) and names the node.
+    pub async fn begin_build<E: From<DbError>>(
+        &self,
+        name: &str,
+        b: &BuildRow<'_>,
+        choose: impl FnOnce(&[Load]) -> Result<String, E>,
+    ) -> Result<String, E> {
+        let work = async {
+            let mut tx = self.pool.begin().await.map_err(DbError::from)?;
+            sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+            let rows = sqlx::query(
+                "SELECT vmname, hostname, vcpus, ram FROM vm WHERE hostname IS NOT NULL \
+                 AND state IN ('building', 'ready', 'deleting')",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+            let loads = rows
+                .iter()
+                .map(|r| {
+                    let n = |c: &str| -> Result<u64, sqlx::Error> {
+                        Ok(r.try_get::<Option<i64>, _>(c)?
+                            .and_then(|v| u64::try_from(v).ok())
+                            .unwrap_or(0))
+                    };
+                    Ok(Load {
+                        vmname: r.try_get("vmname")?,
+                        hostname: r.try_get("hostname")?,
+                        vcpus: n("vcpus")?,
+                        ram_mb: n("ram")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(DbError::from)?;
+            let node = choose(&loads)?;
+            let n = sqlx::query(
+                "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
+                 vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
+                 error = NULL, made = '', updated_at = ? \
+                 WHERE vmname = ? AND state IN ('draft', 'failed')",
+            )
+            .bind(node.as_str())
+            .bind(i64::try_from(b.ram_mb).unwrap_or(i64::MAX))
+            .bind(i64::from(b.vcpus))
+            .bind(i64::try_from(b.disk_gb).unwrap_or(i64::MAX))
+            .bind(b.image)
+            .bind(b.purpose)
+            .bind(b.git)
+            .bind(b.spec)
+            .bind(unix_now())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+            if n.rows_affected() == 0 {
+                return Err(DbError::State(format!(
+                    "instance {name} is not a draft (already committed or being deleted)"
+                ))
+                .into());
+            }
+            tx.commit().await.map_err(DbError::from)?;
+            Ok(node)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Timeout(self.timeout).into()),
+        }
+    }
+
+    /// Records that `part` of instance `name` exists (or may exist) on its node, or that it
+    /// is gone.
+    pub async fn set_made(&self, name: &str, made: Made) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query("UPDATE vm SET made = ?, updated_at = ? WHERE vmname = ?")
+                .bind(made.to_string())
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
-            )
-            .await?;
-        if n.rows_affected() == 0 {
-            return Err(DbError::State(format!(
-                "instance {name} is not a draft (already committed or being deleted)"
-            )));
-        }
-        Ok(())
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Records the step an operation is in, so a crash can be finished or undone.
@@ -397,16 +532,18 @@ impl Db {
 
     /// Undoes a failed build in the database: addresses released, node and keys cleared,
     /// the reason kept in `error`. The instance can be given a new spec.
-    pub async fn fail_build(&self, name: &str, error: &str) -> Result<(), DbError> {
+    pub async fn fail_build(&self, name: &str, error: &str, left: Made) -> Result<(), DbError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             release_addresses(&mut tx, name).await?;
             sqlx::query(
-                "UPDATE vm SET state = 'failed', step = '', error = ?, hostname = NULL, \
-                 vmip = NULL, ip_eth1 = NULL, ssh_public_key = NULL, ssh_private_key = NULL, \
+                "UPDATE vm SET state = 'failed', step = '', error = ?, made = ?, \
+                 hostname = CASE WHEN ? = '' THEN NULL ELSE hostname END, vmip = NULL, ip_eth1 = NULL, ssh_public_key = NULL, ssh_private_key = NULL, \
                  updated_at = ? WHERE vmname = ?",
             )
             .bind(error)
+            .bind(left.to_string())
+            .bind(left.to_string())
             .bind(unix_now())
             .bind(name)
             .execute(&mut *tx)
@@ -525,6 +662,7 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             updated_at: r.try_get("updated_at")?,
             spec: r.try_get("spec")?,
             ssh_private_key: r.try_get("ssh_private_key")?,
+            made: Made::parse(&r.try_get::<String, _>("made")?),
         })
     };
     f().map_err(DbError::from)

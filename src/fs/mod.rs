@@ -9,7 +9,8 @@ use std::time::Duration;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
+    RenameFlags, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
+    WriteFlags,
 };
 
 use crate::cluster::actions::ActionError;
@@ -72,6 +73,8 @@ pub fn errno(e: &TreeError) -> Errno {
         TreeError::BadHandle => Errno::EBADF,
         TreeError::NotSymlink => Errno::EINVAL,
         TreeError::InProgress => Errno::from_i32(libc::EINPROGRESS),
+        TreeError::NotPermitted(_) => Errno::EPERM,
+        TreeError::CrossDevice => Errno::EXDEV,
         TreeError::Action(a) => match a {
             ActionError::Invalid(_) => Errno::EINVAL,
             ActionError::Exists(_) => Errno::EEXIST,
@@ -150,17 +153,18 @@ impl Filesystem for KvmFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Only a truncation of a writable file is a change kvmfs takes; timestamps that
-        // tools set after writing (touch, cp -p) are accepted and ignored.
+        // A truncation of a writable file, and modes and owners of scratch files, are
+        // changes kvmfs takes; timestamps that tools set after writing (touch, cp -p) are
+        // accepted and ignored.
         let r = match (mode, uid, gid, size) {
             (None, None, None, Some(size)) => {
                 self.tree.truncate(ino.0, fh.map(|f| f.0), size, req.uid())
             }
             (None, None, None, None) => self.tree.getattr(ino.0),
-            _ => self
-                .tree
-                .getattr(ino.0)
-                .and(Err(TreeError::ReadOnly("attributes are fixed"))),
+            (_, _, _, None) => self.tree.set_attr(ino.0, mode, uid, gid, req.uid()),
+            _ => Err(TreeError::NotPermitted(
+                "change the size and the mode or owner in separate calls",
+            )),
         };
         match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -209,19 +213,65 @@ impl Filesystem for KvmFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&self.tree.refuse_create(parent.0)));
+        let mode = (mode & !umask & 0o7777) as u16;
+        match self
+            .tree
+            .create(parent.0, name, mode, req.uid(), req.gid())
+        {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.tree.refuse_create(parent.0)));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.tree.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let (name, newname, uid) = (name.to_owned(), newname.to_owned(), req.uid());
+        self.spawn(
+            move |t| {
+                Box::pin(async move {
+                    t.rename(parent.0, &name, newparent.0, &newname, no_replace, uid)
+                        .await
+                })
+            },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -295,12 +295,20 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn remove_domain(&self, name: &str) -> Result<bool, HvError> {
-        self.with_conn(|c| {
+        enum Removed {
+            Absent,
+            Removed,
+            Foreign,
+        }
+        let r = self.with_conn(|c| {
             let d = match c.lookup_domain_by_name(name) {
                 Ok(d) => d,
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(false),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(Removed::Absent),
                 Err(e) => return Err(e),
             };
+            if parse_domain_devices(&d.xml_desc(0)?).kvmfs_owner.is_none() {
+                return Ok(Removed::Foreign);
+            }
             if d.is_active()?
                 && let Err(e) = d.destroy()
                 && d.is_active()?
@@ -308,11 +316,19 @@ impl NodeBackend for LibvirtNode {
                 return Err(e);
             }
             match d.undefine() {
-                Ok(()) => Ok(true),
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(true),
+                Ok(()) => Ok(Removed::Removed),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Removed::Removed),
                 Err(e) => Err(e),
             }
-        })
+        })?;
+        match r {
+            Removed::Absent => Ok(false),
+            Removed::Removed => Ok(true),
+            Removed::Foreign => Err(HvError::Foreign {
+                node: self.name.clone(),
+                what: format!("domain {name}"),
+            }),
+        }
     }
 
     fn reset(&self) {
@@ -426,7 +442,17 @@ pub fn parse_domain_devices(xml: &str) -> DomainDevices {
     let Ok(doc) = roxmltree::Document::parse(xml) else {
         return DomainDevices::default();
     };
-    let mut out = DomainDevices::default();
+    let mut out = DomainDevices {
+        kvmfs_owner: doc
+            .descendants()
+            .find(|n| n.tag_name().namespace() == Some(super::xml::METADATA_NS))
+            .map(|n| {
+                n.attribute("owner")
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(0)
+            }),
+        ..DomainDevices::default()
+    };
     let Some(devices) = doc
         .root_element()
         .children()

@@ -23,6 +23,9 @@ pub enum HvError {
     NotFound { node: String, what: String },
     #[error("node {node}: {message}")]
     WrongState { node: String, message: String },
+    /// Something of the name kvmfs wanted to remove is not kvmfs's: it is left alone.
+    #[error("node {node}: {what} was not made by kvmfs; it is left alone")]
+    Foreign { node: String, what: String },
 }
 
 /// The lifecycle state of a domain, as libvirt reports it.
@@ -135,6 +138,9 @@ impl DomainState {
 pub struct DomainDevices {
     pub disks: Vec<DiskInfo>,
     pub interfaces: Vec<InterfaceInfo>,
+    /// The owner uid in kvmfs's `<metadata>`, for domains kvmfs defined.
+    #[serde(skip)]
+    pub kvmfs_owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -10,6 +10,7 @@
 //! sees one consistent version) and sizes at `getattr` (so `stat` agrees with `read`).
 
 mod render;
+mod scratch;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -46,6 +47,10 @@ pub enum TreeError {
     /// The operation goes on in the background past the time a FUSE call may take.
     #[error("still in progress")]
     InProgress,
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("cannot move files between folders")]
+    CrossDevice,
 }
 
 /// What an inode is, decoded from its number.
@@ -64,12 +69,25 @@ pub enum Ino {
     InstanceLink(u64),
     Network(u64),
     NetworkFile(u64, FileKind),
+    ImagesDir,
+    FlavorsDir,
+    /// `/status`: the health of the whole cloud in one line.
+    RootStatus,
+    Image(u64),
+    ImageFile(u64, FileKind),
+    Flavor(u64),
+    FlavorFile(u64, FileKind),
+    /// An editor's or tool's file in an instance folder (see `scratch`).
+    Scratch(u64),
 }
 
 const TAG_ROOT: u64 = 1;
 const TAG_NODES: u64 = 2;
 const TAG_INSTANCES: u64 = 3;
 const TAG_NETWORKS: u64 = 4;
+const TAG_IMAGES: u64 = 5;
+const TAG_FLAVORS: u64 = 6;
+const TAG_ROOT_STATUS: u64 = 7;
 const TAG_NODE: u64 = 16;
 const TAG_NODE_INSTANCES: u64 = 17;
 const TAG_NODE_FILE: u64 = 24; // 24..32: node files by FileKind index
@@ -78,6 +96,11 @@ const TAG_INSTANCE_LINK: u64 = 33;
 const TAG_INSTANCE_FILE: u64 = 40; // 40..64
 const TAG_NETWORK: u64 = 64;
 const TAG_NETWORK_FILE: u64 = 72; // 72..80
+const TAG_IMAGE: u64 = 80;
+const TAG_FLAVOR: u64 = 81;
+const TAG_SCRATCH: u64 = 82;
+const TAG_IMAGE_FILE: u64 = 128; // 128..144
+const TAG_FLAVOR_FILE: u64 = 144; // 144..160
 
 impl Ino {
     pub fn encode(self) -> u64 {
@@ -94,6 +117,14 @@ impl Ino {
             Ino::InstanceFile(id, f) => id << 8 | (TAG_INSTANCE_FILE + f.index()),
             Ino::Network(id) => id << 8 | TAG_NETWORK,
             Ino::NetworkFile(id, f) => id << 8 | (TAG_NETWORK_FILE + f.index()),
+            Ino::ImagesDir => TAG_IMAGES,
+            Ino::FlavorsDir => TAG_FLAVORS,
+            Ino::RootStatus => TAG_ROOT_STATUS,
+            Ino::Image(id) => id << 8 | TAG_IMAGE,
+            Ino::ImageFile(id, f) => id << 8 | (TAG_IMAGE_FILE + f.index()),
+            Ino::Flavor(id) => id << 8 | TAG_FLAVOR,
+            Ino::FlavorFile(id, f) => id << 8 | (TAG_FLAVOR_FILE + f.index()),
+            Ino::Scratch(id) => id << 8 | TAG_SCRATCH,
         }
     }
 
@@ -105,6 +136,12 @@ impl Ino {
             TAG_NODES if id == 0 => Some(Ino::NodesDir),
             TAG_INSTANCES if id == 0 => Some(Ino::InstancesDir),
             TAG_NETWORKS if id == 0 => Some(Ino::NetworksDir),
+            TAG_IMAGES if id == 0 => Some(Ino::ImagesDir),
+            TAG_FLAVORS if id == 0 => Some(Ino::FlavorsDir),
+            TAG_ROOT_STATUS if id == 0 => Some(Ino::RootStatus),
+            TAG_IMAGE => with_id(Ino::Image(id)),
+            TAG_FLAVOR => with_id(Ino::Flavor(id)),
+            TAG_SCRATCH => with_id(Ino::Scratch(id)),
             TAG_NODE => with_id(Ino::Node(id)),
             TAG_NODE_INSTANCES => with_id(Ino::NodeInstances(id)),
             TAG_INSTANCE => with_id(Ino::Instance(id)),
@@ -120,6 +157,14 @@ impl Ino {
             t if (TAG_NETWORK_FILE..TAG_NETWORK_FILE + 8).contains(&t) => {
                 FileKind::from_index(t - TAG_NETWORK_FILE)
                     .and_then(|f| with_id(Ino::NetworkFile(id, f)))
+            }
+            t if (TAG_IMAGE_FILE..TAG_IMAGE_FILE + 16).contains(&t) => {
+                FileKind::from_index(t - TAG_IMAGE_FILE)
+                    .and_then(|f| with_id(Ino::ImageFile(id, f)))
+            }
+            t if (TAG_FLAVOR_FILE..TAG_FLAVOR_FILE + 16).contains(&t) => {
+                FileKind::from_index(t - TAG_FLAVOR_FILE)
+                    .and_then(|f| with_id(Ino::FlavorFile(id, f)))
             }
             _ => None,
         }
@@ -183,6 +228,8 @@ struct Names {
     nodes: Interner,
     instances: Interner,
     networks: Interner,
+    images: Interner,
+    flavors: Interner,
 }
 
 enum Handle {
@@ -190,6 +237,8 @@ enum Handle {
     File(Arc<Vec<u8>>),
     /// `spec.json` or `ctl` opened for writing.
     Write(WriteHandle),
+    /// A scratch file, read and written in place.
+    Scratch(u64),
 }
 
 #[derive(Clone)]
@@ -214,6 +263,7 @@ pub struct Owner {
 pub struct Tree {
     cluster: Arc<Cluster>,
     names: Mutex<Names>,
+    scratch: Mutex<scratch::Store>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     owner: Owner,
@@ -232,6 +282,7 @@ impl Tree {
         Tree {
             cluster,
             names: Mutex::new(Names::default()),
+            scratch: Mutex::new(scratch::Store::default()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             owner,
@@ -244,7 +295,13 @@ impl Tree {
         let i = Ino::decode(ino).ok_or(TreeError::NotFound)?;
         let names = self.names.lock();
         let name = match i {
-            Ino::Root | Ino::NodesDir | Ino::InstancesDir | Ino::NetworksDir => None,
+            Ino::Root
+            | Ino::NodesDir
+            | Ino::InstancesDir
+            | Ino::NetworksDir
+            | Ino::ImagesDir
+            | Ino::FlavorsDir
+            | Ino::RootStatus => None,
             Ino::Node(id) | Ino::NodeInstances(id) | Ino::NodeFile(id, _) => {
                 let n = names.nodes.name(id).ok_or(TreeError::NotFound)?;
                 view.nodes.get(n).ok_or(TreeError::NotFound)?;
@@ -264,6 +321,39 @@ impl Tree {
                 let n = names.networks.name(id).ok_or(TreeError::NotFound)?;
                 view.networks.get(n).ok_or(TreeError::NotFound)?;
                 Some(n.to_string())
+            }
+            Ino::Image(id) | Ino::ImageFile(id, _) => {
+                let n = names.images.name(id).ok_or(TreeError::NotFound)?;
+                view.images.get(n).ok_or(TreeError::NotFound)?;
+                if let Ino::ImageFile(_, f) = i
+                    && !render::IMAGE_FILES.contains(&f)
+                {
+                    return Err(TreeError::NotFound);
+                }
+                Some(n.to_string())
+            }
+            Ino::Flavor(id) | Ino::FlavorFile(id, _) => {
+                let n = names.flavors.name(id).ok_or(TreeError::NotFound)?;
+                self.cluster
+                    .config()
+                    .flavors
+                    .get(n)
+                    .ok_or(TreeError::NotFound)?;
+                if let Ino::FlavorFile(_, f) = i
+                    && !render::FLAVOR_FILES.contains(&f)
+                {
+                    return Err(TreeError::NotFound);
+                }
+                Some(n.to_string())
+            }
+            Ino::Scratch(id) => {
+                let store = self.scratch.lock();
+                let f = store.get(id).ok_or(TreeError::NotFound)?;
+                view.instances
+                    .get(&f.instance)
+                    .filter(|i| i.managed())
+                    .ok_or(TreeError::NotFound)?;
+                Some(f.instance.clone())
             }
         };
         Ok(Resolved { ino: i, view, name })
@@ -285,9 +375,16 @@ impl Tree {
         };
         let entries = match r.ino {
             Ino::Root => vec![
-                dir(Ino::NodesDir, "nodes"),
+                dir(Ino::FlavorsDir, "flavors"),
+                dir(Ino::ImagesDir, "images"),
                 dir(Ino::InstancesDir, "instances"),
                 dir(Ino::NetworksDir, "networks"),
+                dir(Ino::NodesDir, "nodes"),
+                DirEntry {
+                    ino: Ino::RootStatus.encode(),
+                    kind: EntryKind::File,
+                    name: "status".into(),
+                },
             ],
             Ino::NodesDir => v
                 .nodes
@@ -303,6 +400,18 @@ impl Tree {
                 .networks
                 .keys()
                 .map(|n| dir(Ino::Network(names.networks.id(n)), n))
+                .collect(),
+            Ino::ImagesDir => v
+                .images
+                .keys()
+                .map(|n| dir(Ino::Image(names.images.id(n)), n))
+                .collect(),
+            Ino::FlavorsDir => self
+                .cluster
+                .config()
+                .flavors
+                .keys()
+                .map(|n| dir(Ino::Flavor(names.flavors.id(n)), n))
                 .collect(),
             Ino::Node(id) => {
                 let mut e: Vec<DirEntry> = render::NODE_FILES
@@ -325,26 +434,122 @@ impl Tree {
                     .collect()
             }
             Ino::Instance(id) => {
-                let inst = r
-                    .name
-                    .as_deref()
-                    .and_then(|n| v.instances.get(n))
-                    .ok_or(TreeError::NotFound)?;
-                render::instance_files(inst)
+                let name = r.name.as_deref().unwrap_or("");
+                let inst = v.instances.get(name).ok_or(TreeError::NotFound)?;
+                let mut e: Vec<DirEntry> = render::instance_files(inst)
                     .iter()
                     .map(|f| file(Ino::InstanceFile(id, *f), *f))
-                    .collect()
+                    .collect();
+                e.extend(
+                    self.scratch
+                        .lock()
+                        .list(name)
+                        .into_iter()
+                        .map(|(n, sid)| DirEntry {
+                            ino: Ino::Scratch(sid).encode(),
+                            kind: EntryKind::File,
+                            name: n,
+                        }),
+                );
+                e
             }
             Ino::Network(id) => render::NETWORK_FILES
                 .iter()
                 .map(|f| file(Ino::NetworkFile(id, *f), *f))
                 .collect(),
-            Ino::NodeFile(..) | Ino::InstanceFile(..) | Ino::NetworkFile(..) => {
-                return Err(TreeError::NotDir);
-            }
-            Ino::InstanceLink(_) => return Err(TreeError::NotDir),
+            Ino::Image(id) => render::IMAGE_FILES
+                .iter()
+                .map(|f| file(Ino::ImageFile(id, *f), *f))
+                .collect(),
+            Ino::Flavor(id) => render::FLAVOR_FILES
+                .iter()
+                .map(|f| file(Ino::FlavorFile(id, *f), *f))
+                .collect(),
+            Ino::NodeFile(..)
+            | Ino::InstanceFile(..)
+            | Ino::NetworkFile(..)
+            | Ino::ImageFile(..)
+            | Ino::FlavorFile(..)
+            | Ino::RootStatus
+            | Ino::Scratch(_)
+            | Ino::InstanceLink(_) => return Err(TreeError::NotDir),
         };
         Ok(entries)
+    }
+
+    /// The inode of entry `name` in directory `r`, found without listing the directory.
+    fn child(&self, r: &Resolved<'_>, name: &str) -> Result<Ino, TreeError> {
+        let v = r.view;
+        let own = r.name.as_deref().unwrap_or("");
+        let file_in = |files: &[FileKind]| {
+            files
+                .iter()
+                .copied()
+                .find(|f| f.file_name() == name)
+                .ok_or(TreeError::NotFound)
+        };
+        let mut names = self.names.lock();
+        let ino = match r.ino {
+            Ino::Root => match name {
+                "nodes" => Ino::NodesDir,
+                "instances" => Ino::InstancesDir,
+                "networks" => Ino::NetworksDir,
+                "images" => Ino::ImagesDir,
+                "flavors" => Ino::FlavorsDir,
+                "status" => Ino::RootStatus,
+                _ => return Err(TreeError::NotFound),
+            },
+            Ino::NodesDir if v.nodes.contains_key(name) => Ino::Node(names.nodes.id(name)),
+            Ino::InstancesDir if v.instances.contains_key(name) => {
+                Ino::Instance(names.instances.id(name))
+            }
+            Ino::NetworksDir if v.networks.contains_key(name) => {
+                Ino::Network(names.networks.id(name))
+            }
+            Ino::ImagesDir if v.images.contains_key(name) => Ino::Image(names.images.id(name)),
+            Ino::FlavorsDir if self.cluster.config().flavors.contains_key(name) => {
+                Ino::Flavor(names.flavors.id(name))
+            }
+            Ino::NodesDir
+            | Ino::InstancesDir
+            | Ino::NetworksDir
+            | Ino::ImagesDir
+            | Ino::FlavorsDir => return Err(TreeError::NotFound),
+            Ino::Node(id) if name == "instances" => Ino::NodeInstances(id),
+            Ino::Node(id) => Ino::NodeFile(id, file_in(render::NODE_FILES)?),
+            Ino::NodeInstances(_) => {
+                let listed = v
+                    .nodes
+                    .get(own)
+                    .is_some_and(|n| n.instance_names.binary_search_by(|i| i.as_str().cmp(name)).is_ok());
+                if !listed {
+                    return Err(TreeError::NotFound);
+                }
+                Ino::InstanceLink(names.instances.id(name))
+            }
+            Ino::Instance(id) => {
+                let inst = v.instances.get(own).ok_or(TreeError::NotFound)?;
+                match file_in(render::instance_files(inst)) {
+                    Ok(f) => Ino::InstanceFile(id, f),
+                    Err(e) => match self.scratch.lock().find(own, name) {
+                        Some(sid) => Ino::Scratch(sid),
+                        None => return Err(e),
+                    },
+                }
+            }
+            Ino::Network(id) => Ino::NetworkFile(id, file_in(render::NETWORK_FILES)?),
+            Ino::Image(id) => Ino::ImageFile(id, file_in(render::IMAGE_FILES)?),
+            Ino::Flavor(id) => Ino::FlavorFile(id, file_in(render::FLAVOR_FILES)?),
+            Ino::NodeFile(..)
+            | Ino::InstanceFile(..)
+            | Ino::NetworkFile(..)
+            | Ino::ImageFile(..)
+            | Ino::FlavorFile(..)
+            | Ino::RootStatus
+            | Ino::Scratch(_)
+            | Ino::InstanceLink(_) => return Err(TreeError::NotDir),
+        };
+        Ok(ino)
     }
 
     fn content(&self, r: &Resolved<'_>) -> Result<Vec<u8>, TreeError> {
@@ -363,6 +568,26 @@ impl Tree {
                 let n = v.networks.get(name).ok_or(TreeError::NotFound)?;
                 Ok(render::network_file(n, f))
             }
+            Ino::ImageFile(_, f) => {
+                let i = v.images.get(name).ok_or(TreeError::NotFound)?;
+                Ok(render::image_file(i, f))
+            }
+            Ino::FlavorFile(_, f) => {
+                let fl = self
+                    .cluster
+                    .config()
+                    .flavors
+                    .get(name)
+                    .ok_or(TreeError::NotFound)?;
+                Ok(render::flavor_file(name, fl, f))
+            }
+            Ino::RootStatus => Ok(render::root_status(v)),
+            Ino::Scratch(id) => self
+                .scratch
+                .lock()
+                .get(id)
+                .map(|f| f.data.clone())
+                .ok_or(TreeError::NotFound),
             Ino::InstanceLink(_) => Err(TreeError::NotFound),
             _ => Err(TreeError::IsDir),
         }
@@ -382,10 +607,12 @@ impl Tree {
             mtime: v.built_at.unwrap_or(self.started),
         };
         let attr = match r.ino {
-            Ino::Root | Ino::NodesDir | Ino::NetworksDir => Attr {
-                mtime: self.started,
-                ..base
-            },
+            Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => {
+                Attr {
+                    mtime: self.started,
+                    ..base
+                }
+            }
             // Sticky and world-writable like /tmp: anyone may create an instance; only its
             // owner (or root) may remove it.
             Ino::InstancesDir => Attr {
@@ -400,7 +627,7 @@ impl Tree {
                     .unwrap_or(base.mtime),
                 ..base
             },
-            Ino::Network(_) => base,
+            Ino::Network(_) | Ino::Image(_) | Ino::Flavor(_) => base,
             Ino::Instance(_) => {
                 let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
                 Attr {
@@ -417,7 +644,26 @@ impl Tree {
                 nlink: 1,
                 ..base
             },
-            Ino::NodeFile(..) | Ino::NetworkFile(..) | Ino::InstanceFile(..) => {
+            Ino::Scratch(id) => {
+                let store = self.scratch.lock();
+                let f = store.get(id).ok_or(TreeError::NotFound)?;
+                Attr {
+                    kind: EntryKind::File,
+                    size: f.data.len() as u64,
+                    perm: f.mode,
+                    uid: f.uid,
+                    gid: f.gid,
+                    nlink: 1,
+                    mtime: f.mtime,
+                    ..base
+                }
+            }
+            Ino::NodeFile(..)
+            | Ino::NetworkFile(..)
+            | Ino::InstanceFile(..)
+            | Ino::ImageFile(..)
+            | Ino::FlavorFile(..)
+            | Ino::RootStatus => {
                 let size = self.content(r)?.len() as u64;
                 let (perm, uid, mtime) = match r.ino {
                     Ino::InstanceFile(_, f) => {
@@ -462,12 +708,8 @@ impl Tree {
         let view = self.cluster.view();
         let p = self.resolve(parent, &view)?;
         let name = name.to_str().ok_or(TreeError::NotFound)?;
-        let child = self
-            .children(&p)?
-            .into_iter()
-            .find(|e| e.name == name)
-            .ok_or(TreeError::NotFound)?;
-        let r = self.resolve(child.ino, &view)?;
+        let child = self.child(&p, name)?;
+        let r = self.resolve(child.encode(), &view)?;
         self.attr(&r)
     }
 
@@ -510,7 +752,23 @@ impl Tree {
 
     fn parent_of(&self, ino: Ino) -> u64 {
         match ino {
-            Ino::Root | Ino::NodesDir | Ino::InstancesDir | Ino::NetworksDir => Ino::Root.encode(),
+            Ino::Root
+            | Ino::NodesDir
+            | Ino::InstancesDir
+            | Ino::NetworksDir
+            | Ino::ImagesDir
+            | Ino::FlavorsDir
+            | Ino::RootStatus => Ino::Root.encode(),
+            Ino::Image(_) => Ino::ImagesDir.encode(),
+            Ino::ImageFile(id, _) => Ino::Image(id).encode(),
+            Ino::Flavor(_) => Ino::FlavorsDir.encode(),
+            Ino::FlavorFile(id, _) => Ino::Flavor(id).encode(),
+            Ino::Scratch(id) => {
+                let instance = self.scratch.lock().get(id).map(|f| f.instance.clone());
+                let id = instance.map(|n| self.names.lock().instances.id(&n));
+                id.map(|id| Ino::Instance(id).encode())
+                    .unwrap_or(Ino::InstancesDir.encode())
+            }
             Ino::Node(_) => Ino::NodesDir.encode(),
             Ino::NodeInstances(id) | Ino::NodeFile(id, _) => Ino::Node(id).encode(),
             Ino::Instance(_) => Ino::InstancesDir.encode(),
@@ -543,6 +801,10 @@ impl Tree {
     pub fn open(&self, ino: u64, write: bool, uid: u32) -> Result<u64, TreeError> {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
+        if let Ino::Scratch(id) = r.ino {
+            // Permission bits were checked by the kernel (default_permissions).
+            return Ok(self.new_handle(Handle::Scratch(id)));
+        }
         let name = r.name.clone().unwrap_or_default();
         if let Ino::InstanceFile(_, f @ (FileKind::SshKey | FileKind::Spec | FileKind::Ctl)) = r.ino
         {
@@ -598,8 +860,12 @@ impl Tree {
         data: &[u8],
         uid: u32,
     ) -> Result<u32, TreeError> {
-        let mut w = self.write_handle(fh)?;
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if let Some(Handle::Scratch(id)) = self.handles.lock().get(&fh) {
+            self.scratch.lock().write(*id, offset, data)?;
+            return Ok(len);
+        }
+        let mut w = self.write_handle(fh)?;
         match w.kind {
             FileKind::Ctl => {
                 let cmd = match Control::parse(data) {
@@ -609,10 +875,12 @@ impl Tree {
                         return Err(e.into());
                     }
                 };
-                let c = self.cluster.clone();
-                self.detached(async move { c.control(&w.instance, uid, cmd).await })
-                    .await?;
-                Ok(len)
+                let (c, name) = (self.cluster.clone(), w.instance.clone());
+                let r = self
+                    .detached(async move { c.control(&name, uid, cmd).await })
+                    .await;
+                self.record_failure(&w.instance, &r);
+                r.map(|_| len)
             }
             _ if w.committed => {
                 // `echo` may send its newline in a write of its own after the document.
@@ -652,6 +920,16 @@ impl Tree {
         }
     }
 
+    /// Records why an action on an instance its owner may act on failed (not a refusal
+    /// because the caller is not the owner, or the instance is gone).
+    fn record_failure<T>(&self, instance: &str, r: &Result<T, TreeError>) {
+        if let Err(TreeError::Action(e)) = r
+            && !matches!(e, ActionError::NotOwner(_) | ActionError::NotFound(_))
+        {
+            self.record_error_later(instance, e);
+        }
+    }
+
     /// Records a refusal for the `error` file without making the caller wait for the
     /// database.
     fn record_error_later(&self, instance: &str, e: &ActionError) {
@@ -682,6 +960,10 @@ impl Tree {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
         let name = r.name.clone().unwrap_or_default();
+        if let Ino::Scratch(id) = r.ino {
+            self.scratch.lock().set_len(id, size)?;
+            return self.attr(&r);
+        }
         match r.ino {
             Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl)
                 if self.owns(&view, &name, uid) => {}
@@ -721,6 +1003,7 @@ impl Tree {
             .to_str()
             .ok_or_else(|| ActionError::Invalid("instance names are ASCII".into()))?;
         let (c, n) = (self.cluster.clone(), n.to_string());
+        self.scratch.lock().forget_instance(&n);
         self.detached(async move { c.create_draft(&n, uid).await })
             .await?;
         self.lookup(parent, name)
@@ -732,8 +1015,13 @@ impl Tree {
             return Err(self.refuse_create(parent));
         }
         let n = name.to_str().ok_or(TreeError::NotFound)?.to_string();
-        let c = self.cluster.clone();
-        self.detached(async move { c.delete(&n, uid).await }).await
+        let (c, nn) = (self.cluster.clone(), n.clone());
+        let r = self.detached(async move { c.delete(&nn, uid).await }).await;
+        match &r {
+            Ok(()) => self.scratch.lock().forget_instance(&n),
+            Err(_) => self.record_failure(&n, &r),
+        }
+        r
     }
 
     /// Runs an action to completion on its own task, even if the caller stops waiting (an
@@ -755,6 +1043,13 @@ impl Tree {
         let content = match self.handles.lock().get(&fh) {
             Some(Handle::File(c)) => c.clone(),
             Some(Handle::Write(w)) => Arc::new(w.buf.clone()),
+            Some(Handle::Scratch(id)) => {
+                let store = self.scratch.lock();
+                let f = store.get(*id).ok_or(TreeError::NotFound)?;
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(f.data.len());
+                let end = start.saturating_add(size as usize).min(f.data.len());
+                return Ok(f.data[start..end].to_vec());
+            }
             _ => return Err(TreeError::BadHandle),
         };
         let start = usize::try_from(offset)
@@ -762,6 +1057,177 @@ impl Tree {
             .min(content.len());
         let end = start.saturating_add(size as usize).min(content.len());
         Ok(content[start..end].to_vec())
+    }
+
+    /// The managed instance whose folder `parent` is, for creating and removing scratch
+    /// files in it.
+    fn scratch_parent(&self, parent: u64) -> Result<String, TreeError> {
+        let view = self.cluster.view();
+        let r = self.resolve(parent, &view)?;
+        match r.ino {
+            Ino::Instance(_) => {
+                let name = r.name.unwrap_or_default();
+                if view.instances.get(&name).is_some_and(|i| i.managed()) {
+                    Ok(name)
+                } else {
+                    Err(TreeError::ReadOnly(
+                        "instances kvmfs does not manage take no files",
+                    ))
+                }
+            }
+            _ => Err(self.refuse_create(parent)),
+        }
+    }
+
+    /// `create` in an instance folder: a scratch file (an editor's swap or backup file,
+    /// or a file a tool writes and renames onto `spec.json`).
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(Attr, u64), TreeError> {
+        let instance = self.scratch_parent(parent)?;
+        let name = name
+            .to_str()
+            .ok_or(TreeError::ReadOnly("file names here are UTF-8"))?;
+        if render::is_reserved_instance_name(name) {
+            return Err(TreeError::ReadOnly("that name belongs to a kvmfs file"));
+        }
+        let id = self
+            .scratch
+            .lock()
+            .create(&instance, name, mode & 0o7777, uid, gid)?;
+        let attr = self.getattr(Ino::Scratch(id).encode())?;
+        Ok((attr, self.new_handle(Handle::Scratch(id))))
+    }
+
+    /// `unlink`: removes a scratch file; kvmfs's own files cannot be removed.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), TreeError> {
+        let instance = self.scratch_parent(parent)?;
+        let name = name.to_str().ok_or(TreeError::NotFound)?;
+        let mut store = self.scratch.lock();
+        match store.find(&instance, name) {
+            Some(id) => {
+                store.remove(id);
+                Ok(())
+            }
+            None if render::is_reserved_instance_name(name) => Err(TreeError::ReadOnly(
+                "kvmfs's files cannot be removed; rmdir the instance",
+            )),
+            None => Err(TreeError::NotFound),
+        }
+    }
+
+    /// `rename` within an instance folder: scratch files move freely; a scratch file renamed
+    /// onto `spec.json` commits its content as the spec (how editors and scripts save a
+    /// file atomically); `spec.json` renamed to a scratch name copies it (an editor's
+    /// backup), and `spec.json` itself stays.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+        uid: u32,
+    ) -> Result<(), TreeError> {
+        let instance = self.scratch_parent(parent)?;
+        if self.scratch_parent(new_parent)? != instance {
+            return Err(TreeError::CrossDevice);
+        }
+        let (Some(from), Some(to)) = (name.to_str(), new_name.to_str()) else {
+            return Err(TreeError::NotFound);
+        };
+        let spec = FileKind::Spec.file_name();
+        let source = self.scratch.lock().find(&instance, from);
+        match source {
+            Some(id) if to == spec => {
+                let data = self
+                    .scratch
+                    .lock()
+                    .get(id)
+                    .map(|f| f.data.clone())
+                    .ok_or(TreeError::NotFound)?;
+                let view = self.cluster.view();
+                if !self.owns(&view, &instance, uid) {
+                    return Err(ActionError::NotOwner(format!(
+                        "instance {instance} is not yours"
+                    ))
+                    .into());
+                }
+                if no_replace {
+                    return Err(ActionError::Exists(format!("{spec} exists")).into());
+                }
+                let (c, n) = (self.cluster.clone(), instance.clone());
+                self.detached(async move { c.commit_spec(&n, uid, &data).await })
+                    .await?;
+                self.scratch.lock().remove(id);
+                Ok(())
+            }
+            Some(_) if render::is_reserved_instance_name(to) => {
+                Err(TreeError::ReadOnly("that name belongs to a kvmfs file"))
+            }
+            Some(id) => {
+                let mut store = self.scratch.lock();
+                if no_replace && store.find(&instance, to).is_some() {
+                    return Err(ActionError::Exists(format!("{to} exists")).into());
+                }
+                store.rename(id, to);
+                Ok(())
+            }
+            None if from == spec && !render::is_reserved_instance_name(to) => {
+                let view = self.cluster.view();
+                let inst = view.instances.get(&instance).ok_or(TreeError::NotFound)?;
+                let data = render::instance_file(inst, FileKind::Spec);
+                let mut store = self.scratch.lock();
+                if no_replace && store.find(&instance, to).is_some() {
+                    return Err(ActionError::Exists(format!("{to} exists")).into());
+                }
+                let id = store.create(&instance, to, 0o644, uid, self.owner.gid)?;
+                store.set_len(id, 0)?;
+                store.write(id, 0, &data)?;
+                Ok(())
+            }
+            None if render::is_reserved_instance_name(from) => {
+                Err(TreeError::ReadOnly("kvmfs's files cannot be renamed"))
+            }
+            None => Err(TreeError::NotFound),
+        }
+    }
+
+    /// `chmod`/`chown`: scratch files take them (a new owner only from root); kvmfs's own
+    /// files accept only what they already have (editors restore modes after saving).
+    pub fn set_attr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        new_uid: Option<u32>,
+        new_gid: Option<u32>,
+        caller: u32,
+    ) -> Result<Attr, TreeError> {
+        let view = self.cluster.view();
+        let r = self.resolve(ino, &view)?;
+        let current = self.attr(&r)?;
+        let mode = mode.map(|m| (m & 0o7777) as u16);
+        if let Ino::Scratch(id) = r.ino {
+            if caller != 0 && (new_uid.is_some_and(|u| u != current.uid) || current.uid != caller)
+            {
+                return Err(TreeError::NotPermitted("only the owner may change this file"));
+            }
+            self.scratch.lock().set_attr(id, mode, new_uid, new_gid);
+            return self.getattr(ino);
+        }
+        let same = mode.is_none_or(|m| m == current.perm)
+            && new_uid.is_none_or(|u| u == current.uid)
+            && new_gid.is_none_or(|g| g == current.gid);
+        if same {
+            Ok(current)
+        } else {
+            Err(TreeError::NotPermitted("kvmfs decides the owner and mode of its files"))
+        }
     }
 
     pub fn release(&self, fh: u64) {

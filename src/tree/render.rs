@@ -1,7 +1,8 @@
 //! File contents: which files each kind of folder holds and the bytes each one reads as.
 //! Text files end with a newline; JSON files are pretty-printed and end with a newline.
 
-use crate::cluster::view::{InstanceView, NetworkView, NodeView};
+use crate::cluster::view::{ImageView, InstanceView, NetworkView, NodeView, View};
+use crate::config::Flavor;
 
 /// The kinds of file in the tree. The index is part of the inode number: append only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,9 +15,13 @@ pub enum FileKind {
     Spec,
     SshKey,
     Ctl,
+    Nodes,
+    Size,
+    Vcpus,
+    RamMb,
 }
 
-const ALL: [FileKind; 8] = [
+const ALL: [FileKind; 12] = [
     FileKind::Info,
     FileKind::Status,
     FileKind::Node,
@@ -25,6 +30,10 @@ const ALL: [FileKind; 8] = [
     FileKind::Spec,
     FileKind::SshKey,
     FileKind::Ctl,
+    FileKind::Nodes,
+    FileKind::Size,
+    FileKind::Vcpus,
+    FileKind::RamMb,
 ];
 
 impl FileKind {
@@ -38,6 +47,10 @@ impl FileKind {
             FileKind::Spec => 5,
             FileKind::SshKey => 6,
             FileKind::Ctl => 7,
+            FileKind::Nodes => 8,
+            FileKind::Size => 9,
+            FileKind::Vcpus => 10,
+            FileKind::RamMb => 11,
         }
     }
 
@@ -55,8 +68,17 @@ impl FileKind {
             FileKind::Spec => "spec.json",
             FileKind::SshKey => "ssh_key",
             FileKind::Ctl => "ctl",
+            FileKind::Nodes => "nodes",
+            FileKind::Size => "size",
+            FileKind::Vcpus => "vcpus",
+            FileKind::RamMb => "ram_mb",
         }
     }
+}
+
+/// Names in an instance folder that only kvmfs's own files may have.
+pub fn is_reserved_instance_name(name: &str) -> bool {
+    MANAGED_FILES_WITH_KEY.iter().any(|f| f.file_name() == name)
 }
 
 /// Whether an instance still takes a (new) spec: a draft, or a build that failed.
@@ -78,6 +100,8 @@ pub fn instance_perm(i: &InstanceView, f: FileKind) -> u16 {
 
 pub const NODE_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
 pub const NETWORK_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
+pub const IMAGE_FILES: &[FileKind] = &[FileKind::Info, FileKind::Nodes, FileKind::Size];
+pub const FLAVOR_FILES: &[FileKind] = &[FileKind::Info, FileKind::RamMb, FileKind::Vcpus];
 const UNMANAGED_FILES: &[FileKind] = &[
     FileKind::Info,
     FileKind::Ip,
@@ -179,6 +203,7 @@ pub fn instance_file(i: &InstanceView, f: FileKind) -> Vec<u8> {
             .map(String::into_bytes)
             .unwrap_or_default(),
         FileKind::Ctl => line(crate::cluster::actions::Control::WORDS),
+        FileKind::Nodes | FileKind::Size | FileKind::Vcpus | FileKind::RamMb => Vec::new(),
     }
 }
 
@@ -187,5 +212,60 @@ pub fn network_file(n: &NetworkView, f: FileKind) -> Vec<u8> {
         FileKind::Info => json(&n.info_json()),
         FileKind::Status => line(&n.status()),
         _ => Vec::new(),
+    }
+}
+
+pub fn image_file(i: &ImageView, f: FileKind) -> Vec<u8> {
+    match f {
+        FileKind::Info => json(&i.info_json()),
+        FileKind::Size => line(&i.size_bytes().to_string()),
+        FileKind::Nodes => {
+            let mut out = Vec::new();
+            for (n, _, _) in &i.per_node {
+                out.extend(line(n));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+pub fn flavor_file(name: &str, fl: &Flavor, f: FileKind) -> Vec<u8> {
+    match f {
+        FileKind::Info => json(&serde_json::json!({
+            "name": name,
+            "vcpus": fl.vcpus,
+            "ram_mb": fl.ram_mb,
+        })),
+        FileKind::Vcpus => line(&fl.vcpus.to_string()),
+        FileKind::RamMb => line(&fl.ram_mb.to_string()),
+        _ => Vec::new(),
+    }
+}
+
+/// `/status`: `ok`, or `degraded: ` and what is wrong (the database, offline nodes).
+pub fn root_status(v: &View) -> Vec<u8> {
+    let mut problems = Vec::new();
+    if let Some(e) = &v.db_error {
+        problems.push(e.clone());
+    }
+    let offline: Vec<&str> = v
+        .nodes
+        .values()
+        .filter(|n| !n.online)
+        .map(|n| n.name.as_str())
+        .collect();
+    if !offline.is_empty() {
+        problems.push(format!(
+            "{} of {} nodes offline ({})",
+            offline.len(),
+            v.nodes.len(),
+            offline.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        line("ok")
+    } else {
+        line(&format!("degraded: {}", problems.join("; ")))
     }
 }
