@@ -24,6 +24,9 @@ PACKAGES=(
     mariadb-client
     genisoimage                 # cloud-init seed images
     pkg-config
+    vim                         # the editor tests edit spec.json with vim and nano
+    nano
+    tmux                        # drives nano at a terminal in the editor tests
 )
 
 installed() {

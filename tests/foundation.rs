@@ -15,7 +15,14 @@ fn demo_shows_nodes_instances_and_networks() {
     let m = Mounted::demo();
     assert_eq!(
         list(m.path("")),
-        vec!["flavors", "images", "instances", "networks", "nodes", "status"]
+        vec![
+            "flavors",
+            "images",
+            "instances",
+            "networks",
+            "nodes",
+            "status"
+        ]
     );
     assert_eq!(list(m.path("nodes")), vec!["kvm1", "kvm2", "kvm3"]);
     assert_eq!(

@@ -498,3 +498,406 @@ fn demo_creates_on_sqlite() {
     std::fs::remove_dir(m.path("instances/web1")).unwrap();
     assert!(!list(m.path("instances")).contains(&"web1".to_string()));
 }
+
+/// An instance whose build failed (its git repository does not answer): its `spec.json`
+/// holds that document and takes a new one.
+fn failed_instance(m: &Mounted, name: &str) {
+    std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
+    write_spec(
+        m,
+        name,
+        r#"{"purpose":"web","git":"http://127.0.0.1:1/none.git"}"#,
+    )
+    .unwrap();
+    wait_status(m, name, "failed: git repository");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn editors_and_tools_save_spec_json() {
+    let m = Mounted::demo();
+    let small = r#"{"flavor":"m1.small"}"#;
+
+    // vim, with its `4913` probe, its swap file, and the backup it makes by renaming
+    // spec.json to spec.json~ (backupskip would skip it under /tmp).
+    failed_instance(&m, "vim1");
+    run(Command::new("vim")
+        .args(["-u", "NONE", "-N", "-es", "--cmd", "set backupskip="])
+        .args(["-c", "%d", "-c"])
+        .arg(format!("call setline(1, '{small}')"))
+        .args(["-c", "wq", "spec.json"])
+        .current_dir(m.path("instances/vim1")));
+    wait_status(&m, "vim1", "running");
+    assert_eq!(
+        read(m.path("instances/vim1/spec.json")),
+        format!("{small}\n")
+    );
+
+    // nano at a real terminal, with a backup file and a lock file.
+    std::fs::create_dir(m.path("instances/nano1")).unwrap();
+    let sock = format!("kvmfs-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&sock)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    };
+    let dir = m.path("instances/nano1");
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "100",
+            "-y",
+            "20",
+            "-c",
+            dir.to_str().unwrap(),
+            "nano -B --locking spec.json",
+        ])
+        .success()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tmux(&["send-keys", "-l", small]).success());
+    assert!(tmux(&["send-keys", "C-o"]).success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tmux(&["send-keys", "Enter"]).success());
+    wait_status(&m, "nano1", "running");
+    assert!(tmux(&["send-keys", "C-x"]).success());
+    let _ = tmux(&["kill-server"]);
+    assert_eq!(read(m.path("instances/nano1/spec.json")).trim_end(), small);
+
+    // A script's atomic save: a temporary file renamed over spec.json.
+    std::fs::create_dir(m.path("instances/py1")).unwrap();
+    run(Command::new("python3").arg("-c").arg(format!(
+        "import os\nopen('.spec.json.tmp','w').write('{small}')\nos.replace('.spec.json.tmp','spec.json')"
+    ))
+    .current_dir(m.path("instances/py1")));
+    wait_status(&m, "py1", "running");
+    assert!(
+        !list(m.path("instances/py1")).contains(&".spec.json.tmp".to_string()),
+        "the renamed file is the spec now"
+    );
+
+    // cp and tee.
+    let src = m.state.path().join("spec.json");
+    std::fs::write(&src, small).unwrap();
+    std::fs::create_dir(m.path("instances/cp1")).unwrap();
+    run(Command::new("cp")
+        .arg(&src)
+        .arg(m.path("instances/cp1/spec.json")));
+    std::fs::create_dir(m.path("instances/tee1")).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!(
+        "echo '{small}' | tee {} >/dev/null",
+        m.path("instances/tee1/spec.json").display()
+    )));
+    wait_status(&m, "cp1", "running");
+    wait_status(&m, "tee1", "running");
+}
+
+#[test]
+fn scratch_files_live_beside_the_spec_and_go_with_the_instance() {
+    let m = Mounted::demo();
+    std::fs::create_dir(m.path("instances/s1")).unwrap();
+    let p = |f: &str| m.path(&format!("instances/s1/{f}"));
+    std::fs::write(p("notes.txt"), "first\n").unwrap();
+    std::fs::write(p("notes.txt"), "second\n").unwrap();
+    assert_eq!(read(p("notes.txt")), "second\n");
+    assert_eq!(std::fs::metadata(p("notes.txt")).unwrap().len(), 7);
+    std::fs::rename(p("notes.txt"), p("notes.old")).unwrap();
+    assert!(list(m.path("instances/s1")).contains(&"notes.old".to_string()));
+    std::fs::set_permissions(p("notes.old"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        std::fs::metadata(p("notes.old"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // kvmfs's own names are not for scratch files, and its files stay.
+    let e = std::fs::rename(p("notes.old"), p("status")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+    let e = std::fs::remove_file(p("status")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+    let e = std::fs::rename(p("status"), p("status.bak")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+    // A scratch file renamed onto spec.json is checked like a write.
+    std::fs::write(p("bad.json"), r#"{"flavor":"m9.huge"}"#).unwrap();
+    let e = std::fs::rename(p("bad.json"), p("spec.json")).unwrap_err();
+    assert_eq!(errno(&e), libc::EINVAL);
+    assert!(read(p("error")).contains("m9.huge"), "{}", read(p("error")));
+    assert!(read(p("status")).starts_with("draft"));
+    // Too big.
+    let big = vec![b'x'; (1 << 20) + 1];
+    let e = std::fs::write(p("big"), &big).unwrap_err();
+    assert_eq!(errno(&e), libc::EFBIG);
+    // Not between folders, and not in folders of domains kvmfs does not manage.
+    std::fs::create_dir(m.path("instances/s2")).unwrap();
+    let e = std::fs::rename(p("notes.old"), m.path("instances/s2/notes.old")).unwrap_err();
+    assert_eq!(errno(&e), libc::EXDEV);
+    let e = std::fs::write(m.path("instances/monitor/x"), "x").unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES);
+    // rmdir takes the scratch files with it; a new instance of the name starts empty.
+    std::fs::remove_dir(m.path("instances/s1")).unwrap();
+    std::fs::create_dir(m.path("instances/s1")).unwrap();
+    assert!(!list(m.path("instances/s1")).contains(&"notes.old".to_string()));
+}
+
+#[test]
+fn images_flavors_and_the_status_of_the_whole_cloud() {
+    let m = Mounted::demo();
+    assert_eq!(read(m.path("status")), "ok\n");
+    assert_eq!(
+        list(m.path("flavors")),
+        vec!["m1.large", "m1.medium", "m1.small"]
+    );
+    assert_eq!(read(m.path("flavors/m1.large/vcpus")), "4\n");
+    assert_eq!(read(m.path("flavors/m1.large/ram_mb")), "8192\n");
+    assert_eq!(
+        read_json(m.path("flavors/m1.small/info.json"))["ram_mb"],
+        1024
+    );
+    let images = list(m.path("images"));
+    assert!(
+        images.contains(&"debian-12.qcow2".to_string()),
+        "{images:?}"
+    );
+    assert!(images.contains(&"centos-7.qcow2".to_string()), "{images:?}");
+    // The legacy domains' disks are theirs, not images.
+    assert!(
+        !images.iter().any(|i| i.starts_with("legacy")),
+        "{images:?}"
+    );
+    let nodes = read(m.path("images/debian-12.qcow2/nodes"));
+    assert_eq!(nodes, "kvm1\nkvm2\nkvm3\n");
+    let info = read_json(m.path("images/debian-12.qcow2/info.json"));
+    assert_eq!(
+        info["size_bytes"],
+        read(m.path("images/debian-12.qcow2/size"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    );
+    // An instance's own volumes do not show as images.
+    std::fs::create_dir(m.path("instances/img1")).unwrap();
+    write_spec(&m, "img1", r#"{"flavor":"m1.small"}"#).unwrap();
+    wait_status(&m, "img1", "running");
+    assert!(!list(m.path("images")).iter().any(|i| i.starts_with("img1")));
+}
+
+#[test]
+fn two_mounts_never_overbook_a_node_between_them() {
+    let db = MariaDb::start();
+    let nodes = tempfile::tempdir().unwrap();
+    // 4096 MB of RAM: room for exactly four m1.small instances.
+    let one = sim_node(nodes.path(), "one", &SimNode::new(2, 4096));
+    let cfg = format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 60000\n[[node]]\nname = 'one'\nuri = '{one}'\n",
+        db.url()
+    );
+    let (a, b) = (Mounted::with_config(&cfg), Mounted::with_config(&cfg));
+    let mounts = [a.mnt.path().to_path_buf(), b.mnt.path().to_path_buf()];
+    let names: Vec<String> = (0..10).map(|i| format!("ob{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        std::fs::create_dir(mounts[i % 2].join("instances").join(n)).unwrap();
+    }
+    let handles: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let p = mounts[i % 2].join("instances").join(n).join("spec.json");
+            std::thread::spawn(move || std::fs::write(p, r#"{"flavor":"m1.small"}"#))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let placed = results.iter().filter(|r| r.is_ok()).count();
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(errno(r), libc::ENOSPC, "{r}");
+    }
+    assert_eq!(placed, 4, "{results:?}");
+    assert_eq!(
+        db.sql("SELECT COUNT(*), SUM(ram) FROM kvmfs.vm WHERE hostname = 'one'"),
+        "4\t4096\n"
+    );
+}
+
+#[test]
+fn a_volume_kvmfs_did_not_make_is_never_deleted() {
+    let db = MariaDb::start();
+    let nodes = tempfile::tempdir().unwrap();
+    // Someone's volume already has the name kvmfs would give the disk of `clash`.
+    let n1 = sim_node(
+        nodes.path(),
+        "n1",
+        &SimNode::new(4, 8192).volume("clash.disk.qcow2", 1),
+    );
+    let m = Mounted::with_config(&format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 200\n[[node]]\nname = 'n1'\nuri = '{n1}'\n",
+        db.url()
+    ));
+    std::fs::create_dir(m.path("instances/clash")).unwrap();
+    write_spec(&m, "clash", r#"{"flavor":"m1.small"}"#).unwrap();
+    let status = wait_status(&m, "clash", "failed");
+    assert!(
+        status.contains("creating") || status.contains("exist"),
+        "{status}"
+    );
+    let vols = || read_json(m.path("nodes/n1/info.json"))["pool_volumes"].clone();
+    assert!(
+        vols()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "clash.disk.qcow2")
+    );
+    assert!(
+        !vols()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "clash.seed.iso")
+    );
+    assert_eq!(
+        db.sql("SELECT made FROM kvmfs.vm WHERE vmname = 'clash'"),
+        "\n"
+    );
+    std::fs::remove_dir(m.path("instances/clash")).unwrap();
+    assert!(
+        vols()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "clash.disk.qcow2")
+    );
+    assert_eq!(db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc"), "0\n");
+}
+
+#[test]
+fn a_dead_database_fails_changes_with_eio_and_loses_nothing() {
+    let mut db = MariaDb::start();
+    let nodes = tempfile::tempdir().unwrap();
+    let n1 = sim_node(nodes.path(), "n1", &SimNode::new(4, 8192));
+    let m = Mounted::with_config(&format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 200\n[[node]]\nname = 'n1'\nuri = '{n1}'\n",
+        db.url()
+    ));
+    std::fs::create_dir(m.path("instances/keep")).unwrap();
+    write_spec(&m, "keep", r#"{"flavor":"m1.small"}"#).unwrap();
+    wait_status(&m, "keep", "running");
+    std::fs::create_dir(m.path("instances/d1")).unwrap();
+    let ips_before = db.sql("SELECT pool, address, vmname FROM kvmfs.ip_alloc ORDER BY 1, 2");
+
+    db.kill();
+    let mp = m.mnt.path().to_path_buf();
+    let bound = Duration::from_secs(10);
+    let e = within(bound, "mkdir", {
+        let p = mp.join("instances/x1");
+        move || std::fs::create_dir(p)
+    })
+    .unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    let e = within(bound, "writing spec.json", {
+        let p = mp.join("instances/d1/spec.json");
+        move || std::fs::write(p, r#"{"flavor":"m1.small"}"#)
+    })
+    .unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    assert!(
+        read(m.path("instances/d1/error")).contains("database"),
+        "{}",
+        read(m.path("instances/d1/error"))
+    );
+    let e = within(bound, "rmdir", {
+        let p = mp.join("instances/keep");
+        move || std::fs::remove_dir(p)
+    })
+    .unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    // Reads go on from libvirt and the last rows.
+    assert!(read(m.path("instances/keep/status")).starts_with("running"));
+    assert!(list(m.path("instances")).contains(&"d1".to_string()));
+    wait_for(Duration::from_secs(10), "/status to say degraded", || {
+        read(m.path("status")).starts_with("degraded: database")
+    });
+
+    db.restart();
+    wait_for(Duration::from_secs(10), "/status to say ok", || {
+        read(m.path("status")) == "ok\n"
+    });
+    assert_eq!(
+        db.sql("SELECT vmname, state FROM kvmfs.vm ORDER BY vmname"),
+        "d1\tdraft\nkeep\tready\n"
+    );
+    assert_eq!(
+        db.sql("SELECT pool, address, vmname FROM kvmfs.ip_alloc ORDER BY 1, 2"),
+        ips_before
+    );
+    assert!(read(m.path("instances/keep/status")).starts_with("running"));
+    std::fs::remove_dir(m.path("instances/keep")).unwrap();
+    write_spec(&m, "d1", r#"{"flavor":"m1.small"}"#).unwrap();
+    wait_status(&m, "d1", "running");
+}
+
+#[test]
+fn a_dead_node_fails_ctl_and_rmdir_with_eio_and_keeps_the_instance() {
+    let db = MariaDb::start();
+    let nodes = tempfile::tempdir().unwrap();
+    let good = sim_node(nodes.path(), "good", &SimNode::new(4, 8192));
+    let silent = SilentServer::start();
+    let m = Mounted::with_config(&format!(
+        "[database]\nurl = '{}'\n[timing]\nrefresh_ms = 200\n\
+         [[node]]\nname = 'good'\nuri = '{good}'\n\
+         [[node]]\nname = 'dead'\nuri = 'qemu+tcp://127.0.0.1:{}/system'\n",
+        db.url(),
+        silent.port
+    ));
+    // An instance kvmfs built on `dead` before it stopped answering.
+    db.sql(
+        "INSERT INTO kvmfs.vm (vmname, hostname, state, vcpus, ram, owner_uid, made) \
+         VALUES ('stuck', 'dead', 'ready', 1, 512, 0, 'domain,disk,seed')",
+    );
+    wait_for(Duration::from_secs(10), "the row to show", || {
+        std::fs::read_to_string(m.path("instances/stuck/status"))
+            .unwrap_or_default()
+            .starts_with("unknown: node dead is offline")
+    });
+    let mp = m.mnt.path().to_path_buf();
+    let e = within(Duration::from_secs(10), "ctl", {
+        let p = mp.join("instances/stuck/ctl");
+        move || std::fs::write(p, "start")
+    })
+    .unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    let e = within(Duration::from_secs(10), "rmdir", {
+        let p = mp.join("instances/stuck");
+        move || std::fs::remove_dir(p)
+    })
+    .unwrap_err();
+    assert_eq!(errno(&e), libc::EIO, "{e}");
+    wait_for(Duration::from_secs(5), "the reason in error", || {
+        read(m.path("instances/stuck/error")).contains("node dead is offline")
+    });
+    assert_eq!(
+        db.sql("SELECT state, made FROM kvmfs.vm WHERE vmname = 'stuck'"),
+        "ready\tdomain,disk,seed\n"
+    );
+    assert!(
+        read(m.path("status")).contains("1 of 2 nodes offline (dead)"),
+        "{}",
+        read(m.path("status"))
+    );
+}

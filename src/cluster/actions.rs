@@ -168,17 +168,11 @@ impl Cluster {
     }
 
     /// Records why a spec, command or delete was refused or failed, for the instance's
-    /// `error` file (and the log). With the database down, the reason is still shown.
-    pub async fn record_error(&self, name: &str, err: &ActionError) {
+    /// `error` file (and the log). The reason shows at once; storing it in the database
+    /// happens in the background, so a dead database delays nothing.
+    pub fn record_error(&self, name: &str, err: &ActionError) {
         tracing::warn!(instance = name, error = %err, "refused");
-        let msg = err.to_string();
-        match self.db.set_error(name, Some(&msg)).await {
-            Ok(()) => self.refresh_row(name).await,
-            Err(e) => {
-                tracing::warn!(instance = name, error = %e, "cannot store the error");
-                self.set_local_error(name, &msg);
-            }
-        }
+        self.set_local_error(name, &err.to_string());
     }
 
     /// Commits `spec.json`: places the instance and starts its build in the background.
@@ -198,7 +192,7 @@ impl Cluster {
         let spec = match self.check_spec(text) {
             Ok(s) => s,
             Err(e) => {
-                self.record_error(name, &e).await;
+                self.record_error(name, &e);
                 return Err(e);
             }
         };
@@ -233,6 +227,7 @@ impl Cluster {
                 })
                 .await;
             if placed.is_ok() {
+                self.clear_pending_error(name);
                 // Published before the lock is released, so the next placement sees it.
                 self.refresh_row(name).await;
             }
@@ -241,7 +236,7 @@ impl Cluster {
         let node = match placed {
             Ok(n) => n,
             Err(e) => {
-                self.record_error(name, &e).await;
+                self.record_error(name, &e);
                 return Err(e);
             }
         };
@@ -281,9 +276,7 @@ impl Cluster {
         node: usize,
         made: &mut Made,
         part: Part,
-        make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError>
-        + Send
-        + 'static,
+        make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
     ) -> Result<T, String> {
         *made = made.with(part, true);
         self.db
@@ -305,9 +298,7 @@ impl Cluster {
 
     async fn build(self: Arc<Self>, name: String, node: String, spec: Spec, uid: u32) {
         let mut made = Made::default();
-        let r = self
-            .build_steps(&name, &node, &spec, uid, &mut made)
-            .await;
+        let r = self.build_steps(&name, &node, &spec, uid, &mut made).await;
         if let Some(ni) = self.node_index(&node) {
             self.poll_node(ni).await;
         }
@@ -468,6 +459,15 @@ impl Cluster {
                 row.step
             )));
         }
+        if let Some(node) = &row.hostname
+            && !row.made.is_empty()
+            && !self.view().nodes.get(node).is_some_and(|n| n.online)
+        {
+            return Err(ActionError::Backend(format!(
+                "node {node} is offline; instance {name} is left as it is: rmdir again when \
+                 the node answers"
+            )));
+        }
         self.db.begin_delete(name).await?;
         self.refresh_row(name).await;
         if let Some(node) = &row.hostname
@@ -511,6 +511,12 @@ impl Cluster {
             .instances
             .get(name)
             .ok_or_else(|| ActionError::NotFound(format!("instance {name} not found")))?;
+        if !inst.node_online {
+            return Err(ActionError::Backend(format!(
+                "node {} is offline",
+                inst.node.as_deref().unwrap_or("?")
+            )));
+        }
         let Some(dom) = &inst.domain else {
             return busy(format!("instance {name} has no domain on its node"));
         };

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod placement;
 pub mod view;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -45,6 +46,9 @@ struct Inputs {
     /// is discarded instead of overwriting it with older rows.
     rows_epoch: u64,
     db_error: Option<String>,
+    /// Errors shown in `error` files that the database has not stored yet, laid over the
+    /// rows every poll brings until it has.
+    pending_errors: HashMap<String, String>,
 }
 
 /// The running controller.
@@ -59,6 +63,9 @@ pub struct Cluster {
     /// Serialises placement with the reservation it leads to, so concurrent creates
     /// cannot overbook a node.
     place_lock: tokio::sync::Mutex<()>,
+    /// Errors to store, in the order they happened (see `set_local_error`).
+    errors_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    errors_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
 }
 
 impl Cluster {
@@ -93,6 +100,7 @@ impl Cluster {
             })
             .collect();
         let (version, _) = watch::channel(0);
+        let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             inputs: Mutex::new(Inputs {
                 prev_cpu: vec![None; nodes.len()],
@@ -100,6 +108,7 @@ impl Cluster {
                 rows: Vec::new(),
                 rows_epoch: 0,
                 db_error: None,
+                pending_errors: HashMap::new(),
             }),
             cfg,
             db,
@@ -107,6 +116,8 @@ impl Cluster {
             view: RwLock::new(Arc::new(View::default())),
             version,
             place_lock: tokio::sync::Mutex::new(()),
+            errors_tx,
+            errors_rx: Mutex::new(Some(errors_rx)),
         });
         cluster.rebuild();
         cluster
@@ -150,7 +161,33 @@ impl Cluster {
         }
         let c = self.clone();
         tokio::spawn(async move { c.db_loop().await });
+        if let Some(rx) = self.errors_rx.lock().take() {
+            let c = self.clone();
+            tokio::spawn(async move { c.error_writer(rx).await });
+        }
         Ok(())
+    }
+
+    /// Stores the errors `set_local_error` shows, one at a time and in order.
+    async fn error_writer(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) {
+        while let Some((name, msg)) = rx.recv().await {
+            // Replaced by a later error, or cleared by a commit: nothing to store.
+            if self.inputs.lock().pending_errors.get(&name) != Some(&msg) {
+                continue;
+            }
+            match self.db.set_error(&name, Some(&msg)).await {
+                Ok(()) => {
+                    let mut inputs = self.inputs.lock();
+                    if inputs.pending_errors.get(&name) == Some(&msg) {
+                        inputs.pending_errors.remove(&name);
+                    }
+                }
+                Err(e) => tracing::warn!(instance = %name, error = %e, "cannot store the error"),
+            }
+        }
     }
 
     async fn node_loop(self: Arc<Self>, i: usize) {
@@ -276,9 +313,14 @@ impl Cluster {
             let mut inputs = self.inputs.lock();
             match r {
                 Ok(_) if inputs.rows_epoch != epoch => {}
-                Ok(rows) => {
+                Ok(mut rows) => {
                     if inputs.db_error.is_some() {
                         tracing::info!("database reachable again");
+                    }
+                    for r in &mut rows {
+                        if let Some(e) = inputs.pending_errors.get(&r.vmname) {
+                            r.error = Some(e.clone());
+                        }
                     }
                     inputs.rows = rows;
                     inputs.db_error = None;
@@ -301,15 +343,24 @@ impl Cluster {
             let mut inputs = self.inputs.lock();
             inputs.rows_epoch += 1;
             inputs.rows.retain(|r| r.vmname != name);
-            if let Some(r) = row {
-                inputs.rows.push(r);
+            match row {
+                Some(mut r) => {
+                    if let Some(e) = inputs.pending_errors.get(name) {
+                        r.error = Some(e.clone());
+                    }
+                    inputs.rows.push(r);
+                }
+                None => {
+                    inputs.pending_errors.remove(name);
+                }
             }
         }
         self.rebuild();
     }
 
-    /// Shows `error` in instance `name`'s `error` file when the database cannot record it
-    /// (it is down): the next successful database poll replaces it with what is stored.
+    /// Shows `error` in instance `name`'s `error` file at once, and has it stored in the
+    /// database in the background (in order, so the last error is the one kept). Until it
+    /// is stored — the database may be down — it is laid over every poll's rows.
     pub(crate) fn set_local_error(&self, name: &str, error: &str) {
         {
             let mut inputs = self.inputs.lock();
@@ -317,8 +368,17 @@ impl Cluster {
                 return;
             };
             row.error = Some(error.to_string());
+            inputs
+                .pending_errors
+                .insert(name.to_string(), error.to_string());
         }
+        let _ = self.errors_tx.send((name.to_string(), error.to_string()));
         self.rebuild();
+    }
+
+    /// Forgets an error not stored yet: the instance's state moved on (a commit clears it).
+    pub(crate) fn clear_pending_error(&self, name: &str) {
+        self.inputs.lock().pending_errors.remove(name);
     }
 
     /// Assembles a new view from the current inputs and publishes it.

@@ -161,3 +161,112 @@ pub fn choose(
         None => Err(PlaceError::NoRoom(reasons.join("; "))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::cluster::view::{NodeState, NodeStatus, build};
+    use crate::hv::{NetworkProbe, NodeProbe, VolumeProbe};
+
+    fn node(name: &str, cpus: u32, mib: u64, net_active: bool) -> NodeState {
+        NodeState {
+            name: name.into(),
+            uri: "test:///x".into(),
+            status: NodeStatus::Online,
+            last_error: None,
+            probe: Some(Arc::new(NodeProbe {
+                hostname: None,
+                cpus,
+                mhz: 1,
+                model: "x".into(),
+                memory_kib: mib * 1024,
+                free_memory_kib: None,
+                cpu_times: None,
+                domains: Vec::new(),
+                networks: vec![NetworkProbe {
+                    name: "default".into(),
+                    bridge: None,
+                    active: net_active,
+                    autostart: true,
+                    persistent: true,
+                    forward: None,
+                    addresses: Vec::new(),
+                }],
+                volumes: Some(vec![VolumeProbe {
+                    name: "img".into(),
+                    capacity_bytes: 1,
+                    path: None,
+                }]),
+            })),
+            domains: Vec::new(),
+            cpu_usage: None,
+            updated_at: None,
+        }
+    }
+
+    fn need(node: Option<&str>) -> Need<'_> {
+        Need {
+            vcpus: 1,
+            ram_mb: 1024,
+            image: "img",
+            networks: &["default"],
+            node,
+        }
+    }
+
+    fn view(nodes: &[NodeState]) -> View {
+        let p = PlacementConfig::default();
+        build(nodes, &[], None, &p, &View::default(), SystemTime::now())
+    }
+
+    fn load(node: &str, name: &str, vcpus: u64, ram_mb: u64) -> Load {
+        Load {
+            vmname: name.into(),
+            hostname: node.into(),
+            vcpus,
+            ram_mb,
+        }
+    }
+
+    #[test]
+    fn the_best_score_wins_on_what_the_database_says_is_held() {
+        let v = view(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
+        let p = PlacementConfig::default();
+        let none = [];
+        assert_eq!(
+            choose(&v, &need(None), &Committed::from_loads(&none), &p),
+            Ok("a".into())
+        );
+        // Another mount's instances on `a` (which this view has not seen) count.
+        let loads = [load("a", "x", 8, 2048)];
+        assert_eq!(
+            choose(&v, &need(None), &Committed::from_loads(&loads), &p),
+            Ok("b".into())
+        );
+        // Full: 4096 MB of RAM held on both.
+        let loads = [load("a", "x", 1, 4096), load("b", "y", 1, 4096)];
+        let e = choose(&v, &need(None), &Committed::from_loads(&loads), &p).unwrap_err();
+        assert!(
+            matches!(e, PlaceError::NoRoom(ref m) if m.contains("MB RAM free")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_inactive_network_filters_the_node_out() {
+        let v = view(&[node("a", 8, 8192, false), node("b", 2, 4096, true)]);
+        let p = PlacementConfig::default();
+        let none = [];
+        let held = Committed::from_loads(&none);
+        assert_eq!(choose(&v, &need(None), &held, &p), Ok("b".into()));
+        let e = choose(&v, &need(Some("a")), &held, &p).unwrap_err();
+        assert!(e.to_string().contains("network default is inactive"), "{e}");
+        assert!(matches!(
+            choose(&v, &need(Some("zz")), &held, &p),
+            Err(PlaceError::UnknownNode(_))
+        ));
+    }
+}

@@ -415,7 +415,11 @@ pub fn build(
             })
             .collect();
         let room = Room::new(cpus, total_mb, committed, placement);
-        let score = if n.status.is_online() { room.score } else { 0.0 };
+        let score = if n.status.is_online() {
+            room.score
+        } else {
+            0.0
+        };
         let mut nv = NodeView {
             name: n.name.clone(),
             uri: n.uri.clone(),

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    RenameFlags, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    WriteFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 
 use crate::cluster::actions::ActionError;
@@ -222,10 +221,7 @@ impl Filesystem for KvmFs {
         reply: ReplyCreate,
     ) {
         let mode = (mode & !umask & 0o7777) as u16;
-        match self
-            .tree
-            .create(parent.0, name, mode, req.uid(), req.gid())
-        {
+        match self.tree.create(parent.0, name, mode, req.uid(), req.gid()) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &file_attr(&a),
@@ -254,7 +250,8 @@ impl Filesystem for KvmFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
             return reply.error(Errno::EINVAL);
         }

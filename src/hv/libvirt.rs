@@ -303,7 +303,9 @@ impl NodeBackend for LibvirtNode {
         let r = self.with_conn(|c| {
             let d = match c.lookup_domain_by_name(name) {
                 Ok(d) => d,
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => return Ok(Removed::Absent),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {
+                    return Ok(Removed::Absent);
+                }
                 Err(e) => return Err(e),
             };
             if parse_domain_devices(&d.xml_desc(0)?).kvmfs_owner.is_none() {

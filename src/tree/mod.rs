@@ -518,10 +518,11 @@ impl Tree {
             Ino::Node(id) if name == "instances" => Ino::NodeInstances(id),
             Ino::Node(id) => Ino::NodeFile(id, file_in(render::NODE_FILES)?),
             Ino::NodeInstances(_) => {
-                let listed = v
-                    .nodes
-                    .get(own)
-                    .is_some_and(|n| n.instance_names.binary_search_by(|i| i.as_str().cmp(name)).is_ok());
+                let listed = v.nodes.get(own).is_some_and(|n| {
+                    n.instance_names
+                        .binary_search_by(|i| i.as_str().cmp(name))
+                        .is_ok()
+                });
                 if !listed {
                     return Err(TreeError::NotFound);
                 }
@@ -933,8 +934,8 @@ impl Tree {
     /// Records a refusal for the `error` file without making the caller wait for the
     /// database.
     fn record_error_later(&self, instance: &str, e: &ActionError) {
-        let (c, name, e) = (self.cluster.clone(), instance.to_string(), e.clone());
-        tokio::spawn(async move { c.record_error(&name, &e).await });
+        let (c, name, e) = (&self.cluster, instance, e);
+        c.record_error(&name, &e);
     }
 
     async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {
@@ -1046,7 +1047,9 @@ impl Tree {
             Some(Handle::Scratch(id)) => {
                 let store = self.scratch.lock();
                 let f = store.get(*id).ok_or(TreeError::NotFound)?;
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(f.data.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(f.data.len());
                 let end = start.saturating_add(size as usize).min(f.data.len());
                 return Ok(f.data[start..end].to_vec());
             }
@@ -1153,13 +1156,22 @@ impl Tree {
                     .ok_or(TreeError::NotFound)?;
                 let view = self.cluster.view();
                 if !self.owns(&view, &instance, uid) {
-                    return Err(ActionError::NotOwner(format!(
-                        "instance {instance} is not yours"
-                    ))
-                    .into());
+                    return Err(
+                        ActionError::NotOwner(format!("instance {instance} is not yours")).into(),
+                    );
                 }
                 if no_replace {
                     return Err(ActionError::Exists(format!("{spec} exists")).into());
+                }
+                // An editor putting back its backup after a failed save: nothing changes.
+                let current = view
+                    .instances
+                    .get(&instance)
+                    .map(|i| render::instance_file(i, FileKind::Spec))
+                    .unwrap_or_default();
+                if data == current {
+                    self.scratch.lock().remove(id);
+                    return Ok(());
                 }
                 let (c, n) = (self.cluster.clone(), instance.clone());
                 self.detached(async move { c.commit_spec(&n, uid, &data).await })
@@ -1213,9 +1225,10 @@ impl Tree {
         let current = self.attr(&r)?;
         let mode = mode.map(|m| (m & 0o7777) as u16);
         if let Ino::Scratch(id) = r.ino {
-            if caller != 0 && (new_uid.is_some_and(|u| u != current.uid) || current.uid != caller)
-            {
-                return Err(TreeError::NotPermitted("only the owner may change this file"));
+            if caller != 0 && (new_uid.is_some_and(|u| u != current.uid) || current.uid != caller) {
+                return Err(TreeError::NotPermitted(
+                    "only the owner may change this file",
+                ));
             }
             self.scratch.lock().set_attr(id, mode, new_uid, new_gid);
             return self.getattr(ino);
@@ -1226,7 +1239,9 @@ impl Tree {
         if same {
             Ok(current)
         } else {
-            Err(TreeError::NotPermitted("kvmfs decides the owner and mode of its files"))
+            Err(TreeError::NotPermitted(
+                "kvmfs decides the owner and mode of its files",
+            ))
         }
     }
 

@@ -72,7 +72,12 @@ impl Store {
         if let Some(id) = self.find(instance, name) {
             return Ok(id);
         }
-        if self.files.values().filter(|f| f.instance == instance).count() >= MAX_FILES_PER_INSTANCE
+        if self
+            .files
+            .values()
+            .filter(|f| f.instance == instance)
+            .count()
+            >= MAX_FILES_PER_INSTANCE
         {
             return Err(ActionError::NoCapacity(format!(
                 "instance {instance} holds {MAX_FILES_PER_INSTANCE} scratch files already"

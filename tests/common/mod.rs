@@ -123,22 +123,7 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
-        let mut cmd = Command::new("mariadbd");
-        cmd.arg("--no-defaults")
-            .arg("--user=root")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--port={port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .arg("--innodb-buffer-pool-size=32M")
-            .arg("--skip-log-bin")
-            .stdout(Stdio::null())
-            .stderr(log);
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("start mariadbd");
+        let child = spawn_mariadbd(dir.path(), port);
         let db = MariaDb { dir, port, child };
         wait_for(
             Duration::from_secs(30),
@@ -155,6 +140,23 @@ impl MariaDb {
 
     pub fn url(&self) -> String {
         format!("mysql://kvmfs:kvmfs-test-pw@127.0.0.1:{}/kvmfs", self.port)
+    }
+
+    /// Kills the server (a crash: connections are cut at once).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn_mariadbd(self.dir.path(), self.port);
+        wait_for(
+            Duration::from_secs(30),
+            "mariadbd to accept connections again",
+            || self.sql_try("SELECT 1").is_ok(),
+        );
     }
 
     fn sql_try(&self, sql: &str) -> Result<String, String> {
@@ -193,6 +195,30 @@ impl MariaDb {
         self.sql_try(sql)
             .unwrap_or_else(|e| panic!("sql {sql:?}: {e}"))
     }
+}
+
+/// Runs `mariadbd` on the data under `dir`, listening on loopback `port`.
+fn spawn_mariadbd(dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log");
+    let mut cmd = Command::new("mariadbd");
+    cmd.arg("--no-defaults")
+        .arg("--user=root")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--port={port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+        .arg("--innodb-buffer-pool-size=32M")
+        .arg("--skip-log-bin")
+        .stdout(Stdio::null())
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    cmd.spawn().expect("start mariadbd")
 }
 
 impl Drop for MariaDb {
