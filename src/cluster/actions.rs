@@ -126,7 +126,7 @@ impl Cluster {
         let Some(inst) = view.instances.get(name) else {
             return Err(ActionError::NotFound(format!("instance {name} not found")));
         };
-        let Some(row) = inst.row.clone() else {
+        let Some(row) = inst.row.as_deref().cloned() else {
             return Err(ActionError::NotOwner(format!(
                 "instance {name} is not managed by kvmfs; it is left alone"
             )));
@@ -252,7 +252,11 @@ impl Cluster {
             .set_step(name, step)
             .await
             .map_err(|e| e.to_string())?;
-        self.refresh_row(name).await;
+        // What was written is known: show it without reading the row back.
+        self.patch_local_row(name, |r| {
+            r.step = step.to_string();
+            r.updated_at = crate::db::unix_now();
+        });
         Ok(())
     }
 

@@ -12,7 +12,7 @@ pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::db::{Db, VmRow};
 use crate::hv::libvirt::LibvirtNode;
-use crate::hv::{CpuTimes, HvError, NodeBackend};
-use view::{NodeState, NodeStatus, View};
+use crate::hv::{CpuTimes, DomainProbe, HvError, NodeBackend};
+use view::{NodeState, NodeStatus, RowMap, View};
 
 /// Calls per node allowed to hang past their deadline before polling that node pauses.
 const MAX_STUCK_CALLS: usize = 3;
@@ -41,7 +41,10 @@ pub struct NodeHandle {
 struct Inputs {
     nodes: Vec<NodeState>,
     prev_cpu: Vec<Option<CpuTimes>>,
-    rows: Vec<VmRow>,
+    rows: RowMap,
+    /// Something an instance shows (a row, a domain, a node's reachability) changed since
+    /// the last build; otherwise a build only recomputes the nodes.
+    instances_dirty: bool,
     /// Bumped by every local row change; a database poll that started before a change
     /// is discarded instead of overwriting it with older rows.
     rows_epoch: u64,
@@ -58,8 +61,11 @@ pub struct Cluster {
     nodes: Vec<NodeHandle>,
     inputs: Mutex<Inputs>,
     view: RwLock<Arc<View>>,
-    /// Bumped on every new view.
-    version: watch::Sender<u64>,
+    /// Set when the inputs changed since the last build: the next `view()` builds anew.
+    dirty: AtomicBool,
+    /// Bumped on every change of the inputs, for whoever follows changes as they happen
+    /// (the kernel cache invalidation); they then call `view()`.
+    changes: watch::Sender<u64>,
     /// Serialises placement with the reservation it leads to, so concurrent creates
     /// cannot overbook a node.
     place_lock: tokio::sync::Mutex<()>,
@@ -99,13 +105,14 @@ impl Cluster {
                 updated_at: None,
             })
             .collect();
-        let (version, _) = watch::channel(0);
+        let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Arc::new(Cluster {
             inputs: Mutex::new(Inputs {
                 prev_cpu: vec![None; nodes.len()],
                 nodes: states,
-                rows: Vec::new(),
+                rows: RowMap::new(),
+                instances_dirty: true,
                 rows_epoch: 0,
                 db_error: None,
                 pending_errors: HashMap::new(),
@@ -114,12 +121,12 @@ impl Cluster {
             db,
             nodes,
             view: RwLock::new(Arc::new(View::default())),
-            version,
+            dirty: AtomicBool::new(true),
+            changes,
             place_lock: tokio::sync::Mutex::new(()),
             errors_tx,
             errors_rx: Mutex::new(Some(errors_rx)),
         });
-        cluster.rebuild();
         cluster
     }
 
@@ -131,9 +138,20 @@ impl Cluster {
         &self.db
     }
 
-    /// The current picture; cheap (an `Arc` clone), never blocks on a backend.
+    /// The current picture; cheap (an `Arc` clone), never blocks on a backend. When the
+    /// inputs changed since the last build, it is built first, so a caller always sees the
+    /// changes made before the call.
     pub fn view(&self) -> Arc<View> {
+        if self.dirty.load(Ordering::Acquire) {
+            self.rebuild();
+        }
         self.view.read().clone()
+    }
+
+    /// Follows changes of the inputs: the value moves whenever `view()` would show
+    /// something new.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Registers every node in `host` and starts the pollers. Returns once every node has
@@ -270,8 +288,10 @@ impl Cluster {
             let mut inputs = self.inputs.lock();
             let prev_cpu = inputs.prev_cpu[i];
             let st = &mut inputs.nodes[i];
+            let mut instances_changed = false;
             match result {
                 Ok(mut probe) => {
+                    instances_changed |= st.status != NodeStatus::Online;
                     st.status = NodeStatus::Online;
                     st.cpu_usage = match (prev_cpu, probe.cpu_times) {
                         (Some(a), Some(b)) if b.total > a.total => Some(
@@ -280,10 +300,8 @@ impl Cluster {
                         _ => st.cpu_usage,
                     };
                     let cpu = probe.cpu_times;
-                    st.domains = std::mem::take(&mut probe.domains)
-                        .into_iter()
-                        .map(Arc::new)
-                        .collect();
+                    let domains = std::mem::take(&mut probe.domains);
+                    instances_changed |= merge_domains(&mut st.domains, domains);
                     st.probe = Some(Arc::new(probe));
                     st.updated_at = Some(SystemTime::now());
                     inputs.prev_cpu[i] = cpu;
@@ -295,67 +313,104 @@ impl Cluster {
                     let msg = e.to_string();
                     if st.status != NodeStatus::Offline(msg.clone()) {
                         tracing::warn!(node = %st.name, error = %msg, "node offline");
+                        instances_changed |= st.status.is_online();
                     }
                     st.last_error = Some(msg.clone());
                     st.status = NodeStatus::Offline(msg);
                 }
             }
+            self.mark_dirty(&mut inputs, instances_changed);
         }
         tracing::trace!(node = i, elapsed = ?started.elapsed(), "polled");
-        self.rebuild();
         backoff
     }
 
     async fn poll_db(&self) {
         let epoch = self.inputs.lock().rows_epoch;
         let r = self.db.list_vms().await;
-        {
-            let mut inputs = self.inputs.lock();
-            match r {
-                Ok(_) if inputs.rows_epoch != epoch => {}
-                Ok(mut rows) => {
-                    if inputs.db_error.is_some() {
-                        tracing::info!("database reachable again");
-                    }
-                    for r in &mut rows {
-                        if let Some(e) = inputs.pending_errors.get(&r.vmname) {
-                            r.error = Some(e.clone());
-                        }
-                    }
-                    inputs.rows = rows;
+        let mut inputs = self.inputs.lock();
+        match r {
+            Ok(_) if inputs.rows_epoch != epoch => {}
+            Ok(rows) => {
+                if inputs.db_error.is_some() {
+                    tracing::info!("database reachable again");
                     inputs.db_error = None;
+                    self.mark_dirty(&mut inputs, false);
                 }
-                Err(e) => {
-                    if inputs.db_error.is_none() {
-                        tracing::warn!(error = %e, "database poll failed; serving last known rows");
-                    }
-                    inputs.db_error = Some(e.to_string());
-                }
-            }
-        }
-        self.rebuild();
-    }
-
-    /// Replaces (or with `None` removes) one row in the inputs and republishes the view,
-    /// so the caller's change is visible at once rather than at the next poll.
-    pub(crate) fn set_local_row(&self, name: &str, row: Option<VmRow>) {
-        {
-            let mut inputs = self.inputs.lock();
-            inputs.rows_epoch += 1;
-            inputs.rows.retain(|r| r.vmname != name);
-            match row {
-                Some(mut r) => {
-                    if let Some(e) = inputs.pending_errors.get(name) {
+                let mut changed = rows.len() != inputs.rows.len();
+                let mut fresh = RowMap::new();
+                for mut r in rows {
+                    if let Some(e) = inputs.pending_errors.get(&r.vmname) {
                         r.error = Some(e.clone());
                     }
-                    inputs.rows.push(r);
+                    // An unchanged row stays the same object, so nothing downstream moves.
+                    let row = match inputs.rows.get(&r.vmname) {
+                        Some(old) if **old == r => old.clone(),
+                        _ => {
+                            changed = true;
+                            Arc::new(r)
+                        }
+                    };
+                    fresh.insert(row.vmname.clone(), row);
                 }
-                None => {
-                    inputs.pending_errors.remove(name);
+                if changed {
+                    inputs.rows = fresh;
+                    self.mark_dirty(&mut inputs, true);
+                }
+            }
+            Err(e) => {
+                if inputs.db_error.is_none() {
+                    tracing::warn!(error = %e, "database poll failed; serving last known rows");
+                }
+                let msg = Some(e.to_string());
+                if inputs.db_error != msg {
+                    inputs.db_error = msg;
+                    self.mark_dirty(&mut inputs, false);
                 }
             }
         }
-        self.rebuild();
+    }
+
+    /// Replaces (or with `None` removes) one row in the inputs, so the caller's change is
+    /// visible at once rather than at the next poll.
+    pub(crate) fn set_local_row(&self, name: &str, row: Option<VmRow>) {
+        let mut inputs = self.inputs.lock();
+        inputs.rows_epoch += 1;
+        match row {
+            Some(mut r) => {
+                if let Some(e) = inputs.pending_errors.get(name) {
+                    r.error = Some(e.clone());
+                }
+                inputs.rows.insert(name.to_string(), Arc::new(r));
+            }
+            None => {
+                inputs.rows.remove(name);
+                inputs.pending_errors.remove(name);
+            }
+        }
+        self.mark_dirty(&mut inputs, true);
+    }
+
+    /// Changes one row in the inputs in place (when the caller knows exactly what it wrote
+    /// to the database, there is no need to read the row back).
+    pub(crate) fn patch_local_row(&self, name: &str, patch: impl FnOnce(&mut VmRow)) {
+        let mut inputs = self.inputs.lock();
+        let Some(row) = inputs.rows.get(name) else {
+            return;
+        };
+        let mut r = VmRow::clone(row);
+        patch(&mut r);
+        inputs.rows_epoch += 1;
+        inputs.rows.insert(name.to_string(), Arc::new(r));
+        self.mark_dirty(&mut inputs, true);
+    }
+
+    /// Notes that the inputs changed (`instances`: in a way instances may show), so the next
+    /// `view()` builds anew, and tells the followers of `subscribe`.
+    fn mark_dirty(&self, inputs: &mut Inputs, instances: bool) {
+        inputs.instances_dirty |= instances;
+        self.dirty.store(true, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Shows `error` in instance `name`'s `error` file at once, and has it stored in the
@@ -364,16 +419,18 @@ impl Cluster {
     pub(crate) fn set_local_error(&self, name: &str, error: &str) {
         {
             let mut inputs = self.inputs.lock();
-            let Some(row) = inputs.rows.iter_mut().find(|r| r.vmname == name) else {
+            let Some(row) = inputs.rows.get(name) else {
                 return;
             };
-            row.error = Some(error.to_string());
+            let mut r = VmRow::clone(row);
+            r.error = Some(error.to_string());
+            inputs.rows.insert(name.to_string(), Arc::new(r));
             inputs
                 .pending_errors
                 .insert(name.to_string(), error.to_string());
+            self.mark_dirty(&mut inputs, true);
         }
         let _ = self.errors_tx.send((name.to_string(), error.to_string()));
-        self.rebuild();
     }
 
     /// Forgets an error not stored yet: the instance's state moved on (a commit clears it).
@@ -381,10 +438,15 @@ impl Cluster {
         self.inputs.lock().pending_errors.remove(name);
     }
 
-    /// Assembles a new view from the current inputs and publishes it.
+    /// Assembles a new view from the current inputs and publishes it, if they changed since
+    /// the last build. Builds run one at a time, under the inputs' lock, so views are
+    /// published in order and a build sees every change marked before it.
     fn rebuild(&self) {
-        let inputs = self.inputs.lock();
-        let prev = self.view();
+        let mut inputs = self.inputs.lock();
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let prev = self.view.read().clone();
         let v = view::build(
             &inputs.nodes,
             &inputs.rows,
@@ -392,11 +454,36 @@ impl Cluster {
             &self.cfg.placement,
             &prev,
             SystemTime::now(),
+            !inputs.instances_dirty,
         );
+        inputs.instances_dirty = false;
         *self.view.write() = Arc::new(v);
-        drop(inputs);
-        self.version.send_modify(|n| *n += 1);
     }
+}
+
+/// Takes a new probe's domains into `current`, keeping the `Arc` of every domain that did not
+/// change (so views built from it share their instances). Returns whether any changed.
+fn merge_domains(current: &mut Vec<Arc<DomainProbe>>, new: Vec<DomainProbe>) -> bool {
+    let old: HashMap<&str, &Arc<DomainProbe>> =
+        current.iter().map(|d| (d.uuid.as_str(), d)).collect();
+    let mut changed = new.len() != current.len();
+    let merged: Vec<Arc<DomainProbe>> = new
+        .into_iter()
+        .map(|d| match old.get(d.uuid.as_str()) {
+            Some(o) if ***o == d => Arc::clone(o),
+            _ => {
+                changed = true;
+                Arc::new(d)
+            }
+        })
+        .collect();
+    // Same objects, but maybe in another order (a rename): compare positions too.
+    changed |= merged
+        .iter()
+        .zip(current.iter())
+        .any(|(a, b)| !Arc::ptr_eq(a, b));
+    *current = merged;
+    changed
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

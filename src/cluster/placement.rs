@@ -219,7 +219,15 @@ mod tests {
 
     fn view(nodes: &[NodeState]) -> View {
         let p = PlacementConfig::default();
-        build(nodes, &[], None, &p, &View::default(), SystemTime::now())
+        build(
+            nodes,
+            &crate::cluster::view::RowMap::new(),
+            None,
+            &p,
+            &View::default(),
+            SystemTime::now(),
+            false,
+        )
     }
 
     fn load(node: &str, name: &str, vcpus: u64, ram_mb: u64) -> Load {

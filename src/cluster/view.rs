@@ -1,7 +1,13 @@
 //! The assembled, immutable picture of the cluster that every read is served from: nodes with
 //! capacity and score, every domain on every node (managed or not), and the networks. A new
-//! `View` is built whenever a node poll or a database poll brings news; readers hold an `Arc`
-//! to one view, so a listing never sees half an update.
+//! `View` is built whenever a node poll, a domain event or a database poll brings news; readers
+//! hold an `Arc` to one view, so a listing never sees half an update.
+//!
+//! Views share what did not change: every node, instance, network and image is an `Arc`, and
+//! `build` reuses the previous view's `Arc` when its inputs are the same objects (rows and
+//! domain probes are `Arc`s too, reused by the pollers when equal). So a rebuild costs one pass
+//! over the names, and "did this instance change?" is a pointer comparison — which is how the
+//! tree decides what to invalidate in the kernel's caches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -50,7 +56,7 @@ pub struct NodeState {
 }
 
 /// A node as shown under `/nodes`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
     pub name: String,
     pub uri: String,
@@ -92,6 +98,33 @@ pub struct NodeView {
     pub changed_at: SystemTime,
 }
 
+impl NodeView {
+    /// Whether `self` shows what `other` shows, apart from the poll time (`updated_at`).
+    fn same_as(&self, other: &NodeView) -> bool {
+        self.status == other.status
+            && self.online == other.online
+            && self.last_error == other.last_error
+            && self.hostname == other.hostname
+            && self.cpus == other.cpus
+            && self.mhz == other.mhz
+            && self.cpu_model == other.cpu_model
+            && self.cpu_usage == other.cpu_usage
+            && self.memory_total_mb == other.memory_total_mb
+            && self.memory_free_mb == other.memory_free_mb
+            && self.memory_source == other.memory_source
+            && self.committed_vcpus == other.committed_vcpus
+            && self.committed_ram_mb == other.committed_ram_mb
+            && self.capacity_vcpus == other.capacity_vcpus
+            && self.capacity_ram_mb == other.capacity_ram_mb
+            && self.instances == other.instances
+            && self.active_instances == other.active_instances
+            && self.score == other.score
+            && self.instance_names == other.instance_names
+            && self.unmanaged_load == other.unmanaged_load
+            && self.volumes == other.volumes
+    }
+}
+
 /// An instance as shown under `/instances`: a domain, a `vm` row, or both.
 #[derive(Debug, Clone)]
 pub struct InstanceView {
@@ -99,7 +132,7 @@ pub struct InstanceView {
     pub node: Option<String>,
     pub node_online: bool,
     pub domain: Option<Arc<DomainProbe>>,
-    pub row: Option<VmRow>,
+    pub row: Option<Arc<VmRow>>,
     pub changed_at: SystemTime,
 }
 
@@ -145,7 +178,7 @@ impl InstanceView {
 
     /// Addresses: the database's static addresses for managed instances.
     pub fn addresses(&self) -> Vec<String> {
-        let Some(row) = &self.row else {
+        let Some(row) = self.row.as_deref() else {
             return Vec::new();
         };
         [&row.vmip, &row.ip_eth1]
@@ -158,7 +191,7 @@ impl InstanceView {
 
     pub fn info_json(&self) -> serde_json::Value {
         let d = self.domain.as_deref();
-        let r = self.row.as_ref();
+        let r = self.row.as_deref();
         serde_json::json!({
             "name": self.name,
             "node": self.node,
@@ -191,6 +224,8 @@ impl InstanceView {
 pub struct NetworkView {
     pub name: String,
     pub per_node: Vec<(String, NetworkProbe)>,
+    /// When what the network's files show last changed.
+    pub changed_at: SystemTime,
 }
 
 impl NetworkView {
@@ -240,11 +275,13 @@ impl NetworkView {
 
 /// A base image: a volume in the storage pools that no instance uses as its own disk or
 /// seed, which a spec's `image` may name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ImageView {
     pub name: String,
     /// (node, capacity in bytes, path) for every node whose pool holds it.
     pub per_node: Vec<(String, u64, Option<String>)>,
+    /// When what the image's files show last changed.
+    pub changed_at: SystemTime,
 }
 
 impl ImageView {
@@ -267,17 +304,50 @@ impl ImageView {
     }
 }
 
+/// The instances of a view, by name; shared between views when no instance changed.
+pub type InstanceMap = BTreeMap<String, Arc<InstanceView>>;
+
 /// One consistent picture of the cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct View {
-    pub nodes: BTreeMap<String, NodeView>,
-    pub instances: BTreeMap<String, InstanceView>,
-    pub networks: BTreeMap<String, NetworkView>,
-    pub images: BTreeMap<String, ImageView>,
+    /// Counts the views a cluster built, from 0: a later view has a higher number.
+    pub version: u64,
+    pub nodes: BTreeMap<String, Arc<NodeView>>,
+    pub instances: Arc<InstanceMap>,
+    pub networks: BTreeMap<String, Arc<NetworkView>>,
+    pub images: BTreeMap<String, Arc<ImageView>>,
     /// Whether the last database poll succeeded, and why not.
     pub db_error: Option<String>,
     pub built_at: Option<SystemTime>,
+    /// When the list of names of `/instances`, `/networks` and `/images` last changed.
+    pub instances_changed_at: SystemTime,
+    pub networks_changed_at: SystemTime,
+    pub images_changed_at: SystemTime,
+    /// When the line of `/status` last changed.
+    pub status_changed_at: SystemTime,
 }
+
+impl Default for View {
+    fn default() -> View {
+        let epoch = std::time::UNIX_EPOCH;
+        View {
+            version: 0,
+            nodes: BTreeMap::new(),
+            instances: Arc::new(BTreeMap::new()),
+            networks: BTreeMap::new(),
+            images: BTreeMap::new(),
+            db_error: None,
+            built_at: None,
+            instances_changed_at: epoch,
+            networks_changed_at: epoch,
+            images_changed_at: epoch,
+            status_changed_at: epoch,
+        }
+    }
+}
+
+/// The rows of the `vm` table by name, each shared with the views built from it.
+pub type RowMap = BTreeMap<String, Arc<VmRow>>;
 
 fn mb(kib: u64) -> u64 {
     kib / 1024
@@ -292,23 +362,170 @@ fn share_free(used: f64, capacity: f64) -> f64 {
 }
 
 /// Builds a view from node states and `vm` rows. `previous` carries change times forward so
-/// a file's mtime moves only when its content does.
+/// a file's mtime moves only when its content does, and lends its `Arc`s to whatever did not
+/// change. With `instances_unchanged` (only node numbers moved: a poll time, CPU counters) the
+/// previous instances are taken as they are.
 pub fn build(
     nodes: &[NodeState],
-    rows: &[VmRow],
+    rows: &RowMap,
     db_error: Option<String>,
     placement: &PlacementConfig,
     previous: &View,
     now: SystemTime,
+    instances_unchanged: bool,
 ) -> View {
-    let rows_by_name: HashMap<&str, &VmRow> = rows.iter().map(|r| (r.vmname.as_str(), r)).collect();
+    let instances = if instances_unchanged {
+        previous.instances.clone()
+    } else {
+        build_instances(nodes, rows, &previous.instances, now)
+    };
+    let instances_changed_at = if same_keys(&instances, &previous.instances) {
+        previous.instances_changed_at
+    } else {
+        now
+    };
+
+    // Each node's instances, in name order, in one pass.
+    let mut by_node: HashMap<&str, Vec<&InstanceView>> = HashMap::new();
+    for i in instances.values() {
+        if let Some(n) = i.node.as_deref() {
+            by_node.entry(n).or_default().push(i);
+        }
+    }
+
+    let mut node_views = BTreeMap::new();
+    let mut networks: BTreeMap<String, NetworkView> = BTreeMap::new();
+    for n in nodes {
+        let mine = by_node
+            .get(n.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let nv = node_view(n, mine, placement, now);
+        let nv = match previous.nodes.get(&n.name) {
+            // Same content and poll time: the same object, so nothing to invalidate.
+            Some(prev) if prev.same_as(&nv) && prev.updated_at == nv.updated_at => prev.clone(),
+            // The poll time alone is no change of mtime.
+            Some(prev) if prev.same_as(&nv) => Arc::new(NodeView {
+                changed_at: prev.changed_at,
+                ..nv
+            }),
+            _ => Arc::new(nv),
+        };
+        if let Some(p) = n.probe.as_deref() {
+            for net in &p.networks {
+                networks
+                    .entry(net.name.clone())
+                    .or_insert_with(|| NetworkView {
+                        name: net.name.clone(),
+                        per_node: Vec::new(),
+                        changed_at: now,
+                    })
+                    .per_node
+                    .push((n.name.clone(), net.clone()));
+            }
+        }
+        node_views.insert(n.name.clone(), nv);
+    }
+    networks.retain(|name, _| is_listable(name));
+    let networks: BTreeMap<String, Arc<NetworkView>> = networks
+        .into_iter()
+        .map(|(name, nv)| {
+            let nv = match previous.networks.get(&name) {
+                Some(prev) if prev.per_node == nv.per_node => prev.clone(),
+                _ => Arc::new(nv),
+            };
+            (name, nv)
+        })
+        .collect();
+    let images: BTreeMap<String, Arc<ImageView>> = images(&node_views, &instances, now)
+        .into_iter()
+        .map(|(name, iv)| {
+            let iv = match previous.images.get(&name) {
+                Some(prev) if prev.per_node == iv.per_node => prev.clone(),
+                _ => Arc::new(iv),
+            };
+            (name, iv)
+        })
+        .collect();
+
+    let mut v = View {
+        version: previous.version + 1,
+        networks_changed_at: if same_keys(&networks, &previous.networks) {
+            previous.networks_changed_at
+        } else {
+            now
+        },
+        images_changed_at: if same_keys(&images, &previous.images) {
+            previous.images_changed_at
+        } else {
+            now
+        },
+        nodes: node_views,
+        instances,
+        networks,
+        images,
+        db_error,
+        built_at: Some(now),
+        instances_changed_at,
+        status_changed_at: now,
+    };
+    v.status_changed_at = if v.root_status() == previous.root_status() {
+        previous.status_changed_at
+    } else {
+        now
+    };
+    v
+}
+
+impl View {
+    /// The line of `/status` (without the newline): `ok`, or `degraded: ` and what is wrong.
+    pub fn root_status(&self) -> String {
+        let mut problems = Vec::new();
+        if let Some(e) = &self.db_error {
+            problems.push(e.clone());
+        }
+        let offline: Vec<&str> = self
+            .nodes
+            .values()
+            .filter(|n| !n.online)
+            .map(|n| n.name.as_str())
+            .collect();
+        if !offline.is_empty() {
+            problems.push(format!(
+                "{} of {} nodes offline ({})",
+                offline.len(),
+                self.nodes.len(),
+                offline.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            "ok".into()
+        } else {
+            format!("degraded: {}", problems.join("; "))
+        }
+    }
+}
+
+fn same_keys<V>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> bool {
+    a.len() == b.len() && a.keys().eq(b.keys())
+}
+
+/// The instances: rows first (managed), then every domain no row claims (unmanaged). An
+/// instance whose row, domain and node reachability are the very objects of the previous
+/// view is the previous `Arc`.
+fn build_instances(
+    nodes: &[NodeState],
+    rows: &RowMap,
+    previous: &InstanceMap,
+    now: SystemTime,
+) -> Arc<InstanceMap> {
     let online: HashMap<&str, bool> = nodes
         .iter()
         .map(|n| (n.name.as_str(), n.status.is_online()))
         .collect();
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
 
-    for r in rows {
+    for r in rows.values() {
         let node_online = r
             .hostname
             .as_deref()
@@ -327,8 +544,8 @@ pub fn build(
         );
     }
     for n in nodes {
-        for d in &n.domains {
-            if let Some(row) = rows_by_name.get(d.name.as_str())
+        for d in n.domains.iter() {
+            if let Some(row) = rows.get(d.name.as_str())
                 && row.hostname.as_deref() == Some(n.name.as_str())
             {
                 if let Some(iv) = instances.get_mut(&d.name) {
@@ -358,139 +575,129 @@ pub fn build(
             );
         }
     }
-    for iv in instances.values_mut() {
-        if let Some(prev) = previous.instances.get(&iv.name)
-            && prev.status() == iv.status()
-            && prev.node == iv.node
-            && prev.row == iv.row
-            && prev
-                .domain
-                .as_ref()
-                .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
-                == iv
-                    .domain
-                    .as_ref()
-                    .map(|d| (&d.uuid, d.vcpus, d.max_memory_kib))
-        {
-            iv.changed_at = prev.changed_at;
-        }
-    }
+    let same_ptr = |a: &Option<Arc<VmRow>>, b: &Option<Arc<VmRow>>| match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    let same_dom = |a: &Option<Arc<DomainProbe>>, b: &Option<Arc<DomainProbe>>| match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    let map = instances
+        .into_iter()
+        .map(|(name, iv)| {
+            let shared = match previous.get(&name) {
+                Some(prev)
+                    if same_ptr(&prev.row, &iv.row)
+                        && same_dom(&prev.domain, &iv.domain)
+                        && prev.node == iv.node
+                        && prev.node_online == iv.node_online =>
+                {
+                    prev.clone()
+                }
+                Some(prev) => {
+                    let mut iv = iv;
+                    let key = |i: &InstanceView| {
+                        i.domain
+                            .as_ref()
+                            .map(|d| (d.uuid.clone(), d.vcpus, d.max_memory_kib, d.devices.clone()))
+                    };
+                    if prev.status() == iv.status()
+                        && prev.node == iv.node
+                        && prev.row == iv.row
+                        && key(prev) == key(&iv)
+                    {
+                        iv.changed_at = prev.changed_at;
+                    }
+                    Arc::new(iv)
+                }
+                None => Arc::new(iv),
+            };
+            (name, shared)
+        })
+        .collect();
+    Arc::new(map)
+}
 
-    let mut node_views = BTreeMap::new();
-    let mut networks: BTreeMap<String, NetworkView> = BTreeMap::new();
-    for n in nodes {
-        let mut names: Vec<String> = instances
-            .values()
-            .filter(|i| i.node.as_deref() == Some(n.name.as_str()))
-            .map(|i| i.name.clone())
-            .collect();
-        names.sort();
-        let committed = names
+/// One node as shown, from its poll state and its instances (in name order).
+fn node_view(
+    n: &NodeState,
+    instances: &[&InstanceView],
+    placement: &PlacementConfig,
+    now: SystemTime,
+) -> NodeView {
+    let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
+    let committed =
+        instances
             .iter()
-            .filter_map(|name| instances.get(name))
             .filter(|i| counts_against_node(i))
             .fold((0u64, 0u64), |(c, m), i| {
                 let (v, r) = instance_resources(i);
                 (c + v, m + r)
             });
-        let active = names
-            .iter()
-            .filter_map(|name| instances.get(name))
-            .filter(|i| i.domain.as_ref().is_some_and(|d| d.state.is_active()))
-            .count();
-        let probe = n.probe.as_deref();
-        let cpus = probe.map(|p| p.cpus).unwrap_or(0);
-        let total_mb = probe.map(|p| mb(p.memory_kib)).unwrap_or(0);
-        let (free_mb, source) = match probe.and_then(|p| p.free_memory_kib) {
-            Some(f) => (mb(f), "measured"),
-            None => (total_mb.saturating_sub(committed.1), "committed"),
-        };
-        let unmanaged_load: Vec<(String, u64, u64)> = names
-            .iter()
-            .filter_map(|name| instances.get(name))
-            .filter(|i| i.row.is_none() && counts_against_node(i))
-            .filter_map(|i| {
-                let (v, r) = instance_resources(i);
-                i.domain.as_ref().map(|d| (d.name.clone(), v, r))
-            })
-            .collect();
-        let room = Room::new(cpus, total_mb, committed, placement);
-        let score = if n.status.is_online() {
-            room.score
-        } else {
-            0.0
-        };
-        let mut nv = NodeView {
-            name: n.name.clone(),
-            uri: n.uri.clone(),
-            status: n.status.line(),
-            online: n.status.is_online(),
-            last_error: n.last_error.clone(),
-            hostname: probe.and_then(|p| p.hostname.clone()),
-            cpus,
-            mhz: probe.map(|p| p.mhz).unwrap_or(0),
-            cpu_model: probe.map(|p| p.model.clone()).unwrap_or_default(),
-            cpu_usage: n.cpu_usage.map(|u| (u * 1000.0).round() / 1000.0),
-            memory_total_mb: total_mb,
-            memory_used_mb: total_mb.saturating_sub(free_mb),
-            memory_free_mb: free_mb,
-            memory_source: source,
-            committed_vcpus: committed.0,
-            committed_ram_mb: committed.1,
-            capacity_vcpus: room.capacity_vcpus,
-            capacity_ram_mb: room.capacity_ram_mb,
-            instances: names.len(),
-            active_instances: active,
-            free_cpu_share: round4(room.free_cpu_share),
-            free_ram_share: round4(room.free_ram_share),
-            score: round4(score),
-            updated_at: n
-                .updated_at
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
-            instance_names: names,
-            unmanaged_load,
-            pool_volumes: probe
-                .and_then(|p| p.volumes.as_ref())
-                .map(|v| v.iter().map(|v| v.name.clone()).collect())
-                .unwrap_or_default(),
-            volumes: probe.and_then(|p| p.volumes.clone()),
-            changed_at: now,
-        };
-        if let Some(prev) = previous.nodes.get(&n.name) {
-            // The poll time alone is no change: compare everything else.
-            let (updated_at, changed_at) = (nv.updated_at, nv.changed_at);
-            nv.updated_at = prev.updated_at;
-            nv.changed_at = prev.changed_at;
-            if *prev != nv {
-                nv.changed_at = changed_at;
-            }
-            nv.updated_at = updated_at;
-        }
-        node_views.insert(n.name.clone(), nv);
-        if let Some(p) = probe {
-            for net in &p.networks {
-                networks
-                    .entry(net.name.clone())
-                    .or_insert_with(|| NetworkView {
-                        name: net.name.clone(),
-                        per_node: Vec::new(),
-                    })
-                    .per_node
-                    .push((n.name.clone(), net.clone()));
-            }
-        }
-    }
-    networks.retain(|name, _| is_listable(name));
-    let images = images(&node_views, &instances);
-
-    View {
-        nodes: node_views,
-        instances,
-        networks,
-        images,
-        db_error,
-        built_at: Some(now),
+    let active = instances
+        .iter()
+        .filter(|i| i.domain.as_ref().is_some_and(|d| d.state.is_active()))
+        .count();
+    let probe = n.probe.as_deref();
+    let cpus = probe.map(|p| p.cpus).unwrap_or(0);
+    let total_mb = probe.map(|p| mb(p.memory_kib)).unwrap_or(0);
+    let (free_mb, source) = match probe.and_then(|p| p.free_memory_kib) {
+        Some(f) => (mb(f), "measured"),
+        None => (total_mb.saturating_sub(committed.1), "committed"),
+    };
+    let unmanaged_load: Vec<(String, u64, u64)> = instances
+        .iter()
+        .filter(|i| i.row.is_none() && counts_against_node(i))
+        .filter_map(|i| {
+            let (v, r) = instance_resources(i);
+            i.domain.as_ref().map(|d| (d.name.clone(), v, r))
+        })
+        .collect();
+    let room = Room::new(cpus, total_mb, committed, placement);
+    let score = if n.status.is_online() {
+        room.score
+    } else {
+        0.0
+    };
+    NodeView {
+        name: n.name.clone(),
+        uri: n.uri.clone(),
+        status: n.status.line(),
+        online: n.status.is_online(),
+        last_error: n.last_error.clone(),
+        hostname: probe.and_then(|p| p.hostname.clone()),
+        cpus,
+        mhz: probe.map(|p| p.mhz).unwrap_or(0),
+        cpu_model: probe.map(|p| p.model.clone()).unwrap_or_default(),
+        cpu_usage: n.cpu_usage.map(|u| (u * 1000.0).round() / 1000.0),
+        memory_total_mb: total_mb,
+        memory_used_mb: total_mb.saturating_sub(free_mb),
+        memory_free_mb: free_mb,
+        memory_source: source,
+        committed_vcpus: committed.0,
+        committed_ram_mb: committed.1,
+        capacity_vcpus: room.capacity_vcpus,
+        capacity_ram_mb: room.capacity_ram_mb,
+        instances: names.len(),
+        active_instances: active,
+        free_cpu_share: round4(room.free_cpu_share),
+        free_ram_share: round4(room.free_ram_share),
+        score: round4(score),
+        updated_at: n
+            .updated_at
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        instance_names: names,
+        unmanaged_load,
+        pool_volumes: probe
+            .and_then(|p| p.volumes.as_ref())
+            .map(|v| v.iter().map(|v| v.name.clone()).collect())
+            .unwrap_or_default(),
+        volumes: probe.and_then(|p| p.volumes.clone()),
+        changed_at: now,
     }
 }
 
@@ -525,8 +732,9 @@ impl Room {
 /// The volumes of every pool that are not an instance's own: not a kvmfs instance's disk or
 /// seed, and not a disk any domain on that node uses.
 fn images(
-    nodes: &BTreeMap<String, NodeView>,
-    instances: &BTreeMap<String, InstanceView>,
+    nodes: &BTreeMap<String, Arc<NodeView>>,
+    instances: &InstanceMap,
+    now: SystemTime,
 ) -> BTreeMap<String, ImageView> {
     let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
     for n in nodes.values() {
@@ -551,6 +759,7 @@ fn images(
                 .or_insert_with(|| ImageView {
                     name: v.name.clone(),
                     per_node: Vec::new(),
+                    changed_at: now,
                 })
                 .per_node
                 .push((n.name.clone(), v.capacity_bytes, v.path.clone()));
@@ -644,11 +853,12 @@ mod tests {
         ];
         let v = build(
             &nodes,
-            &[],
+            &RowMap::new(),
             None,
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
+            false,
         );
         let a = &v.nodes["a"];
         // 8 of 16 vCPUs, 2048 of 4096 MB committed.
@@ -668,11 +878,12 @@ mod tests {
         ];
         let v = build(
             &nodes,
-            &[],
+            &RowMap::new(),
             None,
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
+            false,
         );
         assert!(v.instances.contains_key("x"));
         assert!(v.instances.contains_key("x@b"));
@@ -685,11 +896,12 @@ mod tests {
         n.status = NodeStatus::Offline("no answer".into());
         let v = build(
             &[n],
-            &[],
+            &RowMap::new(),
             None,
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
+            false,
         );
         assert_eq!(v.instances["x"].status(), "unknown: node a is offline");
         assert_eq!(v.nodes["a"].status, "offline: no answer");

@@ -157,7 +157,7 @@ pub struct InterfaceInfo {
     pub bridge: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DomainProbe {
     pub name: String,
     pub uuid: String,
