@@ -225,6 +225,10 @@ pub struct TimingConfig {
     pub db_timeout_ms: u64,
     /// Upper bound for any FUSE operation that has to wait on a backend.
     pub op_timeout_ms: u64,
+    /// How long the kernel may keep names, attributes and file contents without asking
+    /// again; kvmfs invalidates them itself when they change, so this is only a backstop.
+    /// 0 turns the kernel's caching off (every access asks kvmfs).
+    pub kernel_cache_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -234,6 +238,7 @@ impl Default for TimingConfig {
             libvirt_timeout_ms: 1500,
             db_timeout_ms: 1500,
             op_timeout_ms: 1800,
+            kernel_cache_ms: 60_000,
         }
     }
 }
@@ -250,6 +255,9 @@ impl TimingConfig {
     }
     pub fn op_timeout(&self) -> Duration {
         Duration::from_millis(self.op_timeout_ms)
+    }
+    pub fn kernel_cache(&self) -> Duration {
+        Duration::from_millis(self.kernel_cache_ms)
     }
 }
 

@@ -169,9 +169,11 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
             signal(SignalKind::interrupt())?,
         ))
     })?;
-    let fs = KvmFs::new(tree, rt.handle().clone(), cfg.timing.op_timeout());
+    let fs = KvmFs::new(tree.clone(), rt.handle().clone(), cfg.timing.op_timeout());
     let mut session = fuser::Session::new(fs, &mp, &fuse_cfg)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
+    // Before the session serves anything, so the kernel never caches an unfollowed view.
+    kvmfs::fs::follow_views(tree, session.notifier(), rt.handle().clone());
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let session_thread = std::thread::Builder::new()

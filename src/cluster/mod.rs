@@ -12,7 +12,7 @@ pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -61,8 +61,10 @@ pub struct Cluster {
     nodes: Vec<NodeHandle>,
     inputs: Mutex<Inputs>,
     view: RwLock<Arc<View>>,
-    /// Set when the inputs changed since the last build: the next `view()` builds anew.
-    dirty: AtomicBool,
+    /// Counts changes of the inputs (under their lock); `built` is the count the published
+    /// view was built from. When they differ, the next `view()` builds anew.
+    input_seq: AtomicU64,
+    built_seq: AtomicU64,
     /// Bumped on every change of the inputs, for whoever follows changes as they happen
     /// (the kernel cache invalidation); they then call `view()`.
     changes: watch::Sender<u64>,
@@ -121,7 +123,8 @@ impl Cluster {
             db,
             nodes,
             view: RwLock::new(Arc::new(View::default())),
-            dirty: AtomicBool::new(true),
+            input_seq: AtomicU64::new(1),
+            built_seq: AtomicU64::new(0),
             changes,
             place_lock: tokio::sync::Mutex::new(()),
             errors_tx,
@@ -142,7 +145,7 @@ impl Cluster {
     /// inputs changed since the last build, it is built first, so a caller always sees the
     /// changes made before the call.
     pub fn view(&self) -> Arc<View> {
-        if self.dirty.load(Ordering::Acquire) {
+        if self.built_seq.load(Ordering::Acquire) < self.input_seq.load(Ordering::Acquire) {
             self.rebuild();
         }
         self.view.read().clone()
@@ -409,7 +412,7 @@ impl Cluster {
     /// `view()` builds anew, and tells the followers of `subscribe`.
     fn mark_dirty(&self, inputs: &mut Inputs, instances: bool) {
         inputs.instances_dirty |= instances;
-        self.dirty.store(true, Ordering::Release);
+        self.input_seq.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -443,7 +446,9 @@ impl Cluster {
     /// published in order and a build sees every change marked before it.
     fn rebuild(&self) {
         let mut inputs = self.inputs.lock();
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+        // Changes are only marked under this lock, so this is every change so far.
+        let seq = self.input_seq.load(Ordering::Acquire);
+        if self.built_seq.load(Ordering::Acquire) >= seq {
             return;
         }
         let prev = self.view.read().clone();
@@ -458,6 +463,7 @@ impl Cluster {
         );
         inputs.instances_dirty = false;
         *self.view.write() = Arc::new(v);
+        self.built_seq.store(seq, Ordering::Release);
     }
 }
 

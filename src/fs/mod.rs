@@ -1,6 +1,12 @@
 //! FUSE glue: each operation resolves its inode through the `Tree`, calls one function, and
 //! replies. No libvirt and no SQL here. `errno` is the one mapping from errors to errno
 //! values; it has no catch-all arm, so a new error variant forces a decision.
+//!
+//! With the kernel's caching on (`[timing] kernel_cache_ms` > 0), names and attributes are
+//! given that TTL, read-only files are opened through the page cache and kept across opens,
+//! and `follow_views` tells the kernel what each new view makes wrong (`Notifier`), so the
+//! caches never serve what kvmfs no longer shows. With it off, every TTL is 0 and files are
+//! opened with `direct_io`.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -13,10 +19,7 @@ use fuser::{
 };
 
 use crate::cluster::actions::ActionError;
-use crate::tree::{Attr, EntryKind, Tree, TreeError};
-
-/// Everything is live: the kernel must ask again on every access.
-const TTL: Duration = Duration::ZERO;
+use crate::tree::{Attr, EntryKind, OpenMode, Tree, TreeError};
 
 /// The filesystem handed to `fuser`.
 pub struct KvmFs {
@@ -24,14 +27,31 @@ pub struct KvmFs {
     rt: tokio::runtime::Handle,
     /// Upper bound for an operation that waits on a backend.
     op_timeout: Duration,
+    /// How long the kernel may keep names and attributes (zero: caching off).
+    ttl: Duration,
 }
 
 impl KvmFs {
     pub fn new(tree: Arc<Tree>, rt: tokio::runtime::Handle, op_timeout: Duration) -> KvmFs {
+        let ttl = if tree.kernel_cache() {
+            tree.cluster().config().timing.kernel_cache()
+        } else {
+            Duration::ZERO
+        };
         KvmFs {
             tree,
             rt,
             op_timeout,
+            ttl,
+        }
+    }
+
+    /// The TTL for an inode's name and attributes.
+    fn ttl(&self, a: &Attr) -> Duration {
+        if a.cacheable {
+            self.ttl
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -51,7 +71,14 @@ impl KvmFs {
         let tree = self.tree.clone();
         let limit = self.op_timeout + Duration::from_millis(250);
         self.rt.spawn(async move {
-            let r = match tokio::time::timeout(limit, op(tree)).await {
+            let work = async {
+                let r = op(tree.clone()).await;
+                // What the operation changed must not be hidden by the kernel's caches
+                // when the caller looks right after.
+                tree.settle().await;
+                r
+            };
+            let r = match tokio::time::timeout(limit, work).await {
                 Ok(r) => r,
                 Err(_) => Err(TreeError::Action(ActionError::Backend(format!(
                     "no answer within {limit:?}"
@@ -116,20 +143,35 @@ fn file_type(k: EntryKind) -> FileType {
 }
 
 impl Filesystem for KvmFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags;
+        // Lookups in one folder need not wait for each other.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.ttl > Duration::ZERO {
+            // `ls -l` gets names and attributes in one reply; a file's pages are dropped
+            // whenever its attributes come back with another mtime or size.
+            for cap in [
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+                InitFlags::FUSE_AUTO_INVAL_DATA,
+            ] {
+                if let Err(missing) = config.add_capabilities(cap) {
+                    tracing::info!(?missing, "the kernel lacks a FUSE capability");
+                }
+            }
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.tree.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -166,7 +208,7 @@ impl Filesystem for KvmFs {
             )),
         };
         match r {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -187,11 +229,11 @@ impl Filesystem for KvmFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (name, uid) = (name.to_owned(), req.uid());
+        let (name, uid, ttl) = (name.to_owned(), req.uid(), self.ttl);
         self.spawn(
             move |t| Box::pin(async move { t.mkdir(parent.0, &name, uid).await }),
             move |r| match r {
-                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -223,7 +265,7 @@ impl Filesystem for KvmFs {
         let mode = (mode & !umask & 0o7777) as u16;
         match self.tree.create(parent.0, name, mode, req.uid(), req.gid()) {
             Ok((a, fh)) => reply.created(
-                &TTL,
+                &self.ttl(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
@@ -285,8 +327,14 @@ impl Filesystem for KvmFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         match self.tree.open(ino.0, write, req.uid()) {
-            // direct_io: contents are computed, so reads must not be cut to a cached size.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            // Pages stay cached across opens (kvmfs invalidates them when the file changes),
+            // and closing a file that was only read has nothing to flush.
+            Ok((fh, OpenMode::Cached)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+            ),
+            // direct_io: every read and write reaches kvmfs, never cut to a cached size.
+            Ok((fh, OpenMode::Direct)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -294,7 +342,7 @@ impl Filesystem for KvmFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -302,7 +350,7 @@ impl Filesystem for KvmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.tree.read(fh.0, offset, size) {
+        match self.tree.read(fh.0, ino.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
@@ -390,6 +438,52 @@ impl Filesystem for KvmFs {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let entries = match self.tree.dir_entries_with_attrs(fh.0, start) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, e, attr) in entries {
+            let (ttl, attr) = match attr {
+                Some(a) => (self.ttl(&a), file_attr(&a)),
+                // `.` and `..`: the kernel skips their attributes.
+                None => (
+                    Duration::ZERO,
+                    file_attr(&Attr {
+                        ino: e.ino,
+                        kind: e.kind,
+                        size: 0,
+                        perm: 0o555,
+                        uid: 0,
+                        gid: 0,
+                        nlink: 2,
+                        mtime: std::time::UNIX_EPOCH,
+                        cacheable: false,
+                    }),
+                ),
+            };
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                &e.name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -433,4 +527,76 @@ impl Filesystem for KvmFs {
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+/// Follows the cluster's views on two threads of their own and tells the kernel what each
+/// new view makes wrong in its caches: first the inodes (attributes and pages; this never
+/// waits on a lock the filesystem's callers hold, so operations may wait for it, see
+/// `Tree::settle`), then, on the second thread, the names that are gone (dropping a name
+/// takes its folder's lock, which an operation in that folder holds until kvmfs answers it).
+/// Must start before the session serves requests, so the kernel holds nothing older than the
+/// first view followed. The threads end when the filesystem is unmounted.
+pub fn follow_views(tree: Arc<Tree>, notifier: fuser::Notifier, rt: tokio::runtime::Handle) {
+    if !tree.kernel_cache() {
+        return;
+    }
+    let mut changes = tree.cluster().subscribe();
+    let mut last = tree.cluster().view();
+    tree.mark_invalidated(last.version);
+    let (entries_tx, entries_rx) = std::sync::mpsc::channel::<(u64, String)>();
+    let entry_notifier = notifier.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kvmfs-inval-names".into())
+        .spawn(move || {
+            for (parent, name) in entries_rx {
+                if let Err(e) = entry_notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                    if gone(&e) {
+                        return;
+                    }
+                    tracing::debug!(parent, name, error = %e, "cannot invalidate a name");
+                }
+            }
+        })
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("kvmfs-inval".into())
+                .spawn(move || {
+                    loop {
+                        if rt.block_on(changes.changed()).is_err() {
+                            return;
+                        }
+                        let v = tree.cluster().view();
+                        if v.version == last.version {
+                            continue;
+                        }
+                        let inv = tree.invalidations(&last, &v);
+                        for ino in &inv.inodes {
+                            if let Err(e) = notifier.inval_inode(INodeNo(*ino), 0, 0) {
+                                if gone(&e) {
+                                    return;
+                                }
+                                tracing::debug!(ino, error = %e, "cannot invalidate an inode");
+                            }
+                        }
+                        tree.mark_invalidated(v.version);
+                        for e in inv.entries {
+                            if entries_tx.send(e).is_err() {
+                                return;
+                            }
+                        }
+                        last = v;
+                    }
+                })
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the cache invalidation threads");
+    }
+}
+
+/// Whether a notification failed because the filesystem is no longer mounted.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV) | Some(libc::EBADF) | Some(libc::ENOTCONN)
+    )
 }

@@ -6,8 +6,12 @@
 //! (interned by name, never reused while the daemon runs). An inode therefore stays the same
 //! for the same path, needs no table of its own, and decodes without a lookup.
 //!
-//! Every read is served from one `Arc<View>`: contents are rendered at `open` (so a reader
-//! sees one consistent version) and sizes at `getattr` (so `stat` agrees with `read`).
+//! Every reply is computed from one `Arc<View>`: sizes at `getattr` (so `stat` agrees with
+//! `read`), contents at `read`. With the kernel's caching on, the kernel keeps names,
+//! attributes and file pages, and `invalidations` says which of them a new view makes wrong;
+//! the FUSE layer tells the kernel, and operations that change something wait (briefly) until
+//! it has been told (`settle`), so a change made through the mount is visible in it as soon
+//! as the operation returns. With caching off, a file's content is rendered once at `open`.
 
 mod render;
 mod scratch;
@@ -189,7 +193,34 @@ pub struct Attr {
     pub gid: u32,
     pub nlink: u32,
     pub mtime: SystemTime,
+    /// Whether the kernel may cache this inode's name and attributes: kvmfs's own inodes,
+    /// which `invalidations` covers; not scratch files, which change on every write.
+    pub cacheable: bool,
 }
+
+/// How an open file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Through the kernel's page cache, kept across opens (kvmfs invalidates it).
+    Cached,
+    /// Every read and write goes to kvmfs.
+    Direct,
+}
+
+/// What a new view makes wrong in the kernel's caches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidations {
+    /// Inodes whose attributes or content changed, or that are gone.
+    pub inodes: Vec<u64>,
+    /// (parent inode, name) of entries that are gone.
+    pub entries: Vec<(u64, String)>,
+}
+
+/// The file handle of read-only opens served from the current view (cached mode): no
+/// per-open state, so opening costs no allocation. Allocated handles start at 1.
+const LIVE_FH: u64 = 0;
+/// How long a change waits for the kernel's caches to be invalidated before it answers.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One directory entry of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +251,11 @@ impl Interner {
     fn name(&self, id: u64) -> Option<&str> {
         let i = usize::try_from(id.checked_sub(1)?).ok()?;
         self.names.get(i).map(String::as_str)
+    }
+
+    /// The id of `name` if it has one (the kernel can only know names that have one).
+    fn get(&self, name: &str) -> Option<u64> {
+        self.ids.get(name).copied()
     }
 }
 
@@ -268,6 +304,12 @@ pub struct Tree {
     next_fh: AtomicU64,
     owner: Owner,
     started: SystemTime,
+    /// Whether the kernel caches what the tree answers (`[timing] kernel_cache_ms` > 0).
+    kernel_cache: bool,
+    /// The newest view version whose invalidations the kernel has been told; set by
+    /// whoever follows the views (`mark_invalidated`), 0 while nobody does.
+    invalidated: tokio::sync::watch::Sender<u64>,
+    following: std::sync::atomic::AtomicBool,
 }
 
 /// What a resolved inode is, with the view it was resolved in.
@@ -279,6 +321,7 @@ struct Resolved<'v> {
 
 impl Tree {
     pub fn new(cluster: Arc<Cluster>, owner: Owner) -> Tree {
+        let kernel_cache = cluster.config().timing.kernel_cache_ms > 0;
         Tree {
             cluster,
             names: Mutex::new(Names::default()),
@@ -287,7 +330,19 @@ impl Tree {
             next_fh: AtomicU64::new(1),
             owner,
             started: SystemTime::now(),
+            kernel_cache,
+            invalidated: tokio::sync::watch::channel(0).0,
+            following: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Whether the kernel may cache what the tree answers.
+    pub fn kernel_cache(&self) -> bool {
+        self.kernel_cache
     }
 
     /// Decodes `ino` and checks that what it names still exists in `view`.
@@ -451,6 +506,7 @@ impl Tree {
                             name: n,
                         }),
                 );
+                e.sort_by(|a, b| a.name.cmp(&b.name));
                 e
             }
             Ino::Network(id) => render::NETWORK_FILES
@@ -605,32 +661,37 @@ impl Tree {
             uid: self.owner.uid,
             gid: self.owner.gid,
             nlink: 2,
-            mtime: v.built_at.unwrap_or(self.started),
+            mtime: self.started,
+            cacheable: true,
         };
+        let node_mtime = || v.nodes.get(name).map(|n| n.changed_at);
+        let instance = || v.instances.get(name).ok_or(TreeError::NotFound);
+        let network_mtime = || v.networks.get(name).map(|n| n.changed_at);
+        let image_mtime = || v.images.get(name).map(|i| i.changed_at);
         let attr = match r.ino {
-            Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => {
-                Attr {
-                    mtime: self.started,
-                    ..base
-                }
-            }
+            Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => base,
             // Sticky and world-writable like /tmp: anyone may create an instance; only its
             // owner (or root) may remove it.
             Ino::InstancesDir => Attr {
                 perm: 0o1777,
+                mtime: v.instances_changed_at,
                 ..base
             },
             Ino::Node(_) | Ino::NodeInstances(_) => Attr {
-                mtime: v
-                    .nodes
-                    .get(name)
-                    .map(|n| n.changed_at)
-                    .unwrap_or(base.mtime),
+                mtime: node_mtime().unwrap_or(base.mtime),
                 ..base
             },
-            Ino::Network(_) | Ino::Image(_) | Ino::Flavor(_) => base,
+            Ino::Network(_) => Attr {
+                mtime: network_mtime().unwrap_or(base.mtime),
+                ..base
+            },
+            Ino::Image(_) => Attr {
+                mtime: image_mtime().unwrap_or(base.mtime),
+                ..base
+            },
+            Ino::Flavor(_) => base,
             Ino::Instance(_) => {
-                let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
+                let i = instance()?;
                 Attr {
                     perm: 0o755,
                     uid: render::instance_uid(i, self.owner.uid),
@@ -643,6 +704,7 @@ impl Tree {
                 size: render::link_target(name).len() as u64,
                 perm: 0o777,
                 nlink: 1,
+                mtime: instance().map(|i| i.changed_at).unwrap_or(base.mtime),
                 ..base
             },
             Ino::Scratch(id) => {
@@ -656,6 +718,7 @@ impl Tree {
                     gid: f.gid,
                     nlink: 1,
                     mtime: f.mtime,
+                    cacheable: false,
                     ..base
                 }
             }
@@ -668,21 +731,19 @@ impl Tree {
                 let size = self.content(r)?.len() as u64;
                 let (perm, uid, mtime) = match r.ino {
                     Ino::InstanceFile(_, f) => {
-                        let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
+                        let i = instance()?;
                         (
                             render::instance_perm(i, f),
                             render::instance_uid(i, self.owner.uid),
                             i.changed_at,
                         )
                     }
-                    Ino::NodeFile(..) => (
-                        0o444,
-                        base.uid,
-                        v.nodes
-                            .get(name)
-                            .map(|n| n.changed_at)
-                            .unwrap_or(base.mtime),
-                    ),
+                    Ino::NodeFile(..) => (0o444, base.uid, node_mtime().unwrap_or(base.mtime)),
+                    Ino::NetworkFile(..) => {
+                        (0o444, base.uid, network_mtime().unwrap_or(base.mtime))
+                    }
+                    Ino::ImageFile(..) => (0o444, base.uid, image_mtime().unwrap_or(base.mtime)),
+                    Ino::RootStatus => (0o444, base.uid, v.status_changed_at),
                     _ => (0o444, base.uid, base.mtime),
                 };
                 Attr {
@@ -723,6 +784,146 @@ impl Tree {
             }
             _ => Err(TreeError::NotSymlink),
         }
+    }
+
+    /// The entries of a directory snapshot from `offset` on, each with its attributes in
+    /// the current view (for `readdirplus`); entries gone meanwhile are left out, and `.`
+    /// and `..` are not given attributes (the kernel does not want them).
+    pub fn dir_entries_with_attrs(
+        &self,
+        fh: u64,
+        offset: usize,
+    ) -> Result<Vec<(usize, DirEntry, Option<Attr>)>, TreeError> {
+        let entries = self.dir_entries(fh)?;
+        let view = self.cluster.view();
+        Ok(entries
+            .iter()
+            .enumerate()
+            .skip(offset)
+            .filter_map(|(i, e)| {
+                if e.name == "." || e.name == ".." {
+                    return Some((i, e.clone(), None));
+                }
+                let r = self.resolve(e.ino, &view).ok()?;
+                let a = self.attr(&r).ok()?;
+                Some((i, e.clone(), Some(a)))
+            })
+            .collect())
+    }
+
+    /// What the kernel may hold from view `old` that view `new` makes wrong: the inodes of
+    /// every node, instance, network and image whose object changed (or is gone), and the
+    /// names that are gone. Names the kernel never saw (no inode number yet) are skipped.
+    pub fn invalidations(&self, old: &View, new: &View) -> Invalidations {
+        let mut out = Invalidations::default();
+        let names = self.names.lock();
+        let instances_dir = Ino::InstancesDir.encode();
+        if old.instances_changed_at != new.instances_changed_at {
+            out.inodes.push(instances_dir);
+        }
+        if old.status_changed_at != new.status_changed_at {
+            out.inodes.push(Ino::RootStatus.encode());
+        }
+        if !Arc::ptr_eq(&old.instances, &new.instances) {
+            for (name, change) in diff(&old.instances, &new.instances) {
+                let Some(id) = names.instances.get(name) else {
+                    continue;
+                };
+                out.inodes.push(Ino::Instance(id).encode());
+                out.inodes.push(Ino::InstanceLink(id).encode());
+                for f in render::INSTANCE_FILE_KINDS {
+                    out.inodes.push(Ino::InstanceFile(id, *f).encode());
+                }
+                match change {
+                    Change::Gone => out.entries.push((instances_dir, name.to_string())),
+                    Change::Changed(before, after) => {
+                        let now = render::instance_files(after);
+                        for f in render::instance_files(before) {
+                            if !now.contains(f) {
+                                let dir = Ino::Instance(id).encode();
+                                out.entries.push((dir, f.file_name().to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (name, change) in diff(&old.nodes, &new.nodes) {
+            let Some(id) = names.nodes.get(name) else {
+                continue;
+            };
+            out.inodes.push(Ino::Node(id).encode());
+            out.inodes.push(Ino::NodeInstances(id).encode());
+            for f in render::NODE_FILES {
+                out.inodes.push(Ino::NodeFile(id, *f).encode());
+            }
+            let links = Ino::NodeInstances(id).encode();
+            let before = match change {
+                Change::Gone => {
+                    out.entries.push((Ino::NodesDir.encode(), name.to_string()));
+                    continue;
+                }
+                Change::Changed(before, _) => before,
+            };
+            let after = new.nodes.get(name).map(|n| n.instance_names.as_slice());
+            for i in &before.instance_names {
+                if after.is_none_or(|a| a.binary_search(i).is_err()) {
+                    out.entries.push((links, i.clone()));
+                }
+            }
+        }
+        for (name, change) in diff(&old.networks, &new.networks) {
+            let Some(id) = names.networks.get(name) else {
+                continue;
+            };
+            out.inodes.push(Ino::Network(id).encode());
+            for f in render::NETWORK_FILES {
+                out.inodes.push(Ino::NetworkFile(id, *f).encode());
+            }
+            if let Change::Gone = change {
+                out.entries
+                    .push((Ino::NetworksDir.encode(), name.to_string()));
+            }
+        }
+        for (name, change) in diff(&old.images, &new.images) {
+            let Some(id) = names.images.get(name) else {
+                continue;
+            };
+            out.inodes.push(Ino::Image(id).encode());
+            for f in render::IMAGE_FILES {
+                out.inodes.push(Ino::ImageFile(id, *f).encode());
+            }
+            if let Change::Gone = change {
+                out.entries
+                    .push((Ino::ImagesDir.encode(), name.to_string()));
+            }
+        }
+        out
+    }
+
+    /// Records that the kernel has been told what views up to `version` made wrong; a
+    /// follower calls it for every view it handled (see `settle`).
+    pub fn mark_invalidated(&self, version: u64) {
+        self.following.store(true, Ordering::Release);
+        self.invalidated.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
+    }
+
+    /// Waits until the kernel has been told what the current view changed, so what this
+    /// operation changed is what the next read through the mount sees. Bounded: the kernel
+    /// is told from a thread of its own, which nothing here can block for long.
+    pub async fn settle(&self) {
+        if !self.kernel_cache || !self.following.load(Ordering::Acquire) {
+            return;
+        }
+        let target = self.cluster.view().version;
+        let mut rx = self.invalidated.subscribe();
+        let _ = tokio::time::timeout(SETTLE_LIMIT, rx.wait_for(|v| *v >= target)).await;
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -797,14 +998,16 @@ impl Tree {
                 .is_some_and(|i| render::instance_uid(i, self.owner.uid) == uid)
     }
 
-    /// Opens a file. Reads see the content of this moment; `spec.json` and `ctl` may be
-    /// opened for writing by the instance's owner.
-    pub fn open(&self, ino: u64, write: bool, uid: u32) -> Result<u64, TreeError> {
+    /// Opens a file. `spec.json` and `ctl` may be opened for writing by the instance's
+    /// owner. A read-only open of kvmfs's own files is served from the current view at each
+    /// read (cached mode, through the kernel's page cache) or from the content of this moment
+    /// (caching off).
+    pub fn open(&self, ino: u64, write: bool, uid: u32) -> Result<(u64, OpenMode), TreeError> {
         let view = self.cluster.view();
         let r = self.resolve(ino, &view)?;
         if let Ino::Scratch(id) = r.ino {
             // Permission bits were checked by the kernel (default_permissions).
-            return Ok(self.new_handle(Handle::Scratch(id)));
+            return Ok((self.new_handle(Handle::Scratch(id)), OpenMode::Direct));
         }
         let name = r.name.clone().unwrap_or_default();
         if let Ino::InstanceFile(_, f @ (FileKind::SshKey | FileKind::Spec | FileKind::Ctl)) = r.ino
@@ -827,16 +1030,32 @@ impl Tree {
             }
             // Both files take whole documents: a writer always starts from empty, however
             // it opened the file (the kernel may strip O_TRUNC and truncate separately).
-            return Ok(self.new_handle(Handle::Write(WriteHandle {
+            let fh = self.new_handle(Handle::Write(WriteHandle {
                 instance: name,
                 kind,
                 buf: Vec::new(),
                 dirty: false,
                 committed: false,
-            })));
+            }));
+            return Ok((fh, OpenMode::Direct));
+        }
+        if self.kernel_cache {
+            // Refuse what a read would refuse (a folder, a vanished file) now.
+            match r.ino {
+                Ino::NodeFile(..)
+                | Ino::InstanceFile(..)
+                | Ino::NetworkFile(..)
+                | Ino::ImageFile(..)
+                | Ino::FlavorFile(..)
+                | Ino::RootStatus => return Ok((LIVE_FH, OpenMode::Cached)),
+                _ => {}
+            }
         }
         let content = self.content(&r)?;
-        Ok(self.new_handle(Handle::File(Arc::new(content))))
+        Ok((
+            self.new_handle(Handle::File(Arc::new(content))),
+            OpenMode::Direct,
+        ))
     }
 
     fn write_handle(&self, fh: u64) -> Result<WriteHandle, TreeError> {
@@ -1040,7 +1259,19 @@ impl Tree {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, TreeError> {
+    /// Reads from an open file. A cached-mode handle reads `ino` as the current view shows
+    /// it, so the kernel's page cache never takes in content older than the newest view.
+    pub fn read(&self, fh: u64, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, TreeError> {
+        if fh == LIVE_FH {
+            let view = self.cluster.view();
+            let r = self.resolve(ino, &view)?;
+            let content = self.content(&r)?;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(content.len());
+            let end = start.saturating_add(size as usize).min(content.len());
+            return Ok(content[start..end].to_vec());
+        }
         let content = match self.handles.lock().get(&fh) {
             Some(Handle::File(c)) => c.clone(),
             Some(Handle::Write(w)) => Arc::new(w.buf.clone()),
@@ -1262,6 +1493,27 @@ impl Tree {
             Err(e) => e,
         }
     }
+}
+
+/// How one object differs between two views.
+enum Change<'a, T> {
+    Gone,
+    Changed(&'a T, &'a T),
+}
+
+/// The names whose object is not the same `Arc` in `new` as in `old` (changed or gone); names
+/// only in `new` are new to the kernel as well, so nothing of theirs can be cached.
+fn diff<'a, T>(
+    old: &'a std::collections::BTreeMap<String, Arc<T>>,
+    new: &'a std::collections::BTreeMap<String, Arc<T>>,
+) -> Vec<(&'a str, Change<'a, T>)> {
+    old.iter()
+        .filter_map(|(name, o)| match new.get(name) {
+            None => Some((name.as_str(), Change::Gone)),
+            Some(n) if !Arc::ptr_eq(o, n) => Some((name.as_str(), Change::Changed(&**o, &**n))),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

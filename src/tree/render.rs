@@ -78,7 +78,7 @@ impl FileKind {
 
 /// Names in an instance folder that only kvmfs's own files may have.
 pub fn is_reserved_instance_name(name: &str) -> bool {
-    MANAGED_FILES_WITH_KEY.iter().any(|f| f.file_name() == name)
+    MANAGED_FILES.iter().any(|f| f.file_name() == name)
 }
 
 /// Whether an instance still takes a (new) spec: a draft, or a build that failed.
@@ -108,6 +108,8 @@ const UNMANAGED_FILES: &[FileKind] = &[
     FileKind::Node,
     FileKind::Status,
 ];
+/// Every file a managed instance can have. `ssh_key` comes last, so the files of an instance
+/// without a key are a prefix; listings sort by name.
 const MANAGED_FILES: &[FileKind] = &[
     FileKind::Ctl,
     FileKind::Error,
@@ -116,24 +118,18 @@ const MANAGED_FILES: &[FileKind] = &[
     FileKind::Node,
     FileKind::Spec,
     FileKind::Status,
-];
-const MANAGED_FILES_WITH_KEY: &[FileKind] = &[
-    FileKind::Ctl,
-    FileKind::Error,
-    FileKind::Info,
-    FileKind::Ip,
-    FileKind::Node,
-    FileKind::Spec,
     FileKind::SshKey,
-    FileKind::Status,
 ];
 
-/// The files an instance folder holds (sorted by name).
+/// Every kind of file an instance folder can hold (for invalidating all of them).
+pub const INSTANCE_FILE_KINDS: &[FileKind] = MANAGED_FILES;
+
+/// The files an instance folder holds.
 pub fn instance_files(i: &InstanceView) -> &'static [FileKind] {
     match &i.row {
         None => UNMANAGED_FILES,
-        Some(r) if r.ssh_private_key.is_some() => MANAGED_FILES_WITH_KEY,
-        Some(_) => MANAGED_FILES,
+        Some(r) if r.ssh_private_key.is_some() => MANAGED_FILES,
+        Some(_) => &MANAGED_FILES[..MANAGED_FILES.len() - 1],
     }
 }
 
@@ -245,27 +241,5 @@ pub fn flavor_file(name: &str, fl: &Flavor, f: FileKind) -> Vec<u8> {
 
 /// `/status`: `ok`, or `degraded: ` and what is wrong (the database, offline nodes).
 pub fn root_status(v: &View) -> Vec<u8> {
-    let mut problems = Vec::new();
-    if let Some(e) = &v.db_error {
-        problems.push(e.clone());
-    }
-    let offline: Vec<&str> = v
-        .nodes
-        .values()
-        .filter(|n| !n.online)
-        .map(|n| n.name.as_str())
-        .collect();
-    if !offline.is_empty() {
-        problems.push(format!(
-            "{} of {} nodes offline ({})",
-            offline.len(),
-            v.nodes.len(),
-            offline.join(", ")
-        ));
-    }
-    if problems.is_empty() {
-        line("ok")
-    } else {
-        line(&format!("degraded: {}", problems.join("; ")))
-    }
+    line(&v.root_status())
 }
