@@ -109,7 +109,7 @@ impl Cluster {
             .collect();
         let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
-        let cluster = Arc::new(Cluster {
+        Arc::new(Cluster {
             inputs: Mutex::new(Inputs {
                 prev_cpu: vec![None; nodes.len()],
                 nodes: states,
@@ -129,8 +129,7 @@ impl Cluster {
             place_lock: tokio::sync::Mutex::new(()),
             errors_tx,
             errors_rx: Mutex::new(Some(errors_rx)),
-        });
-        cluster
+        })
     }
 
     pub fn config(&self) -> &Config {
