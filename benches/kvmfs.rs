@@ -621,6 +621,7 @@ fn qemu_libvirtd_list(runs: usize) -> Result<Duration, String> {
     let d = PrivateLibvirtd::start()?;
     let uri = d.uri("qemu", "system");
     let defs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // One virsh process runs every `define`, as `;`-separated commands.
     let mut script = String::new();
     for i in 0..300 {
         let f = defs.path().join(format!("d{i}.xml"));
@@ -632,19 +633,14 @@ fn qemu_libvirtd_list(runs: usize) -> Result<Duration, String> {
             ),
         )
         .map_err(|e| e.to_string())?;
-        let _ = writeln!(script, "define {}", f.display());
+        let _ = write!(script, "define {}; ", f.display());
     }
     let out = Command::new("virsh")
-        .args(["-c", &uri])
-        .stdin(Stdio::piped())
+        .args(["-q", "-c", &uri, &script])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
-            c.wait_with_output()
-        })
+        .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
@@ -748,8 +744,8 @@ impl PrivateLibvirtd {
                 return Ok(d);
             }
             if t.elapsed() > Duration::from_secs(60) {
-                let log = std::fs::read_to_string(d.dir.path().join("libvirtd.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(d.dir.path().join("libvirtd.log")).unwrap_or_default();
                 return Err(format!("the private libvirtd did not answer: {log}"));
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -872,10 +868,7 @@ fn create_run(m: &Mount, db: &str, n: usize) -> CreateRow {
                         if s.starts_with("running") {
                             break;
                         }
-                        assert!(
-                            !s.starts_with("failed"),
-                            "b{i:05}: {s}"
-                        );
+                        assert!(!s.starts_with("failed"), "b{i:05}: {s}");
                         assert!(t.elapsed() < Duration::from_secs(120), "b{i:05} stuck: {s}");
                         std::thread::sleep(Duration::from_millis(2));
                     }
@@ -979,7 +972,10 @@ impl MariaDb {
         let mut c = Command::new("mariadb")
             .arg("--no-defaults")
             .arg("-uroot")
-            .arg(format!("--socket={}", self.dir.path().join("sock").display()))
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1062,6 +1058,7 @@ fn micro(opts: &Opts) -> Micro {
             .collect(),
         cpu_usage: None,
         updated_at: Some(SystemTime::now()),
+        domains_epoch: 0,
     };
     let runs = if opts.quick { 200 } else { 2000 };
     let nodes: Vec<NodeState> = (0..100).map(|k| node(k, 10)).collect();
@@ -1229,10 +1226,7 @@ fn machine() -> String {
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{cpu}, {cores} cores, {mem} RAM, Linux {}",
-        kernel.trim()
-    )
+    format!("{cpu}, {cores} cores, {mem} RAM, Linux {}", kernel.trim())
 }
 
 fn git(args: &[&str]) -> String {
@@ -1262,7 +1256,11 @@ impl Doc {
         let _ = writeln!(
             s,
             "- Commit: `{commit}`{}",
-            if dirty { " (with uncommitted changes)" } else { "" }
+            if dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
@@ -1294,7 +1292,13 @@ impl Doc {
         );
         let _ = writeln!(s, "|---|---|---|---|");
         for (name, inproc, cmd, per) in &self.listing.rows {
-            let _ = writeln!(s, "| {name} | {} | {} | {} |", ms(*inproc), ms(*cmd), us(*per));
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} |",
+                ms(*inproc),
+                ms(*cmd),
+                us(*per)
+            );
         }
         let find = |k: &str| self.listing.rows.iter().find(|r| r.0 == k);
         if let (Some(wk), Some(wt), Some(rk), Some(rt)) = (
@@ -1404,7 +1408,10 @@ impl Doc {
              and poll `status` until `running`; then 16 threads `rmdir` them all. Test-driver \
              nodes; the time runs from the first `mkdir` to the last `running`.\n"
         );
-        let _ = writeln!(s, "| Database | Instances | To running | Creates/s | rmdir all | Deletes/s |");
+        let _ = writeln!(
+            s,
+            "| Database | Instances | To running | Creates/s | rmdir all | Deletes/s |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for r in &self.creates {
             let _ = writeln!(

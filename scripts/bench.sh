@@ -15,7 +15,7 @@ fi
 scripts/install-deps.sh
 # The profile needs valgrind; nothing else beyond what the tests use.
 if [[ " $* " == *" --profile "* ]] && ! command -v valgrind >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then

@@ -304,7 +304,7 @@ impl Cluster {
         let mut made = Made::default();
         let r = self.build_steps(&name, &node, &spec, uid, &mut made).await;
         if let Some(ni) = self.node_index(&node) {
-            self.poll_node(ni).await;
+            self.refresh_after_action(ni, &name).await;
         }
         match r {
             Ok(()) => {
@@ -495,9 +495,9 @@ impl Cluster {
         }
         self.db.delete_vm(name).await?;
         self.set_local_row(name, None);
-        // Re-read the node so the gone domain does not linger as an unmanaged one.
+        // Re-read the domain so the gone one does not linger as an unmanaged one.
         if let Some(ni) = row.hostname.as_deref().and_then(|n| self.node_index(n)) {
-            self.poll_node(ni).await;
+            self.refresh_after_action(ni, name).await;
         }
         tracing::info!(instance = name, "deleted");
         Ok(())
@@ -559,7 +559,7 @@ impl Cluster {
         }
         tracing::info!(instance = name, command = ?cmd, "control");
         // Show the new state without waiting for the next poll.
-        self.poll_node(ni).await;
+        self.refresh_domains(ni, vec![name.to_string()]).await;
         Ok(())
     }
 }

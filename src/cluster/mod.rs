@@ -74,6 +74,8 @@ pub struct Cluster {
     /// Errors to store, in the order they happened (see `set_local_error`).
     errors_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
     errors_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+    /// Domain events from the nodes: (node index, domain name).
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, String)>>>,
 }
 
 impl Cluster {
@@ -94,6 +96,14 @@ impl Cluster {
     }
 
     fn with_nodes(cfg: Arc<Config>, db: Db, nodes: Vec<NodeHandle>) -> Arc<Cluster> {
+        // Every node reports its domain changes here; `start` follows them.
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (i, n) in nodes.iter().enumerate() {
+            let tx = events_tx.clone();
+            n.backend.watch(Arc::new(move |e: crate::hv::DomainEvent| {
+                let _ = tx.send((i, e.name));
+            }));
+        }
         let states = nodes
             .iter()
             .map(|n| NodeState {
@@ -105,6 +115,7 @@ impl Cluster {
                 domains: Vec::new(),
                 cpu_usage: None,
                 updated_at: None,
+                domains_epoch: 0,
             })
             .collect();
         let (changes, _) = watch::channel(0);
@@ -129,6 +140,7 @@ impl Cluster {
             place_lock: tokio::sync::Mutex::new(()),
             errors_tx,
             errors_rx: Mutex::new(Some(errors_rx)),
+            events_rx: Mutex::new(Some(events_rx)),
         })
     }
 
@@ -185,7 +197,93 @@ impl Cluster {
             let c = self.clone();
             tokio::spawn(async move { c.error_writer(rx).await });
         }
+        if let Some(rx) = self.events_rx.lock().take() {
+            let c = self.clone();
+            tokio::spawn(async move { c.follow_events(rx).await });
+        }
         Ok(())
+    }
+
+    /// Re-reads the domains the nodes report as changed, a batch at a time: what is waiting
+    /// when one batch ends makes the next, so a burst of events costs a few probes.
+    async fn follow_events(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    ) {
+        while let Some((i, name)) = rx.recv().await {
+            let mut batch: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
+                std::collections::BTreeMap::new();
+            batch.entry(i).or_default().insert(name);
+            while let Ok((i, name)) = rx.try_recv() {
+                batch.entry(i).or_default().insert(name);
+            }
+            for (i, names) in batch {
+                tracing::debug!(node = i, domains = names.len(), "domain events");
+                self.refresh_domains(i, names.into_iter().collect()).await;
+            }
+        }
+    }
+
+    /// After an action made or removed things on node `i`: re-reads the instance's domain
+    /// and the node's pool (its volumes), without the cost of a whole poll.
+    pub(crate) async fn refresh_after_action(&self, i: usize, name: &str) {
+        self.refresh_domains(i, vec![name.to_string()]).await;
+        match self.node_call(i, |b| b.probe_pool()).await {
+            Ok(volumes) => {
+                let mut inputs = self.inputs.lock();
+                let st = &mut inputs.nodes[i];
+                if let Some(p) = &st.probe
+                    && p.volumes != volumes
+                {
+                    let mut p = crate::hv::NodeProbe::clone(p);
+                    p.volumes = volumes;
+                    st.probe = Some(Arc::new(p));
+                    self.mark_dirty(&mut inputs, false);
+                }
+            }
+            Err(e) => tracing::debug!(node = i, error = %e, "cannot re-read the pool"),
+        }
+    }
+
+    /// Re-reads the named domains of node `i` (after a domain event, or after an action
+    /// changed them) and puts them in the picture at once.
+    pub(crate) async fn refresh_domains(&self, i: usize, names: Vec<String>) {
+        let r = self.node_call(i, move |b| b.probe_named(&names)).await;
+        let found = match r {
+            Ok(f) => f,
+            Err(e) => {
+                // The next poll tells the whole story (and marks the node if it is down).
+                tracing::debug!(node = i, error = %e, "cannot re-read domains");
+                return;
+            }
+        };
+        let mut inputs = self.inputs.lock();
+        let st = &mut inputs.nodes[i];
+        let mut changed = false;
+        for (name, probe) in found {
+            let pos = st.domains.iter().position(|d| d.name == name);
+            match (pos, probe) {
+                (Some(p), Some(d)) if *st.domains[p] != d => {
+                    st.domains[p] = Arc::new(d);
+                    changed = true;
+                }
+                (Some(_), Some(_)) | (None, None) => {}
+                (Some(p), None) => {
+                    st.domains.remove(p);
+                    changed = true;
+                }
+                (None, Some(d)) => {
+                    let at = st.domains.partition_point(|x| x.name < d.name);
+                    st.domains.insert(at, Arc::new(d));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            // A poll that began before this re-read must not put older domains back.
+            st.domains_epoch += 1;
+            self.mark_dirty(&mut inputs, true);
+        }
     }
 
     /// Stores the errors `set_local_error` shows, one at a time and in order.
@@ -284,6 +382,7 @@ impl Cluster {
     /// Polls node `i` once; returns how long to back off when the node timed out.
     pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {
         let started = Instant::now();
+        let epoch = self.inputs.lock().nodes[i].domains_epoch;
         let result = self.node_call(i, |b| b.probe()).await;
         let mut backoff = None;
         {
@@ -303,7 +402,11 @@ impl Cluster {
                     };
                     let cpu = probe.cpu_times;
                     let domains = std::mem::take(&mut probe.domains);
-                    instances_changed |= merge_domains(&mut st.domains, domains);
+                    // Domains re-read while this poll ran are newer than its list: keep them;
+                    // the next poll brings a list from after them.
+                    if st.domains_epoch == epoch {
+                        instances_changed |= merge_domains(&mut st.domains, domains);
+                    }
                     st.probe = Some(Arc::new(probe));
                     st.updated_at = Some(SystemTime::now());
                     inputs.prev_cpu[i] = cpu;

@@ -204,6 +204,7 @@ mod tests {
             domains: Vec::new(),
             cpu_usage: None,
             updated_at: None,
+            domains_epoch: 0,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct NodeState {
     /// Share of CPU time busy between the last two probes, 0.0–1.0.
     pub cpu_usage: Option<f64>,
     pub updated_at: Option<SystemTime>,
+    /// Bumped when some domains were re-read on their own (events, actions): a full poll
+    /// that started before must not replace them with its older list.
+    pub domains_epoch: u64,
 }
 
 /// A node as shown under `/nodes`.
@@ -842,6 +845,7 @@ mod tests {
             domains,
             cpu_usage: None,
             updated_at: None,
+            domains_epoch: 0,
         }
     }
 

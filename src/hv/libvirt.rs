@@ -2,10 +2,17 @@
 //! the test driver keeps a node's state inside its connection, and real daemons are spared a
 //! handshake per poll. Domain device lists come from the domain XML, which is fetched only
 //! when a domain is first seen or its definition may have changed.
+//!
+//! Domain lifecycle events: `start_event_loop` runs libvirt's default event loop on a thread
+//! of its own (the `virt` crate has no safe wrapper, so this uses `virt::sys`), and every
+//! connection a watched node opens registers a lifecycle callback that hands the domain's
+//! name to the node's `EventSink`; the callback is deregistered when the connection is
+//! dropped.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use virt::connect::Connect;
@@ -13,19 +20,27 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::{
-    CpuTimes, DiskInfo, DomainDevices, DomainOp, DomainProbe, DomainState, HvError, InterfaceInfo,
-    NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
+    CpuTimes, DiskInfo, DomainDevices, DomainEvent, DomainOp, DomainProbe, DomainState, EventSink,
+    HvError, InterfaceInfo, NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
 };
 
 /// A domain's device list and the domain id it was read at.
 type CachedDevices = (Option<u32>, Arc<DomainDevices>);
+
+/// An open connection and the id of its event callback, if one is registered.
+struct Conn {
+    c: Connect,
+    callback: Option<i32>,
+}
 
 /// One KVM node reached through a libvirt URI.
 pub struct LibvirtNode {
     name: String,
     uri: String,
     pool: String,
-    conn: Mutex<Option<Connect>>,
+    conn: Mutex<Option<Conn>>,
+    /// Where domain events go, once the controller asked for them.
+    sink: Mutex<Option<EventSink>>,
     /// Device lists by domain UUID, with the domain id they were read at: a restarted or
     /// redefined domain gets a new id and is read again.
     devices: Mutex<HashMap<String, CachedDevices>>,
@@ -44,6 +59,7 @@ impl LibvirtNode {
             uri: uri.to_string(),
             pool: pool.to_string(),
             conn: Mutex::new(None),
+            sink: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
         }
     }
@@ -57,18 +73,28 @@ impl LibvirtNode {
     /// stored wins and the other is dropped, so the test driver never splits its state.
     fn connection(&self) -> Result<Connect, HvError> {
         if let Some(c) = self.conn.lock().as_ref() {
-            return Ok(c.clone());
+            return Ok(c.c.clone());
         }
         let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connect {
             node: self.name.clone(),
             uri: self.uri.clone(),
             message: e.message().to_string(),
         })?;
+        let sink = self.sink.lock().clone();
+        let callback = sink.and_then(|s| register_events(&self.name, &c, s));
         let mut guard = self.conn.lock();
         match guard.as_ref() {
-            Some(existing) => Ok(existing.clone()),
+            Some(existing) => {
+                let kept = existing.c.clone();
+                drop(guard);
+                close(Conn { c, callback });
+                Ok(kept)
+            }
             None => {
-                *guard = Some(c.clone());
+                *guard = Some(Conn {
+                    c: c.clone(),
+                    callback,
+                });
                 Ok(c)
             }
         }
@@ -92,7 +118,10 @@ impl LibvirtNode {
             Ok(v) => Ok(v),
             Err(e) => {
                 if !self.is_test_driver() && !c.is_alive().unwrap_or(false) {
-                    *self.conn.lock() = None;
+                    let old = self.conn.lock().take();
+                    if let Some(old) = old {
+                        std::thread::spawn(move || close(old));
+                    }
                 }
                 Err(self.call_err(e))
             }
@@ -341,9 +370,164 @@ impl NodeBackend for LibvirtNode {
         if let Some(c) = old {
             // Closing a remote connection is an RPC, which a wedged server never answers:
             // close it where nobody waits for it.
-            std::thread::spawn(move || drop(c));
+            std::thread::spawn(move || close(c));
         }
     }
+
+    fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError> {
+        self.with_conn(|c| {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let probe = match c.lookup_domain_by_name(name) {
+                    Ok(d) => match self.probe_domain(&d) {
+                        Ok(p) => Some(p),
+                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => None,
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => None,
+                    Err(e) => return Err(e),
+                };
+                out.push((name.clone(), probe));
+            }
+            Ok(out)
+        })
+    }
+
+    fn probe_pool(&self) -> Result<Option<Vec<VolumeProbe>>, HvError> {
+        self.with_conn(|c| self.probe_volumes(c))
+    }
+
+    fn watch(&self, sink: EventSink) {
+        if !start_event_loop() {
+            return;
+        }
+        *self.sink.lock() = Some(sink.clone());
+        // A connection opened before this call gets its callback now.
+        let mut guard = self.conn.lock();
+        if let Some(conn) = guard.as_mut()
+            && conn.callback.is_none()
+        {
+            conn.callback = register_events(&self.name, &conn.c, sink);
+        }
+    }
+}
+
+/// Deregisters a connection's event callback and closes it (blocking: call it where nobody
+/// waits for it when the server may be wedged).
+fn close(conn: Conn) {
+    if let Some(id) = conn.callback {
+        // SAFETY: `conn.c` is a live connection and `id` a callback registered on it; libvirt
+        // frees the callback's opaque data (`free_sink`) once it is no longer in use.
+        unsafe {
+            sys::virConnectDomainEventDeregisterAny(conn.c.as_ptr(), id);
+        }
+    }
+    drop(conn.c);
+}
+
+static EVENT_LOOP: std::sync::Once = std::sync::Once::new();
+static EVENT_LOOP_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Starts libvirt's default event loop (once per process) on a thread of its own, so
+/// connections can deliver domain events. Returns whether it runs. Connections opened
+/// before it started cannot deliver events; `watch` registers them on later connections.
+pub fn start_event_loop() -> bool {
+    EVENT_LOOP.call_once(|| {
+        // SAFETY: registers libvirt's built-in event loop implementation; takes no
+        // arguments and is called once.
+        if unsafe { sys::virEventRegisterDefaultImpl() } < 0 {
+            tracing::warn!("libvirt's event loop is unavailable; domain changes are polled");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| {
+                loop {
+                    // SAFETY: runs one iteration of the event loop registered above; it is
+                    // only ever run from this thread.
+                    if unsafe { sys::virEventRunDefaultImpl() } < 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => EVENT_LOOP_RUNNING.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "cannot start libvirt's event thread"),
+        }
+    });
+    EVENT_LOOP_RUNNING.load(Ordering::Acquire)
+}
+
+/// The C signature libvirt calls for `VIR_DOMAIN_EVENT_ID_LIFECYCLE`.
+type LifecycleCallback = unsafe extern "C" fn(
+    sys::virConnectPtr,
+    sys::virDomainPtr,
+    libc::c_int,
+    libc::c_int,
+    *mut libc::c_void,
+);
+
+/// Registers the lifecycle callback on `c`; returns its id, or `None` (logged) if the
+/// driver refuses it.
+fn register_events(node: &str, c: &Connect, sink: EventSink) -> Option<i32> {
+    let opaque = Box::into_raw(Box::new(sink)).cast::<libc::c_void>();
+    let lifecycle: LifecycleCallback = on_lifecycle;
+    // SAFETY: libvirt calls the callback of an event id with that event's own signature;
+    // the generic type is only how the C API passes it (C's VIR_DOMAIN_EVENT_CALLBACK cast).
+    let generic = unsafe {
+        std::mem::transmute::<
+            LifecycleCallback,
+            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut libc::c_void),
+        >(lifecycle)
+    };
+    // SAFETY: `c` is a live connection; `opaque` is a leaked `Box<EventSink>` that libvirt
+    // hands back to `free_sink` when the callback is deregistered or the connection closes.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            c.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as libc::c_int,
+            Some(generic),
+            opaque,
+            Some(free_sink),
+        )
+    };
+    if id < 0 {
+        // SAFETY: registration failed, so libvirt did not take `opaque`; it is ours to free.
+        unsafe { free_sink(opaque) };
+        tracing::info!(node, "domain events unavailable; domain changes are polled");
+        return None;
+    }
+    Some(id)
+}
+
+/// The lifecycle callback: hands the domain's name to the node's sink.
+unsafe extern "C" fn on_lifecycle(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _event: libc::c_int,
+    _detail: libc::c_int,
+    opaque: *mut libc::c_void,
+) {
+    // SAFETY: `dom` is valid for the duration of the callback; the name belongs to it and
+    // is copied before returning.
+    let name = unsafe {
+        let p = sys::virDomainGetName(dom);
+        if p.is_null() {
+            return;
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    // SAFETY: `opaque` is the `Box<EventSink>` registered with this callback, alive until
+    // libvirt calls `free_sink` after the callback can no longer run.
+    let sink = unsafe { &*opaque.cast::<EventSink>() };
+    sink(DomainEvent { name });
+}
+
+/// Frees the sink handed to libvirt at registration.
+unsafe extern "C" fn free_sink(opaque: *mut libc::c_void) {
+    // SAFETY: `opaque` came from `Box::into_raw` in `register_events` and is freed once.
+    drop(unsafe { Box::from_raw(opaque.cast::<EventSink>()) });
 }
 
 /// State and reason codes; the `virt` wrapper returns nested enums that are harder to map.

@@ -223,10 +223,28 @@ pub enum DomainOp {
     Reboot,
 }
 
+/// A domain changed on a node (started, stopped, defined, undefined, …): the node said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEvent {
+    pub name: String,
+}
+
+/// Where a backend delivers its domain events. Called on the backend's event thread: it
+/// must not block.
+pub type EventSink = Arc<dyn Fn(DomainEvent) + Send + Sync>;
+
 /// What the controller needs from one KVM node. Blocking; see the module note.
 pub trait NodeBackend: Send + Sync + 'static {
     /// Reads the node's capacity, domains, networks and pool volumes.
     fn probe(&self) -> Result<NodeProbe, HvError>;
+    /// Reads the named domains only; `None` for a name with no domain on the node.
+    fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError>;
+    /// Reads the volumes of the node's storage pool (`None` if the pool is missing).
+    fn probe_pool(&self) -> Result<Option<Vec<VolumeProbe>>, HvError>;
+    /// Asks the node to report every change of a domain to `sink`, on every connection it
+    /// opens from now on. Without events (or if registering fails) nothing is reported and
+    /// the periodic polls alone keep the picture fresh.
+    fn watch(&self, sink: EventSink);
     /// The domain type instances get on this node (`test` on the test driver).
     fn domain_type(&self, configured: &str) -> String;
     /// Creates a volume in the node's pool from XML; returns its path.
