@@ -846,7 +846,7 @@ fn create_run(m: &Mount, db: &str, n: usize) -> CreateRow {
                 for i in (w..n).step_by(writers) {
                     let d = root.join(format!("b{i:05}"));
                     std::fs::create_dir(&d).expect("mkdir");
-                    std::fs::write(d.join("spec.json"), r#"{"vcpus":1,"ram_mb":128}"#)
+                    std::fs::write(d.join("spec.json"), r#"{"vcpus":1,"ram_mb":128,"disk_gb":1}"#)
                         .expect("spec.json");
                     let status = d.join("status");
                     let t = Instant::now();
@@ -1391,7 +1391,7 @@ impl Doc {
         let _ = writeln!(s, "## Creates\n");
         let _ = writeln!(
             s,
-            "16 writer threads, each `mkdir`, write `spec.json` (`{{\"vcpus\":1,\"ram_mb\":128}}`) \
+            "16 writer threads, each `mkdir`, write `spec.json` (`{{\"vcpus\":1,\"ram_mb\":128,\"disk_gb\":1}}`) \
              and poll `status` until `running`; then 16 threads `rmdir` them all. Test-driver \
              nodes; the time runs from the first `mkdir` to the last `running`.\n"
         );

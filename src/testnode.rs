@@ -122,7 +122,9 @@ impl SimNode {
         }
         let _ = writeln!(
             x,
-            "  <pool type='dir'><name>{}</name><target><path>/var/lib/libvirt/images</path></target>",
+            "  <pool type='dir'><name>{}</name><capacity unit='T'>64</capacity>\
+             <allocation>0</allocation><available unit='T'>64</available>\
+             <target><path>/var/lib/libvirt/images</path></target>",
             xml_escape(&self.pool)
         );
         for (v, gib) in &self.volumes {
