@@ -199,6 +199,9 @@ pub struct BuildRow<'a> {
 pub struct Db {
     pool: AnyPool,
     timeout: Duration,
+    /// Serialises this daemon's address allocations: concurrent builds would otherwise all
+    /// pick the same lowest free address and retry against each other.
+    alloc_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The URL without its password, for messages and logs.
     display_url: String,
 }
@@ -217,8 +220,14 @@ impl Db {
                 Box::pin(async move {
                     if is_sqlite {
                         // WAL lets readers run beside the writer; busy_timeout makes a
-                        // writer wait for the lock instead of failing at once.
+                        // writer wait for the lock instead of failing at once. Under WAL,
+                        // synchronous=NORMAL syncs at checkpoints rather than at every commit:
+                        // a crash of kvmfs loses nothing, a crash of the machine may lose the
+                        // last commits but never corrupts the file.
                         sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous=NORMAL")
                             .execute(&mut *conn)
                             .await?;
                         sqlx::query("PRAGMA busy_timeout=1000")
@@ -247,6 +256,7 @@ impl Db {
         Ok(Db {
             pool,
             timeout,
+            alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
         })
     }
@@ -452,6 +462,8 @@ impl Db {
         last: std::net::Ipv4Addr,
         name: &str,
     ) -> Result<std::net::Ipv4Addr, DbError> {
+        // Other daemons on the same database still race; the primary key settles that.
+        let _one_at_a_time = self.alloc_lock.lock().await;
         for _ in 0..16 {
             let rows = self
                 .bounded(
