@@ -24,8 +24,14 @@ use super::{
     HvError, InterfaceInfo, NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
 };
 
-/// A domain's device list and the domain id it was read at.
-type CachedDevices = (Option<u32>, Arc<DomainDevices>);
+/// What is read once per domain definition: at the domain id it was read at, the device
+/// list, and (vCPUs, maximum memory, memory) for drivers whose bulk stats lack them.
+#[derive(Clone)]
+struct Cached {
+    id: Option<u32>,
+    devices: Arc<DomainDevices>,
+    sizes: (u32, u64, u64),
+}
 
 /// An open connection and the id of its event callback, if one is registered.
 struct Conn {
@@ -41,9 +47,11 @@ pub struct LibvirtNode {
     conn: Mutex<Option<Conn>>,
     /// Where domain events go, once the controller asked for them.
     sink: Mutex<Option<EventSink>>,
-    /// Device lists by domain UUID, with the domain id they were read at: a restarted or
-    /// redefined domain gets a new id and is read again.
-    devices: Mutex<HashMap<String, CachedDevices>>,
+    /// Device lists (and sizes) by domain UUID, with the domain id they were read at: a
+    /// restarted or redefined domain gets a new id and is read again; an event re-reads it.
+    devices: Mutex<HashMap<String, Cached>>,
+    /// Whether the driver answers `virConnectGetAllDomainStats`; cleared at its first refusal.
+    bulk_stats: AtomicBool,
 }
 
 /// Silences libvirt's default error printer (it writes every error to stderr); errors are
@@ -61,6 +69,7 @@ impl LibvirtNode {
             conn: Mutex::new(None),
             sink: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
+            bulk_stats: AtomicBool::new(true),
         }
     }
 
@@ -128,32 +137,86 @@ impl LibvirtNode {
         }
     }
 
+    /// Reads one domain with a call per value (and its XML when its definition is new to us),
+    /// refreshing what is cached of it.
     fn probe_domain(&self, d: &Domain) -> Result<DomainProbe, virt::error::Error> {
         let name = d.name()?;
         let uuid = d.uuid_string()?;
         let info = d.info()?;
         let (state, reason) = raw_state(d)?;
         let id = d.id();
-        let cached = self.devices.lock().get(&uuid).cloned();
+        let sizes = (info.nr_virt_cpu, info.max_mem, info.memory);
+        let devices = self.devices_of(d, &uuid, id, sizes)?;
+        Ok(domain_probe(name, uuid, state, reason, sizes, devices))
+    }
+
+    /// The cached device list of a domain, read from its XML when its id changed.
+    fn devices_of(
+        &self,
+        d: &Domain,
+        uuid: &str,
+        id: Option<u32>,
+        sizes: (u32, u64, u64),
+    ) -> Result<Arc<DomainDevices>, virt::error::Error> {
+        let cached = self.devices.lock().get(uuid).cloned();
         let devices = match cached {
-            Some((cached_id, devs)) if cached_id == id => devs,
-            _ => {
-                let devs = Arc::new(parse_domain_devices(&d.xml_desc(0)?));
-                self.devices.lock().insert(uuid.clone(), (id, devs.clone()));
-                devs
-            }
+            Some(c) if c.id == id && c.sizes == sizes => return Ok(c.devices),
+            Some(c) if c.id == id => c.devices,
+            _ => Arc::new(parse_domain_devices(&d.xml_desc(0)?)),
         };
-        let state = DomainState::from_raw(state);
-        Ok(DomainProbe {
-            name,
-            uuid,
-            state,
-            reason: state.reason_word(reason),
-            vcpus: info.nr_virt_cpu,
-            max_memory_kib: info.max_mem,
-            memory_kib: info.memory,
-            devices,
-        })
+        self.devices.lock().insert(
+            uuid.to_string(),
+            Cached {
+                id,
+                devices: devices.clone(),
+                sizes,
+            },
+        );
+        Ok(devices)
+    }
+
+    /// Every domain of the node from one `virConnectGetAllDomainStats` call (one round trip
+    /// to a remote daemon, however many domains): state, reason, vCPUs and memory. Where the
+    /// driver leaves vCPUs or memory out (libvirt's test driver), they come from what was
+    /// read when the domain was first seen, restarted, redefined or reported by an event.
+    /// `None` when the driver has no bulk stats.
+    fn probe_bulk(&self, c: &Connect) -> Result<Option<Vec<DomainProbe>>, virt::error::Error> {
+        if !self.bulk_stats.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let records = match all_domain_stats(c) {
+            Ok(r) => r,
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => {
+                self.bulk_stats.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(records.len());
+        for (d, st) in records {
+            let name = d.name()?;
+            let uuid = d.uuid_string()?;
+            let id = d.id();
+            let cached = self.devices.lock().get(&uuid).cloned();
+            let sizes = match (st.vcpus, st.max_mem_kib, cached) {
+                (Some(v), Some(m), _) => (v, m, st.mem_kib.unwrap_or(m)),
+                (_, _, Some(c)) if c.id == id => c.sizes,
+                _ => match d.info() {
+                    Ok(i) => (i.nr_virt_cpu, i.max_mem, i.memory),
+                    Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            let devices = match self.devices_of(&d, &uuid, id, sizes) {
+                Ok(devs) => devs,
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(domain_probe(
+                name, uuid, st.state, st.reason, sizes, devices,
+            ));
+        }
+        Ok(Some(out))
     }
 
     fn probe_networks(&self, c: &Connect) -> Result<Vec<NetworkProbe>, virt::error::Error> {
@@ -199,16 +262,22 @@ impl NodeBackend for LibvirtNode {
         self.with_conn(|c| {
             let info = c.node_info()?;
             let hostname = c.hostname().ok();
-            let domains = c.list_all_domains(0)?;
-            let mut probes = Vec::with_capacity(domains.len());
-            for d in &domains {
-                match self.probe_domain(d) {
-                    Ok(p) => probes.push(p),
-                    // A domain undefined between the listing and this call is simply gone.
-                    Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
-                    Err(e) => return Err(e),
+            let mut probes = match self.probe_bulk(c)? {
+                Some(p) => p,
+                None => {
+                    let domains = c.list_all_domains(0)?;
+                    let mut probes = Vec::with_capacity(domains.len());
+                    for d in &domains {
+                        match self.probe_domain(d) {
+                            Ok(p) => probes.push(p),
+                            // A domain undefined between the listing and this call is gone.
+                            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    probes
                 }
-            }
+            };
             probes.sort_by(|a, b| a.name.cmp(&b.name));
             let live: std::collections::HashSet<&str> =
                 probes.iter().map(|p| p.uuid.as_str()).collect();
@@ -528,6 +597,90 @@ unsafe extern "C" fn on_lifecycle(
 unsafe extern "C" fn free_sink(opaque: *mut libc::c_void) {
     // SAFETY: `opaque` came from `Box::into_raw` in `register_events` and is freed once.
     drop(unsafe { Box::from_raw(opaque.cast::<EventSink>()) });
+}
+
+fn domain_probe(
+    name: String,
+    uuid: String,
+    state: i32,
+    reason: i32,
+    sizes: (u32, u64, u64),
+    devices: Arc<DomainDevices>,
+) -> DomainProbe {
+    let state = DomainState::from_raw(state);
+    DomainProbe {
+        name,
+        uuid,
+        state,
+        reason: state.reason_word(reason),
+        vcpus: sizes.0,
+        max_memory_kib: sizes.1,
+        memory_kib: sizes.2,
+        devices,
+    }
+}
+
+/// One domain's bulk stats: what `virConnectGetAllDomainStats` gave of the fields kvmfs uses.
+#[derive(Debug, Default)]
+struct BulkStats {
+    state: i32,
+    reason: i32,
+    vcpus: Option<u32>,
+    max_mem_kib: Option<u64>,
+    mem_kib: Option<u64>,
+}
+
+/// Calls `virConnectGetAllDomainStats` for state, balloon and vCPU stats of every domain.
+fn all_domain_stats(c: &Connect) -> Result<Vec<(Domain, BulkStats)>, virt::error::Error> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    let groups =
+        sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_BALLOON | sys::VIR_DOMAIN_STATS_VCPU;
+    // SAFETY: `c` is a live connection; on success libvirt stores a NULL-terminated array of
+    // records in `records`, which is freed below with virDomainStatsRecordListFree.
+    let n = unsafe { sys::virConnectGetAllDomainStats(c.as_ptr(), groups, &mut records, 0) };
+    if n < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for i in 0..usize::try_from(n).unwrap_or(0) {
+        // SAFETY: `records` holds `n` valid record pointers; each record's `params` array
+        // holds `nparams` initialised typed parameters, valid until the list is freed.
+        let (dom, st) = unsafe {
+            let r = &**records.add(i);
+            let mut st = BulkStats::default();
+            for j in 0..usize::try_from(r.nparams).unwrap_or(0) {
+                let p = &*r.params.add(j);
+                let field = CStr::from_ptr(p.field.as_ptr()).to_bytes();
+                let uint = |p: &sys::virTypedParameter| -> Option<u64> {
+                    match p.type_ as u32 {
+                        sys::VIR_TYPED_PARAM_INT => u64::try_from(p.value.i).ok(),
+                        sys::VIR_TYPED_PARAM_UINT => Some(u64::from(p.value.ui)),
+                        sys::VIR_TYPED_PARAM_LLONG => u64::try_from(p.value.l).ok(),
+                        sys::VIR_TYPED_PARAM_ULLONG => Some(p.value.ul),
+                        _ => None,
+                    }
+                };
+                let v = uint(p);
+                match field {
+                    b"state.state" => st.state = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0),
+                    b"state.reason" => {
+                        st.reason = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
+                    }
+                    b"balloon.maximum" => st.max_mem_kib = v,
+                    b"balloon.current" => st.mem_kib = v,
+                    b"vcpu.current" => st.vcpus = v.and_then(|v| u32::try_from(v).ok()),
+                    _ => {}
+                }
+            }
+            // The record list owns its domains: take a reference of our own.
+            sys::virDomainRef(r.dom);
+            (Domain::from_ptr(r.dom), st)
+        };
+        out.push((dom, st));
+    }
+    // SAFETY: frees the list libvirt allocated above (and its references to the domains).
+    unsafe { sys::virDomainStatsRecordListFree(records) };
+    Ok(out)
 }
 
 /// State and reason codes; the `virt` wrapper returns nested enums that are harder to map.
