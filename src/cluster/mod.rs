@@ -390,6 +390,7 @@ impl Cluster {
             let prev_cpu = inputs.prev_cpu[i];
             let st = &mut inputs.nodes[i];
             let mut instances_changed = false;
+            let mut node_changed = false;
             match result {
                 Ok(mut probe) => {
                     instances_changed |= st.status != NodeStatus::Online;
@@ -402,13 +403,22 @@ impl Cluster {
                     };
                     let cpu = probe.cpu_times;
                     let domains = std::mem::take(&mut probe.domains);
+                    // The node's own numbers, or the poll time to the second, moved.
+                    let secs = |t: Option<SystemTime>| {
+                        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs())
+                    };
+                    let now = SystemTime::now();
+                    node_changed |= st.probe.as_deref() != Some(&probe)
+                        || secs(st.updated_at) != secs(Some(now))
+                        || st.cpu_usage.is_some() && cpu != prev_cpu;
                     // Domains re-read while this poll ran are newer than its list: keep them;
                     // the next poll brings a list from after them.
                     if st.domains_epoch == epoch {
                         instances_changed |= merge_domains(&mut st.domains, domains);
                     }
                     st.probe = Some(Arc::new(probe));
-                    st.updated_at = Some(SystemTime::now());
+                    st.updated_at = Some(now);
                     inputs.prev_cpu[i] = cpu;
                 }
                 Err(e) => {
@@ -420,11 +430,14 @@ impl Cluster {
                         tracing::warn!(node = %st.name, error = %msg, "node offline");
                         instances_changed |= st.status.is_online();
                     }
+                    node_changed |= st.last_error.as_deref() != Some(msg.as_str());
                     st.last_error = Some(msg.clone());
                     st.status = NodeStatus::Offline(msg);
                 }
             }
-            self.mark_dirty(&mut inputs, instances_changed);
+            if instances_changed || node_changed {
+                self.mark_dirty(&mut inputs, instances_changed);
+            }
         }
         tracing::trace!(node = i, elapsed = ?started.elapsed(), "polled");
         backoff
@@ -570,28 +583,23 @@ impl Cluster {
 }
 
 /// Takes a new probe's domains into `current`, keeping the `Arc` of every domain that did not
-/// change (so views built from it share their instances). Returns whether any changed.
+/// change (so views built from it share their instances). Returns whether any changed. Both
+/// lists are in name order, so unchanged domains are found at the same position.
 fn merge_domains(current: &mut Vec<Arc<DomainProbe>>, new: Vec<DomainProbe>) -> bool {
+    if current.len() == new.len() && current.iter().zip(&new).all(|(a, b)| **a == *b) {
+        return false;
+    }
     let old: HashMap<&str, &Arc<DomainProbe>> =
         current.iter().map(|d| (d.uuid.as_str(), d)).collect();
-    let mut changed = new.len() != current.len();
     let merged: Vec<Arc<DomainProbe>> = new
         .into_iter()
         .map(|d| match old.get(d.uuid.as_str()) {
             Some(o) if ***o == d => Arc::clone(o),
-            _ => {
-                changed = true;
-                Arc::new(d)
-            }
+            _ => Arc::new(d),
         })
         .collect();
-    // Same objects, but maybe in another order (a rename): compare positions too.
-    changed |= merged
-        .iter()
-        .zip(current.iter())
-        .any(|(a, b)| !Arc::ptr_eq(a, b));
     *current = merged;
-    changed
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

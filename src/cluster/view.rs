@@ -90,7 +90,7 @@ pub struct NodeView {
     /// Volumes in the node's storage pool (base images and instance disks).
     pub pool_volumes: Vec<String>,
     #[serde(skip)]
-    pub instance_names: Vec<String>,
+    pub instance_names: Arc<Vec<String>>,
     /// Active domains kvmfs does not manage, with (vCPUs, RAM MB): placement counts them on
     /// top of what the database says kvmfs instances hold.
     #[serde(skip)]
@@ -382,28 +382,36 @@ pub fn build(
     } else {
         build_instances(nodes, rows, &previous.instances, now)
     };
-    let instances_changed_at = if same_keys(&instances, &previous.instances) {
+    let instances_changed_at = if instances_unchanged || same_keys(&instances, &previous.instances)
+    {
         previous.instances_changed_at
     } else {
         now
     };
 
-    // Each node's instances, in name order, in one pass.
+    // Each node's instances, in name order, in one pass (unless they are the previous ones).
     let mut by_node: HashMap<&str, Vec<&InstanceView>> = HashMap::new();
-    for i in instances.values() {
-        if let Some(n) = i.node.as_deref() {
-            by_node.entry(n).or_default().push(i);
+    if !instances_unchanged {
+        for i in instances.values() {
+            if let Some(n) = i.node.as_deref() {
+                by_node.entry(n).or_default().push(i);
+            }
         }
     }
 
     let mut node_views = BTreeMap::new();
     let mut networks: BTreeMap<String, NetworkView> = BTreeMap::new();
     for n in nodes {
-        let mine = by_node
-            .get(n.name.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let nv = node_view(n, mine, placement, now);
+        let held = match previous.nodes.get(&n.name) {
+            Some(prev) if instances_unchanged => Held::of_view(prev),
+            _ => Held::of(
+                by_node
+                    .get(n.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+            ),
+        };
+        let nv = node_view(n, held, placement, now);
         let nv = match previous.nodes.get(&n.name) {
             // Same content and poll time: the same object, so nothing to invalidate.
             Some(prev) if prev.same_as(&nv) && prev.updated_at == nv.updated_at => prev.clone(),
@@ -440,16 +448,27 @@ pub fn build(
             (name, nv)
         })
         .collect();
-    let images: BTreeMap<String, Arc<ImageView>> = images(&node_views, &instances, now)
-        .into_iter()
-        .map(|(name, iv)| {
-            let iv = match previous.images.get(&name) {
-                Some(prev) if prev.per_node == iv.per_node => prev.clone(),
-                _ => Arc::new(iv),
-            };
-            (name, iv)
-        })
-        .collect();
+    // Images follow the pools and the instances' disks: when neither moved, they are the same.
+    let pools_unchanged = node_views.iter().all(|(name, nv)| {
+        previous
+            .nodes
+            .get(name)
+            .is_some_and(|p| p.volumes == nv.volumes)
+    }) && node_views.len() == previous.nodes.len();
+    let images: BTreeMap<String, Arc<ImageView>> = if instances_unchanged && pools_unchanged {
+        previous.images.clone()
+    } else {
+        images(&node_views, &instances, now)
+            .into_iter()
+            .map(|(name, iv)| {
+                let iv = match previous.images.get(&name) {
+                    Some(prev) if prev.per_node == iv.per_node => prev.clone(),
+                    _ => Arc::new(iv),
+                };
+                (name, iv)
+            })
+            .collect()
+    };
 
     let mut v = View {
         version: previous.version + 1,
@@ -624,26 +643,60 @@ fn build_instances(
     Arc::new(map)
 }
 
-/// One node as shown, from its poll state and its instances (in name order).
-fn node_view(
-    n: &NodeState,
-    instances: &[&InstanceView],
-    placement: &PlacementConfig,
-    now: SystemTime,
-) -> NodeView {
-    let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
-    let committed =
-        instances
-            .iter()
-            .filter(|i| counts_against_node(i))
-            .fold((0u64, 0u64), |(c, m), i| {
-                let (v, r) = instance_resources(i);
-                (c + v, m + r)
-            });
-    let active = instances
-        .iter()
-        .filter(|i| i.domain.as_ref().is_some_and(|d| d.state.is_active()))
-        .count();
+/// What a node's instances hold and show, for its `NodeView`.
+struct Held {
+    names: Arc<Vec<String>>,
+    committed: (u64, u64),
+    active: usize,
+    unmanaged_load: Vec<(String, u64, u64)>,
+}
+
+impl Held {
+    /// From the node's instances (in name order).
+    fn of(instances: &[&InstanceView]) -> Held {
+        Held {
+            names: Arc::new(instances.iter().map(|i| i.name.clone()).collect()),
+            committed: instances.iter().filter(|i| counts_against_node(i)).fold(
+                (0u64, 0u64),
+                |(c, m), i| {
+                    let (v, r) = instance_resources(i);
+                    (c + v, m + r)
+                },
+            ),
+            active: instances
+                .iter()
+                .filter(|i| i.domain.as_ref().is_some_and(|d| d.state.is_active()))
+                .count(),
+            unmanaged_load: instances
+                .iter()
+                .filter(|i| i.row.is_none() && counts_against_node(i))
+                .filter_map(|i| {
+                    let (v, r) = instance_resources(i);
+                    i.domain.as_ref().map(|d| (d.name.clone(), v, r))
+                })
+                .collect(),
+        }
+    }
+
+    /// As the previous view had it, when the instances did not change.
+    fn of_view(prev: &NodeView) -> Held {
+        Held {
+            names: prev.instance_names.clone(),
+            committed: (prev.committed_vcpus, prev.committed_ram_mb),
+            active: prev.active_instances,
+            unmanaged_load: prev.unmanaged_load.clone(),
+        }
+    }
+}
+
+/// One node as shown, from its poll state and what its instances hold.
+fn node_view(n: &NodeState, held: Held, placement: &PlacementConfig, now: SystemTime) -> NodeView {
+    let Held {
+        names,
+        committed,
+        active,
+        unmanaged_load,
+    } = held;
     let probe = n.probe.as_deref();
     let cpus = probe.map(|p| p.cpus).unwrap_or(0);
     let total_mb = probe.map(|p| mb(p.memory_kib)).unwrap_or(0);
@@ -651,14 +704,6 @@ fn node_view(
         Some(f) => (mb(f), "measured"),
         None => (total_mb.saturating_sub(committed.1), "committed"),
     };
-    let unmanaged_load: Vec<(String, u64, u64)> = instances
-        .iter()
-        .filter(|i| i.row.is_none() && counts_against_node(i))
-        .filter_map(|i| {
-            let (v, r) = instance_resources(i);
-            i.domain.as_ref().map(|d| (d.name.clone(), v, r))
-        })
-        .collect();
     let room = Room::new(cpus, total_mb, committed, placement);
     let score = if n.status.is_online() {
         room.score
@@ -743,7 +788,7 @@ fn images(
     for n in nodes.values() {
         let Some(vols) = &n.volumes else { continue };
         let mut in_use: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for iname in &n.instance_names {
+        for iname in n.instance_names.iter() {
             let Some(i) = instances.get(iname) else {
                 continue;
             };
@@ -891,7 +936,7 @@ mod tests {
         );
         assert!(v.instances.contains_key("x"));
         assert!(v.instances.contains_key("x@b"));
-        assert_eq!(v.nodes["b"].instance_names, vec!["x@b".to_string()]);
+        assert_eq!(*v.nodes["b"].instance_names, vec!["x@b".to_string()]);
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub struct CpuTimes {
 }
 
 /// Everything one poll of a node learns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeProbe {
     pub hostname: Option<String>,
     pub cpus: u32,

@@ -866,7 +866,7 @@ impl Tree {
                 Change::Changed(before, _) => before,
             };
             let after = new.nodes.get(name).map(|n| n.instance_names.as_slice());
-            for i in &before.instance_names {
+            for i in before.instance_names.iter() {
                 if after.is_none_or(|a| a.binary_search(i).is_err()) {
                     out.entries.push((links, i.clone()));
                 }
