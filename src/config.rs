@@ -225,6 +225,13 @@ pub struct TimingConfig {
     pub db_timeout_ms: u64,
     /// Upper bound for any FUSE operation that has to wait on a backend.
     pub op_timeout_ms: u64,
+    /// How often the reconciliation looks for operations a dead daemon left half-done (it
+    /// also runs once at start).
+    pub reconcile_ms: u64,
+    /// A daemon whose heartbeat is older than this is taken for dead, and the builds and
+    /// deletes it was running for abandoned (another daemon on the database takes them
+    /// over). It writes its own heartbeat every sixth of this.
+    pub worker_lease_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -234,6 +241,8 @@ impl Default for TimingConfig {
             libvirt_timeout_ms: 1500,
             db_timeout_ms: 1500,
             op_timeout_ms: 1800,
+            reconcile_ms: 30_000,
+            worker_lease_ms: 30_000,
         }
     }
 }
@@ -250,6 +259,12 @@ impl TimingConfig {
     }
     pub fn op_timeout(&self) -> Duration {
         Duration::from_millis(self.op_timeout_ms)
+    }
+    pub fn reconcile(&self) -> Duration {
+        Duration::from_millis(self.reconcile_ms)
+    }
+    pub fn worker_lease(&self) -> Duration {
+        Duration::from_millis(self.worker_lease_ms)
     }
 }
 
@@ -427,8 +442,12 @@ impl Config {
             || t.libvirt_timeout_ms == 0
             || t.db_timeout_ms == 0
             || t.op_timeout_ms == 0
+            || t.reconcile_ms == 0
+            || t.worker_lease_ms < 1000
         {
-            return Err(ConfigError::Invalid("timing values must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "timing values must be > 0 (worker_lease_ms at least 1000)".into(),
+            ));
         }
         if !(self.database.url.starts_with("mysql://")
             || self.database.url.starts_with("mariadb://")

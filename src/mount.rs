@@ -120,6 +120,26 @@ fn which(cmd: &str) -> Option<PathBuf> {
     })
 }
 
+/// Detaches the mount at `mountpoint` even while it is in use (`fusermount3 -u -z`).
+pub fn detach(mountpoint: &Path) -> Result<(), MountError> {
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| MountError::NoFuse(format!("fusermount3: {e}")))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(MountError::Daemon(format!(
+            "cannot detach the mount at {}: fusermount3 -u -z failed ({st})",
+            mountpoint.display()
+        )))
+    }
+}
+
 /// Starts this program again in the foreground as a detached daemon and waits until it
 /// reports that the mount answers (or why it could not). `args` are the daemon's arguments.
 pub fn spawn_daemon(args: &[std::ffi::OsString], log: &Path) -> Result<u32, MountError> {

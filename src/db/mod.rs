@@ -74,6 +74,8 @@ pub struct VmRow {
     pub ssh_private_key: Option<String>,
     /// What kvmfs made (or was about to make) on the node for this instance.
     pub made: Made,
+    /// The daemon running the row's build or delete (see `Cluster::worker_id`).
+    pub worker: Option<String>,
 }
 
 /// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
@@ -90,6 +92,17 @@ pub enum Part {
     Domain,
     Disk,
     Seed,
+}
+
+impl Part {
+    /// The part's word in `vm.made`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Part::Domain => "domain",
+            Part::Disk => "disk",
+            Part::Seed => "seed",
+        }
+    }
 }
 
 impl Made {
@@ -130,15 +143,11 @@ impl Made {
 
 impl std::fmt::Display for Made {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<&str> = [
-            (self.domain, "domain"),
-            (self.disk, "disk"),
-            (self.seed, "seed"),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, w)| w)
-        .collect();
+        let parts: Vec<&str> = [Part::Domain, Part::Disk, Part::Seed]
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .map(Part::word)
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -177,7 +186,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key, made FROM vm",
+            "ssh_private_key, made, worker FROM vm",
             $tail
         )
     };
@@ -348,6 +357,7 @@ impl Db {
     pub async fn begin_build<E: From<DbError>>(
         &self,
         name: &str,
+        worker: &str,
         b: &BuildRow<'_>,
         choose: impl FnOnce(&[Load]) -> Result<String, E>,
     ) -> Result<String, E> {
@@ -385,7 +395,7 @@ impl Db {
             let n = sqlx::query(
                 "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
-                 error = NULL, made = '', updated_at = ? \
+                 error = NULL, made = '', worker = ?, updated_at = ? \
                  WHERE vmname = ? AND state IN ('draft', 'failed')",
             )
             .bind(node.as_str())
@@ -396,6 +406,7 @@ impl Db {
             .bind(b.purpose)
             .bind(b.git)
             .bind(b.spec)
+            .bind(worker)
             .bind(unix_now())
             .bind(name)
             .execute(&mut *tx)
@@ -567,13 +578,15 @@ impl Db {
     }
 
     /// Marks an instance as being deleted; refused while it is being built.
-    pub async fn begin_delete(&self, name: &str) -> Result<(), DbError> {
+    pub async fn begin_delete(&self, name: &str, worker: &str) -> Result<(), DbError> {
         let n = self
             .bounded(
                 sqlx::query(
-                    "UPDATE vm SET state = 'deleting', step = 'deleting', updated_at = ? \
+                    "UPDATE vm SET state = 'deleting', step = 'deleting', worker = ?, \
+                     updated_at = ? \
                      WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
                 )
+                .bind(worker)
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
@@ -624,6 +637,116 @@ impl Db {
             .map_err(DbError::from)
     }
 
+    /// Records that daemon `id` is alive (its `worker` row, created on first use).
+    pub async fn heartbeat(&self, id: &str, description: &str) -> Result<(), DbError> {
+        let now = unix_now();
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query("UPDATE worker SET heartbeat_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                sqlx::query(
+                    "INSERT INTO worker (id, description, started_at, heartbeat_at) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(description)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// The last heartbeat (unix seconds) of every daemon that ever ran on this database.
+    pub async fn heartbeats(&self) -> Result<std::collections::HashMap<String, i64>, DbError> {
+        let rows = self
+            .bounded(sqlx::query("SELECT id, heartbeat_at FROM worker").fetch_all(&self.pool))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Makes daemon `to` the worker of an interrupted build or delete, if the row is still
+    /// in `state` with worker `from` (`None`: no worker recorded). `false` when another
+    /// daemon took it first or the row moved on.
+    pub async fn take_over(
+        &self,
+        name: &str,
+        state: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE vm SET worker = ? \
+                     WHERE vmname = ? AND state = ? AND COALESCE(worker, '') = ?",
+                )
+                .bind(to)
+                .bind(name)
+                .bind(state)
+                .bind(from.unwrap_or(""))
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    /// Addresses held for an instance that has no row, or whose row holds none (a draft or
+    /// a failed build): (pool, address, vmname).
+    pub async fn stray_addresses(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT a.pool, a.address, a.vmname FROM ip_alloc a \
+                     LEFT JOIN vm v ON v.vmname = a.vmname \
+                     WHERE v.vmname IS NULL OR v.state IN ('draft', 'failed') \
+                     ORDER BY a.pool, a.address",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Releases one stray address, unless its instance has meanwhile come to hold it (a
+    /// build that began after `stray_addresses` looked). `true` if it was released.
+    pub async fn release_stray_address(
+        &self,
+        pool: &str,
+        address: &str,
+        vmname: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "DELETE FROM ip_alloc WHERE pool = ? AND address = ? AND vmname = ? \
+                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.vmname = ? \
+                     AND vm.state IN ('building', 'ready', 'deleting'))",
+                )
+                .bind(pool)
+                .bind(address)
+                .bind(vmname)
+                .bind(vmname)
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -663,6 +786,7 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             spec: r.try_get("spec")?,
             ssh_private_key: r.try_get("ssh_private_key")?,
             made: Made::parse(&r.try_get::<String, _>("made")?),
+            worker: r.try_get("worker")?,
         })
     };
     f().map_err(DbError::from)

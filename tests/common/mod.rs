@@ -3,13 +3,16 @@
 //! itself mounted through the kernel and used with `std::fs`.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub mod libvirtd;
 
 pub use kvmfs::testnode::SimNode;
 
@@ -246,7 +249,16 @@ impl Mounted {
         Self::start(Some(toml))
     }
 
+    /// Mounts with a config file holding `toml` and extra environment for the daemon.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Mounted {
+        Self::start_env(Some(toml), env)
+    }
+
     fn start(toml: Option<&str>) -> Mounted {
+        Self::start_env(toml, &[])
+    }
+
+    fn start_env(toml: Option<&str>, env: &[(&str, &str)]) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -255,41 +267,73 @@ impl Mounted {
             .prefix("kvmfs-state")
             .tempdir()
             .expect("tempdir");
-        let mut cmd = Command::new(KVMFS);
-        cmd.arg("mount")
-            .arg(mnt.path())
-            .arg("--foreground")
-            .arg("--state-dir")
-            .arg(state.path());
         if let Some(t) = toml {
-            let cfg = state.path().join("kvmfs.toml");
-            std::fs::write(&cfg, t).expect("write config");
-            cmd.arg("--config").arg(&cfg);
+            std::fs::write(state.path().join("kvmfs.toml"), t).expect("write config");
         }
-        let log = std::fs::File::create(state.path().join("daemon.log")).expect("log");
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let child = cmd.spawn().expect("spawn kvmfs");
         let mut m = Mounted {
             mnt,
             state,
-            child: Some(child),
+            child: None,
         };
+        m.spawn(env);
+        m
+    }
+
+    /// Starts the daemon on this mountpoint, state dir and config, and waits for the mount.
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(KVMFS);
+        cmd.arg("mount")
+            .arg(self.mnt.path())
+            .arg("--foreground")
+            .arg("--state-dir")
+            .arg(self.state.path());
+        let cfg = self.state.path().join("kvmfs.toml");
+        if cfg.exists() {
+            cmd.arg("--config").arg(&cfg);
+        }
+        cmd.envs(env.iter().copied());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("daemon.log"))
+            .expect("log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn kvmfs"));
         let start = Instant::now();
         loop {
-            if is_kvmfs_mount(m.mnt.path()) {
+            if is_kvmfs_mount(self.mnt.path()) {
                 break;
             }
-            if let Some(c) = m.child.as_mut()
+            if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!("kvmfs exited ({status}) before mounting:\n{}", m.log());
+                panic!("kvmfs exited ({status}) before mounting:\n{}", self.log());
             }
             if start.elapsed() > Duration::from_secs(30) {
-                panic!("kvmfs did not mount within 30 s:\n{}", m.log());
+                panic!("kvmfs did not mount within 30 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        m
+    }
+
+    /// Waits for the daemon to die on its own (a crash point) and returns how it ended.
+    pub fn wait_died(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        wait_exit(&mut child, limit)
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again after it died, on the same mountpoint and state (the stale
+    /// mount it left is cleared by the daemon itself).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn(env);
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -338,13 +382,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // Also when the daemon is gone: a killed daemon leaves a dead mount behind.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(self.mnt.path())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(self.mnt.path())
-                .stderr(Stdio::null())
-                .status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -413,4 +458,63 @@ pub fn sim_node(dir: &Path, name: &str, node: &SimNode) -> String {
 /// The errno of an I/O error, for assertions.
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
+}
+
+/// A git repository with an `index.html`, served as `file://`.
+pub fn git_repo(dir: &Path, body: &str) -> String {
+    let repo = dir.join("site");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("index.html"), body).unwrap();
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "index.html"],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "site",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(&args)
+            .current_dir(&repo)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    format!("file://{}", repo.display())
+}
+
+/// Writes `spec` to an instance's `spec.json` the way a program would.
+pub fn write_spec(m: &Mounted, name: &str, spec: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path(&format!("instances/{name}/spec.json")))?;
+    f.write_all(spec.as_bytes())?;
+    drop(f);
+    Ok(())
+}
+
+/// Waits (at most 20 s) for an instance's status to start with `prefix`.
+pub fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
+    let p = m.path(&format!("instances/{name}/status"));
+    let start = std::time::Instant::now();
+    loop {
+        let last = std::fs::read_to_string(&p).unwrap_or_default();
+        if last.starts_with(prefix) {
+            return last;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let err = std::fs::read_to_string(m.path(&format!("instances/{name}/error")));
+            panic!(
+                "{name} is {last:?}, not {prefix} (error: {err:?})\n{}",
+                m.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
