@@ -317,6 +317,8 @@ fn mount_errors_are_clear_and_immediate() {
         ),
     )
     .unwrap();
+    // Private, as a file holding a password must be.
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = within(
         Duration::from_secs(30),
         "mount with a dead database",
