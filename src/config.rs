@@ -619,13 +619,22 @@ mod tests {
         let path = dir.path().join("k.toml");
         let with_pw = "[database]\nurl='mysql://k:secret@h/kvmfs'\n[[node]]\nname='a'\nuri='test:///default'\n";
         std::fs::write(&path, with_pw).unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o644, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o644, false),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let r = Config::load(&path, Some("/s".into()));
             assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
             if let Err(e) = r {
                 let m = e.to_string();
-                assert!(m.contains("holds a database password") && m.contains("chmod 600"), "{m}");
+                assert!(
+                    m.contains("holds a database password") && m.contains("chmod 600"),
+                    "{m}"
+                );
                 assert!(!m.contains("secret"), "{m}");
             }
         }

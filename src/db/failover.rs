@@ -71,6 +71,21 @@ fn is_unreachable(e: &DbError) -> bool {
     matches!(e, DbError::Unavailable(_) | DbError::Timeout(_))
 }
 
+/// What went wrong, without the "database unreachable" the caller's message starts with.
+fn detail(e: &DbError) -> String {
+    match e {
+        DbError::Unavailable(m) => m.clone(),
+        DbError::Timeout(d) => format!("no answer within {d:?}"),
+        other => other.to_string(),
+    }
+}
+
+/// MariaDB's "table doesn't exist": the replica has not received kvmfs's tables yet.
+fn is_missing_table(e: &DbError) -> bool {
+    let m = e.to_string();
+    m.contains("1146") || m.contains("doesn't exist")
+}
+
 impl Failover {
     pub(super) fn new(
         primary_url: String,
@@ -147,6 +162,7 @@ impl Failover {
         }
         let s = self.state.lock();
         let replica = &self.replica_url;
+        let e = detail(&e);
         let msg = if s.on_replica {
             format!(
                 "replica {replica} (in use since kvmfs failed over from the primary at unix \
@@ -202,7 +218,9 @@ impl Failover {
             Err(_) => Ok(None),
         };
         let state = match (ro, &record) {
-            (Err(e), _) => ReplicaState::Unreachable(e.to_string()),
+            (Err(e), _) => ReplicaState::Unreachable(detail(&e)),
+            // Before the first mount's migrations have reached it.
+            (Ok(_), Err(e)) if is_missing_table(e) => ReplicaState::Unchecked,
             (Ok(_), Err(e)) => ReplicaState::Unusable(e.to_string()),
             (Ok(0), Ok(_)) => ReplicaState::Writable,
             (Ok(_), Ok(_)) => ReplicaState::ReadOnly,
@@ -337,7 +355,7 @@ impl Failover {
         if failures < FAILURES_BEFORE_FAILOVER {
             return;
         }
-        let reason = primary.err().map(|e| e.to_string()).unwrap_or_default();
+        let reason = primary.err().map(|e| detail(&e)).unwrap_or_default();
         match self.take_over().await {
             Ok(id) => self.switch(pool, id, &format!("the primary is unreachable: {reason}")),
             Err(why) => {
@@ -365,7 +383,7 @@ impl Failover {
                 format!("the replica records a failover from this primary at unix time {at}")
             }
             (None, Ok(_)) => return Ok(()),
-            (None, Err(e)) => format!("the primary is unreachable at start: {e}"),
+            (None, Err(e)) => format!("the primary is unreachable at start: {}", detail(&e)),
         };
         match self.take_over().await {
             Ok(id) => {
@@ -378,7 +396,7 @@ impl Failover {
                 self.replica_url, self.primary_url
             ))),
             Err(e) => Err(DbError::Unavailable(format!(
-                "primary {}: {why}; the replica {} cannot take over: {e}",
+                "{why} ({}); the replica {} cannot take over: {e}",
                 self.primary_url, self.replica_url
             ))),
         }

@@ -272,7 +272,11 @@ impl Db {
         let display_url = redact_url(url);
         let options = |u: &str| {
             u.parse::<AnyConnectOptions>().map_err(|e| {
-                DbError::Unavailable(format!("{}: {}", redact_url(u), redact_message(&e.to_string())))
+                DbError::Unavailable(format!(
+                    "{}: {}",
+                    redact_url(u),
+                    redact_message(&e.to_string())
+                ))
             })
         };
         let fo = Arc::new(failover::Failover::new(
@@ -332,8 +336,12 @@ impl Db {
         self.explain(DbError::from(e))
     }
 
+    /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
-        &self.display_url
+        match &self.failover {
+            Some(f) if f.on_replica() => &f.replica_url,
+            _ => &self.display_url,
+        }
     }
 
     /// Runs the migrations in `migrations/` (idempotent), within a bounded time.

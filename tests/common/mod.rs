@@ -135,7 +135,10 @@ impl MariaDb {
         let replica = Self::install(vec![
             "--server-id=2".into(),
             "--skip-log-bin".into(),
-            format!("--read-only={}", if writable_replica { "OFF" } else { "ON" }),
+            format!(
+                "--read-only={}",
+                if writable_replica { "OFF" } else { "ON" }
+            ),
             "--rpl-semi-sync-slave-enabled=ON".into(),
             "--skip-slave-start".into(),
         ]);
