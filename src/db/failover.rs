@@ -59,6 +59,9 @@ pub(super) struct Failover {
     replica_options: AnyConnectOptions,
     /// A small pool to the replica, for the checks and the failover record.
     replica: AnyPool,
+    /// One connection to the primary for its checks, apart from the pool the statements
+    /// use: a pool busy with statements must not look like a dead primary.
+    primary: AnyPool,
     timeout: Duration,
     state: Mutex<State>,
     /// Wakes the watcher when a statement finds the primary unreachable.
@@ -90,18 +93,22 @@ impl Failover {
     pub(super) fn new(
         primary_url: String,
         replica_url: String,
+        primary_options: AnyConnectOptions,
         replica_options: AnyConnectOptions,
         timeout: Duration,
     ) -> Failover {
-        let replica = sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(timeout)
-            .connect_lazy_with(replica_options.clone());
+        let small = |max, o: AnyConnectOptions| {
+            sqlx::any::AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(timeout)
+                .connect_lazy_with(o)
+        };
         Failover {
             primary_url,
             replica_url,
+            replica: small(2, replica_options.clone()),
+            primary: small(1, primary_options),
             replica_options,
-            replica,
             timeout,
             state: Mutex::new(State {
                 on_replica: false,
@@ -331,10 +338,7 @@ impl Failover {
             }
             return;
         }
-        let probe = async {
-            let mut conn = pool.acquire().await?;
-            server_id(&mut *conn).await
-        };
+        let probe = server_id(&self.primary);
         let primary = match tokio::time::timeout(self.timeout, probe).await {
             Ok(r) => r.map_err(DbError::from),
             Err(_) => Err(DbError::Timeout(self.timeout)),
@@ -419,6 +423,7 @@ impl Failover {
 
     pub(super) async fn close(&self) {
         self.replica.close().await;
+        self.primary.close().await;
     }
 }
 

@@ -282,6 +282,7 @@ impl Db {
         let fo = Arc::new(failover::Failover::new(
             display_url.clone(),
             redact_url(replica_url),
+            options(url)?,
             options(replica_url)?,
             timeout,
         ));

@@ -614,10 +614,11 @@ impl Tree {
                     ..base
                 }
             }
-            // Sticky and world-writable like /tmp: anyone may create an instance; only its
-            // owner (or root) may remove it.
+            // World-writable: anyone may create an instance. Not sticky: the kernel's sticky
+            // rule would answer EPERM before kvmfs is asked; kvmfs itself lets only an
+            // instance's owner (or root) remove it (EACCES), and takes no other entries here.
             Ino::InstancesDir => Attr {
-                perm: 0o1777,
+                perm: 0o777,
                 ..base
             },
             Ino::Node(_) | Ino::NodeInstances(_) => Attr {
