@@ -137,6 +137,20 @@ pub fn is_incomplete(text: &[u8]) -> bool {
     }
 }
 
+/// The parser quotes keys as they were written (`unknown field \`a\nb\``): control characters
+/// are escaped, so a reason stays one line in the `error` file and in the log.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl Spec {
     /// Parses and resolves `spec.json` against the configuration.
     pub fn parse(text: &[u8], cfg: &Config) -> Result<Spec, SpecError> {
@@ -145,8 +159,23 @@ impl Spec {
                 "larger than {MAX_SPEC_BYTES} bytes"
             )));
         }
-        let raw: RawSpec =
-            serde_json::from_slice(text).map_err(|e| SpecError::Json(e.to_string()))?;
+        let json = |e: serde_json::Error| SpecError::Json(one_line(&e.to_string()));
+        // serde would also read a struct from an array of its fields in order.
+        let value: serde_json::Value = serde_json::from_slice(text).map_err(json)?;
+        let kind = match value {
+            serde_json::Value::Object(_) => None,
+            serde_json::Value::Array(_) => Some("an array"),
+            serde_json::Value::String(_) => Some("a string"),
+            serde_json::Value::Number(_) => Some("a number"),
+            serde_json::Value::Bool(_) => Some("a boolean"),
+            serde_json::Value::Null => Some("null"),
+        };
+        if let Some(kind) = kind {
+            return Err(SpecError::Invalid(format!(
+                "must be one JSON object ({{\"flavor\": …}}), not {kind}"
+            )));
+        }
+        let raw: RawSpec = serde_json::from_slice(text).map_err(json)?;
         let inv = |m: String| Err(SpecError::Invalid(m));
         let (flavor, vcpus, ram_mb) = match (&raw.flavor, raw.vcpus, raw.ram_mb) {
             (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
@@ -268,7 +297,9 @@ mod tests {
             (r#"{"purpose":"db"}"#, "unknown variant"),
             (r#"{"image":"../etc/passwd"}"#, "not a volume name"),
             (r#"{"node":"Bad"}"#, "lowercase"),
-            (r#"[1,2]"#, "invalid type"),
+            (r#"[1,2]"#, "must be one JSON object"),
+            (r#"["debian-12.qcow2","m1.small"]"#, "not an array"),
+            (r#"null"#, "not null"),
             (r#"{"vcpus":"2","ram_mb":512}"#, "invalid type"),
         ] {
             let e = Spec::parse(text.as_bytes(), &cfg())
@@ -425,6 +456,15 @@ mod tests {
             let _ = is_incomplete(&b);
             if let Ok(s) = Spec::parse(&b, &cfg()) {
                 check_valid(&s)?;
+            }
+        }
+
+        #[test]
+        fn reasons_are_one_line(key in "[a-z\n\r\t\u{1b}]{1,10}", v in json_value()) {
+            let mut m = serde_json::Map::new();
+            m.insert(key, v);
+            if let Err(e) = Spec::parse(&serde_json::to_vec(&m).unwrap(), &cfg()) {
+                prop_assert!(!e.to_string().chars().any(char::is_control), "{:?}", e);
             }
         }
 
