@@ -443,3 +443,61 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failover() -> Failover {
+        sqlx::any::install_default_drivers();
+        let o = |u: &str| u.parse::<AnyConnectOptions>().unwrap();
+        Failover::new(
+            "mysql://k:***@127.0.0.1:1/kvmfs".into(),
+            "mysql://k:***@127.0.0.1:2/kvmfs".into(),
+            o("mysql://k:pw@127.0.0.1:1/kvmfs"),
+            o("mysql://k:pw@127.0.0.1:2/kvmfs"),
+            Duration::from_millis(200),
+        )
+    }
+
+    #[tokio::test]
+    async fn errors_say_what_the_replica_can_do() {
+        let f = failover();
+        let e = f.explain(DbError::Timeout(Duration::from_secs(1)));
+        assert!(e.to_string().contains("is not checked yet"), "{e}");
+        f.state.lock().replica = ReplicaState::ReadOnly;
+        let e = f
+            .explain(DbError::Unavailable("connection refused".into()))
+            .to_string();
+        assert!(
+            e.starts_with("database unreachable: primary mysql://k:***@127.0.0.1:1/kvmfs: connection refused; the replica mysql://k:***@127.0.0.1:2/kvmfs is read-only (not promoted yet)"),
+            "{e}"
+        );
+        // Errors of a database that answered are not about reachability.
+        let e = f.explain(DbError::Conflict("taken".into()));
+        assert_eq!(e.to_string(), "already exists: taken");
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .connect_lazy_with("mysql://k:pw@127.0.0.1:1/kvmfs".parse().unwrap());
+        f.switch(&pool, 2, "test");
+        let e = f.explain(DbError::Unavailable("reset".into())).to_string();
+        assert!(
+            e.contains("replica mysql://k:***@127.0.0.1:2/kvmfs (in use since kvmfs failed over"),
+            "{e}"
+        );
+        assert!(pool.connect_options().database_url.as_str().contains(":2/"));
+    }
+
+    #[tokio::test]
+    async fn connections_older_than_the_switch_are_dropped() {
+        let f = failover();
+        assert!(f.connection_is_current(Duration::from_secs(3600)));
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .connect_lazy_with("mysql://k:pw@127.0.0.1:1/kvmfs".parse().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        f.switch(&pool, 2, "test");
+        assert!(!f.connection_is_current(Duration::from_millis(10)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(f.connection_is_current(Duration::from_millis(5)));
+        assert!(f.on_replica());
+    }
+}
