@@ -140,6 +140,13 @@ fn the_promoted_replica_takes_over_and_nothing_acknowledged_is_lost() {
     for log in [m.log(), m2.log()] {
         assert!(!log.contains("kvmfs-test-pw"), "a password reached the log");
     }
+    for pid in [m.pid(), m2.pid()] {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains("kvmfs-test-pw"),
+            "a password is on the daemon's command line"
+        );
+    }
 }
 
 #[test]
