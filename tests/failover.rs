@@ -170,6 +170,36 @@ fn a_writable_replica_is_written_only_once_the_primary_is_gone() {
         replica.sql("SHOW GLOBAL STATUS LIKE 'Slave_running'"),
         "Slave_running\tON\n"
     );
+    // A primary that answers with an error (a wrong password) is a mistake to fix, not a
+    // reason to fail over for good.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mnt, cfg) = (tmp.path().join("mnt"), tmp.path().join("bad.toml"));
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::write(
+        &cfg,
+        config(&primary, &replica, &n1).replacen("kvmfs-test-pw", "wrong-pw", 1),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = within(
+        Duration::from_secs(30),
+        "a mount with a wrong password",
+        move || {
+            std::process::Command::new(KVMFS)
+                .arg("mount")
+                .arg(&mnt)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(tmp.path().join("state"))
+                .output()
+                .unwrap()
+        },
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Access denied"), "{err}");
+    assert!(!err.contains("wrong-pw"), "{err}");
     assert_eq!(replica.sql("SELECT COUNT(*) FROM kvmfs.db_failover"), "0\n");
 
     primary.kill();

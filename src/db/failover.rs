@@ -387,7 +387,14 @@ impl Failover {
                 format!("the replica records a failover from this primary at unix time {at}")
             }
             (None, Ok(_)) => return Ok(()),
-            (None, Err(e)) => format!("the primary is unreachable at start: {}", detail(&e)),
+            (None, Err(e)) if is_unreachable(&e) => {
+                format!("the primary is unreachable at start: {}", detail(&e))
+            }
+            // It answered, with an error (a wrong password, a missing database): a mistake to
+            // fix, not a reason to leave it for good.
+            (None, Err(e)) => {
+                return Err(DbError::Unavailable(format!("{}: {e}", self.primary_url)));
+            }
         };
         match self.take_over().await {
             Ok(id) => {

@@ -307,7 +307,11 @@ impl Db {
                 .try_get::<i64, _>(0)
         };
         let primary = match tokio::time::timeout(timeout * 2, probe).await {
-            Ok(r) => r.map_err(|e| DbError::Unavailable(redact_message(&e.to_string()))),
+            Ok(r) => r.map_err(|e| match DbError::from(e) {
+                DbError::Unavailable(m) => DbError::Unavailable(redact_message(&m)),
+                DbError::Query(m) => DbError::Query(redact_message(&m)),
+                other => other,
+            }),
             Err(_) => Err(DbError::Timeout(timeout * 2)),
         };
         fo.start(&pool, primary).await?;
