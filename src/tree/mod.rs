@@ -936,7 +936,7 @@ impl Tree {
     /// database.
     fn record_error_later(&self, instance: &str, e: &ActionError) {
         let (c, name, e) = (&self.cluster, instance, e);
-        c.record_error(&name, &e);
+        c.record_error(name, e);
     }
 
     async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {
