@@ -66,11 +66,14 @@ fn the_promoted_replica_takes_over_and_nothing_acknowledged_is_lost() {
     std::fs::remove_dir(m.path("instances/a3")).unwrap();
     let expected = "a1\tready\nd1\tdraft\n";
     assert_eq!(rows(&primary), expected);
-    wait_for(Duration::from_secs(10), "the replica to apply it", || {
+
+    // Killed right after the last acknowledged change, without waiting for the replica:
+    // semi-synchronous replication means the replica had received every one of them.
+    primary.kill();
+    wait_for(Duration::from_secs(10), "the replica to apply what it received", || {
         rows(&replica) == expected
     });
-
-    primary.kill();
+    assert_eq!(addresses(&replica), "a1\n");
     // Until the replica is promoted, changes fail with EIO and say why; reads go on.
     let mp = m.mnt.path().to_path_buf();
     let e = within(Duration::from_secs(10), "mkdir", {
