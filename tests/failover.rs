@@ -70,9 +70,11 @@ fn the_promoted_replica_takes_over_and_nothing_acknowledged_is_lost() {
     // Killed right after the last acknowledged change, without waiting for the replica:
     // semi-synchronous replication means the replica had received every one of them.
     primary.kill();
-    wait_for(Duration::from_secs(10), "the replica to apply what it received", || {
-        rows(&replica) == expected
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the replica to apply what it received",
+        || rows(&replica) == expected,
+    );
     assert_eq!(addresses(&replica), "a1\n");
     // Until the replica is promoted, changes fail with EIO and say why; reads go on.
     let mp = m.mnt.path().to_path_buf();

@@ -284,6 +284,9 @@ fn instances_belong_to_their_creator_and_others_only_look() {
     std::fs::remove_dir(p("instances/bobs")).unwrap();
     // The owners may delete their own.
     assert_eq!(as_user(&alice, Op::Rmdir(&p("instances/ali"))), 0);
+    // Without --allow-other, nobody but the mount's owner gets in at all.
+    let private = Mounted::demo();
+    assert_eq!(as_user(&bob, Op::List(&private.path("instances"))), eacces);
     assert_eq!(
         db.sql("SELECT vmname, state, owner_uid FROM kvmfs.vm ORDER BY vmname"),
         format!("ali2\tready\t{}\nrooty\tdraft\t0\n", alice.uid)
