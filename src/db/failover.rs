@@ -233,7 +233,8 @@ impl Failover {
             (Ok(_), Ok(_)) => ReplicaState::ReadOnly,
         };
         let mut s = self.state.lock();
-        if s.replica != state {
+        // Logged when the kind of state changes, not at every new wording of an error.
+        if std::mem::discriminant(&s.replica) != std::mem::discriminant(&state) {
             match &state {
                 ReplicaState::Writable | ReplicaState::ReadOnly | ReplicaState::Unchecked => {
                     tracing::info!(replica = %self.replica_url, state = ?state, "replica checked");
