@@ -219,4 +219,43 @@ fn a_writable_replica_is_written_only_once_the_primary_is_gone() {
     wait_status(&m, "w2", "running");
     assert_eq!(rows(&replica), "w2\tready\nw3\tdraft\n");
     assert_eq!(addresses(&replica), "w2\n");
+    drop(m);
+
+    // Starting with the primary dead and no failover record: a read-only replica is not
+    // taken over (the mount fails and says why); a writable one is.
+    replica.sql("DELETE FROM kvmfs.db_failover; SET GLOBAL read_only = ON;");
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let cfg = tmp.path().join("k.toml");
+    std::fs::write(&cfg, config(&primary, &replica, &n1)).unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = within(Duration::from_secs(30), "a mount on a dead primary", {
+        let (mnt, cfg, st) = (mnt.clone(), cfg.clone(), tmp.path().join("state"));
+        move || {
+            std::process::Command::new(KVMFS)
+                .arg("mount")
+                .arg(&mnt)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--state-dir")
+                .arg(&st)
+                .output()
+                .unwrap()
+        }
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the primary is unreachable at start")
+            && err.contains("read-only (not promoted yet)"),
+        "{err}"
+    );
+    assert_eq!(replica.sql("SELECT COUNT(*) FROM kvmfs.db_failover"), "0\n");
+    replica.sql("SET GLOBAL read_only = OFF;");
+    let m = Mounted::with_config(&config(&primary, &replica, &n1));
+    assert_eq!(list(m.path("instances")), ["w2", "w3"]);
+    std::fs::remove_dir(m.path("instances/w3")).unwrap();
+    assert_eq!(rows(&replica), "w2\tready\n");
+    assert_eq!(replica.sql("SELECT COUNT(*) FROM kvmfs.db_failover"), "1\n");
 }
