@@ -136,9 +136,19 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
         .enable_all()
         .build()?;
     let cluster = rt.block_on(async {
-        let db = Db::connect(&cfg.database.url, cfg.timing.db_timeout())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db = match &cfg.database.replica_url {
+            None => Db::connect(&cfg.database.url, cfg.timing.db_timeout()).await,
+            Some(replica) => {
+                Db::connect_with_replica(
+                    &cfg.database.url,
+                    replica,
+                    cfg.timing.db_timeout(),
+                    cfg.timing.refresh(),
+                )
+                .await
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!(database = db.display_url(), "database connected");
         db.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let cluster = Cluster::new(cfg.clone(), db, state.worker_id().to_string());

@@ -65,12 +65,7 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
             matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if stale && fstype.starts_with("fuse") {
             tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg("--")
-                .arg(&abs)
-                .status();
+            let _ = detach(&abs);
             if mounted_at(&abs).is_some() {
                 return Err(MountError::Busy(abs));
             }

@@ -767,6 +767,15 @@ fn a_dead_database_fails_changes_with_eio_and_loses_nothing() {
     })
     .unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "{e}");
+    wait_for(Duration::from_secs(5), "the reason in keep's error", || {
+        read(m.path("instances/keep/error")).contains("database")
+    });
+    // Nothing was half-done: the refused rmdir removed nothing from the node.
+    let vols = read_json(m.path("nodes/n1/info.json"))["pool_volumes"].to_string();
+    assert!(
+        vols.contains("keep.disk.qcow2") && vols.contains("keep.seed.iso"),
+        "{vols}"
+    );
     // Reads go on from libvirt and the last rows.
     assert!(read(m.path("instances/keep/status")).starts_with("running"));
     assert!(list(m.path("instances")).contains(&"d1".to_string()));

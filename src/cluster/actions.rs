@@ -143,7 +143,10 @@ impl Cluster {
 
     /// `mkdir /instances/NAME`: reserves the name as a draft owned by `uid`.
     pub async fn create_draft(&self, name: &str, uid: u32) -> Result<(), ActionError> {
-        let name = InstanceName::new(name).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        let name = InstanceName::new(name).map_err(|e| {
+            tracing::warn!(error = %e, "mkdir refused");
+            ActionError::Invalid(e.to_string())
+        })?;
         if self.view().instances.contains_key(name.as_str()) {
             return Err(ActionError::Exists(format!(
                 "instance {name} already exists"

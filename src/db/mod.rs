@@ -3,10 +3,13 @@
 //! here is written to run unchanged on both. Migrations in `migrations/` run at start.
 //! Every statement runs under the configured deadline, so a dead server costs a bounded wait.
 
+mod failover;
+
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 /// Errors from the database layer.
@@ -206,10 +209,13 @@ pub struct BuildRow<'a> {
 /// A connection pool with a per-statement deadline.
 #[derive(Clone)]
 pub struct Db {
+    /// Every statement goes through this pool; after a failover it leads to the replica.
     pool: AnyPool,
     timeout: Duration,
     /// The URL without its password, for messages and logs.
     display_url: String,
+    /// Set when a replica is configured (see `failover`).
+    failover: Option<Arc<failover::Failover>>,
 }
 
 impl Db {
@@ -257,11 +263,99 @@ impl Db {
             pool,
             timeout,
             display_url,
+            failover: None,
         })
     }
 
+    /// Opens a pool to the MariaDB/MySQL primary `url` that fails over to `replica_url`
+    /// (see `failover`): at start when the primary does not answer or the replica records a
+    /// failover already, and later when a watcher, checking every `every`, finds the
+    /// primary gone and the replica promoted.
+    pub async fn connect_with_replica(
+        url: &str,
+        replica_url: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Db, DbError> {
+        install_default_drivers();
+        let display_url = redact_url(url);
+        let options = |u: &str| {
+            u.parse::<AnyConnectOptions>().map_err(|e| {
+                DbError::Unavailable(format!(
+                    "{}: {}",
+                    redact_url(u),
+                    redact_message(&e.to_string())
+                ))
+            })
+        };
+        let fo = Arc::new(failover::Failover::new(
+            display_url.clone(),
+            redact_url(replica_url),
+            options(url)?,
+            options(replica_url)?,
+            timeout,
+        ));
+        let (f1, f2) = (fo.clone(), fo.clone());
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                let f = f1.clone();
+                Box::pin(async move { f.check_new_connection(conn).await })
+            })
+            .before_acquire(move |_conn, meta| {
+                let current = f2.connection_is_current(meta.age);
+                Box::pin(async move { Ok(current) })
+            })
+            .connect_lazy_with(options(url)?);
+        let probe = async {
+            let mut conn = pool.acquire().await?;
+            sqlx::query("SELECT CAST(@@server_id AS SIGNED)")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)
+        };
+        let primary = match tokio::time::timeout(timeout * 2, probe).await {
+            Ok(r) => r.map_err(|e| match DbError::from(e) {
+                DbError::Unavailable(m) => DbError::Unavailable(redact_message(&m)),
+                DbError::Query(m) => DbError::Query(redact_message(&m)),
+                other => other,
+            }),
+            Err(_) => Err(DbError::Timeout(timeout * 2)),
+        };
+        fo.start(&pool, primary).await?;
+        tokio::spawn(fo.clone().watch(pool.clone(), every));
+        Ok(Db {
+            pool,
+            timeout,
+            display_url,
+            failover: Some(fo),
+        })
+    }
+
+    /// Whether this database failed over to its replica.
+    pub fn on_replica(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.on_replica())
+    }
+
+    /// An error of the active database, with what is known about the replica.
+    fn explain(&self, e: DbError) -> DbError {
+        match &self.failover {
+            Some(f) => f.explain(e),
+            None => e,
+        }
+    }
+
+    fn sql_err(&self, e: sqlx::Error) -> DbError {
+        self.explain(DbError::from(e))
+    }
+
+    /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
-        &self.display_url
+        match &self.failover {
+            Some(f) if f.on_replica() => &f.replica_url,
+            _ => &self.display_url,
+        }
     }
 
     /// Runs the migrations in `migrations/` (idempotent), within a bounded time.
@@ -278,8 +372,8 @@ impl Db {
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, DbError> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(DbError::from),
-            Err(_) => Err(DbError::Timeout(self.timeout)),
+            Ok(r) => r.map_err(|e| self.sql_err(e)),
+            Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
         }
     }
 
@@ -362,18 +456,18 @@ impl Db {
         choose: impl FnOnce(&[Load]) -> Result<String, E>,
     ) -> Result<String, E> {
         let work = async {
-            let mut tx = self.pool.begin().await.map_err(DbError::from)?;
+            let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await
-                .map_err(DbError::from)?;
+                .map_err(|e| self.sql_err(e))?;
             let rows = sqlx::query(
                 "SELECT vmname, hostname, vcpus, ram FROM vm WHERE hostname IS NOT NULL \
                  AND state IN ('building', 'ready', 'deleting')",
             )
             .fetch_all(&mut *tx)
             .await
-            .map_err(DbError::from)?;
+            .map_err(|e| self.sql_err(e))?;
             let loads = rows
                 .iter()
                 .map(|r| {
@@ -390,7 +484,7 @@ impl Db {
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(DbError::from)?;
+                .map_err(|e| self.sql_err(e))?;
             let node = choose(&loads)?;
             let n = sqlx::query(
                 "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
@@ -411,19 +505,19 @@ impl Db {
             .bind(name)
             .execute(&mut *tx)
             .await
-            .map_err(DbError::from)?;
+            .map_err(|e| self.sql_err(e))?;
             if n.rows_affected() == 0 {
                 return Err(DbError::State(format!(
                     "instance {name} is not a draft (already committed or being deleted)"
                 ))
                 .into());
             }
-            tx.commit().await.map_err(DbError::from)?;
+            tx.commit().await.map_err(|e| self.sql_err(e))?;
             Ok(node)
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(DbError::Timeout(self.timeout).into()),
+            Err(_) => Err(self.explain(DbError::Timeout(self.timeout)).into()),
         }
     }
 
@@ -749,6 +843,9 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(f) = &self.failover {
+            f.close().await;
+        }
     }
 }
 

@@ -303,7 +303,7 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn remove_domain(&self, name: &str) -> Result<bool, HvError> {
-        enum Removed {
+        enum Outcome {
             Absent,
             Removed,
             Foreign,
@@ -312,12 +312,12 @@ impl NodeBackend for LibvirtNode {
             let d = match c.lookup_domain_by_name(name) {
                 Ok(d) => d,
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {
-                    return Ok(Removed::Absent);
+                    return Ok(Outcome::Absent);
                 }
                 Err(e) => return Err(e),
             };
             if parse_domain_devices(&d.xml_desc(0)?).kvmfs_owner.is_none() {
-                return Ok(Removed::Foreign);
+                return Ok(Outcome::Foreign);
             }
             if d.is_active()?
                 && let Err(e) = d.destroy()
@@ -326,15 +326,15 @@ impl NodeBackend for LibvirtNode {
                 return Err(e);
             }
             match d.undefine() {
-                Ok(()) => Ok(Removed::Removed),
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Removed::Removed),
+                Ok(()) => Ok(Outcome::Removed),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Outcome::Removed),
                 Err(e) => Err(e),
             }
         })?;
         match r {
-            Removed::Absent => Ok(false),
-            Removed::Removed => Ok(true),
-            Removed::Foreign => Err(HvError::Foreign {
+            Outcome::Absent => Ok(false),
+            Outcome::Removed => Ok(true),
+            Outcome::Foreign => Err(HvError::Foreign {
                 node: self.name.clone(),
                 what: format!("domain {name}"),
             }),

@@ -6,6 +6,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -97,11 +98,84 @@ pub struct MariaDb {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Child,
+    /// Server options beyond the defaults (binary log, server id, read-only…), kept for
+    /// restarts.
+    args: Vec<String>,
 }
+
+/// The password of the replication user the primary of a `MariaDb::pair` creates.
+const REPL_PASSWORD: &str = "kvmfs-repl-pw";
 
 impl MariaDb {
     /// Starts a server with a `kvmfs` database and a `kvmfs` user.
     pub fn start() -> MariaDb {
+        let db = Self::install(vec!["--skip-log-bin".into()]);
+        db.create_kvmfs();
+        db
+    }
+
+    /// A primary and a replica that applies the primary's binary log (real replication,
+    /// semi-synchronous: the primary acknowledges a commit only once the replica has
+    /// received it, so a crash of the primary loses no acknowledged write). The `kvmfs`
+    /// database and user are made on the primary and reach the replica through the log.
+    /// The replica is read-only, as replicas are, unless `writable_replica`.
+    pub fn pair(writable_replica: bool) -> (MariaDb, MariaDb) {
+        let primary = Self::install(vec![
+            "--server-id=1".into(),
+            "--log-bin=binlog".into(),
+            "--binlog-format=ROW".into(),
+        ]);
+        primary.sql(&format!(
+            "CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY '{REPL_PASSWORD}'; \
+             GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';"
+        ));
+        primary.create_kvmfs();
+        primary.sql(
+            "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'; \
+             SET GLOBAL rpl_semi_sync_master_timeout = 30000; \
+             SET GLOBAL rpl_semi_sync_master_enabled = ON;",
+        );
+        let replica = Self::install(vec![
+            "--server-id=2".into(),
+            "--skip-log-bin".into(),
+            format!(
+                "--read-only={}",
+                if writable_replica { "OFF" } else { "ON" }
+            ),
+            "--rpl-semi-sync-slave-enabled=ON".into(),
+            "--skip-slave-start".into(),
+        ]);
+        let first_log = primary.sql("SHOW BINARY LOGS");
+        let first_log = first_log
+            .lines()
+            .next()
+            .and_then(|l| l.split('\t').next())
+            .expect("the primary has a binary log")
+            .to_string();
+        replica.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, \
+             MASTER_USER = 'repl', MASTER_PASSWORD = '{REPL_PASSWORD}', \
+             MASTER_LOG_FILE = '{first_log}', MASTER_LOG_POS = 4, MASTER_CONNECT_RETRY = 1; \
+             START SLAVE;",
+            primary.port
+        ));
+        wait_for(
+            Duration::from_secs(30),
+            "the replica to apply the primary's log",
+            || {
+                replica
+                    .sql_try("SELECT COUNT(*) FROM mysql.user WHERE user = 'kvmfs'")
+                    .is_ok_and(|n| n.trim() == "1")
+                    && primary
+                        .sql_try("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")
+                        .is_ok_and(|s| s.trim().ends_with("\t1"))
+            },
+        );
+        (primary, replica)
+    }
+
+    /// Installs a data directory and starts a server on it with `args`.
+    fn install(args: Vec<String>) -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("kvmfs-mariadb")
             .tempdir()
@@ -126,19 +200,33 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let child = spawn_mariadbd(dir.path(), port);
-        let db = MariaDb { dir, port, child };
+        let child = spawn_mariadbd(dir.path(), port, &args);
+        let db = MariaDb {
+            dir,
+            port,
+            child,
+            args,
+        };
         wait_for(
             Duration::from_secs(30),
             "mariadbd to accept connections",
             || db.sql_try("SELECT 1").is_ok(),
         );
-        db.sql(
+        db
+    }
+
+    fn create_kvmfs(&self) {
+        self.sql(
             "CREATE DATABASE kvmfs; \
              CREATE USER 'kvmfs'@'127.0.0.1' IDENTIFIED BY 'kvmfs-test-pw'; \
              GRANT ALL ON kvmfs.* TO 'kvmfs'@'127.0.0.1';",
         );
-        db
+    }
+
+    /// Promotes a replica as an operator would once its primary is dead: replication
+    /// stopped and forgotten, writes allowed.
+    pub fn promote(&self) {
+        self.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;");
     }
 
     pub fn url(&self) -> String {
@@ -154,7 +242,7 @@ impl MariaDb {
     /// Starts the server again on the same data and port.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_mariadbd(self.dir.path(), self.port);
+        self.child = spawn_mariadbd(self.dir.path(), self.port, &self.args);
         wait_for(
             Duration::from_secs(30),
             "mariadbd to accept connections again",
@@ -162,7 +250,7 @@ impl MariaDb {
         );
     }
 
-    fn sql_try(&self, sql: &str) -> Result<String, String> {
+    pub fn sql_try(&self, sql: &str) -> Result<String, String> {
         let mut child = Command::new("mariadb")
             .arg("--no-defaults")
             .arg("-uroot")
@@ -200,8 +288,8 @@ impl MariaDb {
     }
 }
 
-/// Runs `mariadbd` on the data under `dir`, listening on loopback `port`.
-fn spawn_mariadbd(dir: &Path, port: u16) -> Child {
+/// Runs `mariadbd` on the data under `dir`, listening on loopback `port`, with `args`.
+fn spawn_mariadbd(dir: &Path, port: u16, args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -217,7 +305,7 @@ fn spawn_mariadbd(dir: &Path, port: u16) -> Child {
         .arg(format!("--pid-file={}", dir.join("pid").display()))
         .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg("--innodb-buffer-pool-size=32M")
-        .arg("--skip-log-bin")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(log);
     die_with_parent(&mut cmd);
@@ -236,6 +324,8 @@ pub struct Mounted {
     pub mnt: tempfile::TempDir,
     pub state: tempfile::TempDir,
     child: Option<Child>,
+    /// More `kvmfs mount` arguments, given again at every restart.
+    args: Vec<String>,
 }
 
 impl Mounted {
@@ -251,14 +341,19 @@ impl Mounted {
 
     /// Mounts with a config file holding `toml` and extra environment for the daemon.
     pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Mounted {
-        Self::start_env(Some(toml), env)
+        Self::start_with(Some(toml), &[], env)
+    }
+
+    /// Mounts with a config file holding `toml` and more `kvmfs mount` arguments.
+    pub fn with_config_args(toml: &str, args: &[&str]) -> Mounted {
+        Self::start_with(Some(toml), args, &[])
     }
 
     fn start(toml: Option<&str>) -> Mounted {
-        Self::start_env(toml, &[])
+        Self::start_with(toml, &[], &[])
     }
 
-    fn start_env(toml: Option<&str>, env: &[(&str, &str)]) -> Mounted {
+    fn start_with(toml: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -268,12 +363,17 @@ impl Mounted {
             .tempdir()
             .expect("tempdir");
         if let Some(t) = toml {
-            std::fs::write(state.path().join("kvmfs.toml"), t).expect("write config");
+            let cfg = state.path().join("kvmfs.toml");
+            std::fs::write(&cfg, t).expect("write config");
+            // It may hold a database password: only its owner may read it.
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod config");
         }
         let mut m = Mounted {
             mnt,
             state,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         m.spawn(env);
         m
@@ -291,6 +391,7 @@ impl Mounted {
         if cfg.exists() {
             cmd.arg("--config").arg(&cfg);
         }
+        cmd.args(&self.args);
         cmd.envs(env.iter().copied());
         let log = std::fs::OpenOptions::new()
             .create(true)
