@@ -73,7 +73,15 @@ impl LibvirtNode {
         }
     }
 
+    /// libvirt's test driver, in this process (`test:///…`) or served by a libvirtd
+    /// (`test+unix:///…`): its domains are of type `test` and its volumes take no uploads.
     fn is_test_driver(&self) -> bool {
+        self.uri.starts_with("test:") || self.uri.starts_with("test+")
+    }
+
+    /// The test driver in this process keeps the node's whole state in the connection: it
+    /// must never be dropped and reopened.
+    fn state_in_connection(&self) -> bool {
         self.uri.starts_with("test:")
     }
 
@@ -126,7 +134,7 @@ impl LibvirtNode {
         match f(&c) {
             Ok(v) => Ok(v),
             Err(e) => {
-                if !self.is_test_driver() && !c.is_alive().unwrap_or(false) {
+                if !self.state_in_connection() && !c.is_alive().unwrap_or(false) {
                     let old = self.conn.lock().take();
                     if let Some(old) = old {
                         std::thread::spawn(move || close(old));
@@ -432,7 +440,7 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn reset(&self) {
-        if self.is_test_driver() {
+        if self.state_in_connection() {
             return;
         }
         let old = self.conn.lock().take();

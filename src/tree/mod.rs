@@ -670,10 +670,11 @@ impl Tree {
         let image_mtime = || v.images.get(name).map(|i| i.changed_at);
         let attr = match r.ino {
             Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => base,
-            // Sticky and world-writable like /tmp: anyone may create an instance; only its
-            // owner (or root) may remove it.
+            // World-writable: anyone may create an instance. Not sticky: the kernel's sticky
+            // rule would answer EPERM before kvmfs is asked; kvmfs itself lets only an
+            // instance's owner (or root) remove it (EACCES), and takes no other entries here.
             Ino::InstancesDir => Attr {
-                perm: 0o1777,
+                perm: 0o777,
                 mtime: v.instances_changed_at,
                 ..base
             },
