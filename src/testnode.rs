@@ -135,8 +135,7 @@ impl SimNode {
             None => {
                 let _ = writeln!(
                     x,
-                    "  <pool type='dir'><name>{}</name><capacity unit='T'>64</capacity>\
-                     <allocation>0</allocation><available unit='T'>64</available>\
+                    "  <pool type='dir'><name>{}</name>\
                      <target><path>/var/lib/libvirt/images</path></target>",
                     xml_escape(&self.pool)
                 );
