@@ -329,6 +329,9 @@ impl Mount {
             .expect("tempdir");
         let cfg = state.path().join("kvmfs.toml");
         std::fs::write(&cfg, config).expect("config");
+        // It may hold a database password: kvmfs refuses a config others can read.
+        std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("config mode");
         let mut cmd = match wrapper {
             Some(w) => {
                 let mut c = Command::new(&w[0]);
@@ -349,13 +352,19 @@ impl Mount {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.path().join("daemon.log")).expect("log"));
         let child = cmd.spawn().expect("start kvmfs");
-        let m = Mount {
+        let mut m = Mount {
             mnt,
             state,
             child: Some(child),
         };
         let t = Instant::now();
         while !mounted(m.mnt.path()) {
+            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "kvmfs exited ({st}): {}",
+                    std::fs::read_to_string(m.state.path().join("daemon.log")).unwrap_or_default()
+                );
+            }
             assert!(
                 t.elapsed() < Duration::from_secs(300),
                 "kvmfs did not mount: {}",
