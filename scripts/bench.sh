@@ -13,9 +13,9 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 scripts/install-deps.sh
-# The profile needs valgrind; nothing else beyond what the tests use.
-if [[ " $* " == *" --profile "* ]] && ! command -v valgrind >/dev/null 2>&1; then
-    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
+# The profile needs perf; nothing else beyond what the tests use.
+if [[ " $* " == *" --profile "* ]] && ! command -v perf >/dev/null 2>&1; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q linux-perf >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then
