@@ -61,8 +61,7 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
         Err(_) => return Err(MountError::Missing(mountpoint.to_path_buf())),
     };
     if let Some(fstype) = mounted_at(&abs) {
-        let stale =
-            matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        let stale = matches!(statfs(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if stale && fstype.starts_with("fuse") {
             tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
             let _ = detach(&abs);
@@ -95,6 +94,24 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
         ));
     }
     Ok(abs)
+}
+
+/// `statfs` of a path: unlike `stat`, which the kernel may answer from its attribute cache
+/// even after the daemon behind a FUSE mount died, it always reaches the filesystem.
+fn statfs(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a NUL-terminated path and `buf` a properly sized, writable struct.
+    let rc = unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf)
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -669,13 +669,7 @@ impl Tree {
         let network_mtime = || v.networks.get(name).map(|n| n.changed_at);
         let image_mtime = || v.images.get(name).map(|i| i.changed_at);
         let attr = match r.ino {
-            // The mount's root is never cached: `stat` of the mountpoint is how tools (and
-            // kvmfs's own preflight) tell a live mount from one whose daemon died.
-            Ino::Root => Attr {
-                cacheable: false,
-                ..base
-            },
-            Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => base,
+            Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => base,
             // World-writable: anyone may create an instance. Not sticky: the kernel's sticky
             // rule would answer EPERM before kvmfs is asked; kvmfs itself lets only an
             // instance's owner (or root) remove it (EACCES), and takes no other entries here.

@@ -514,7 +514,22 @@ pub fn is_kvmfs_mount(path: &Path) -> bool {
         let f: Vec<&str> = l.split(' ').collect();
         f.get(4) == Some(&want.as_ref())
             && (l.contains(" - fuse kvmfs ") || l.contains(" - fuse.kvmfs kvmfs "))
-    }) && std::fs::metadata(path).is_ok()
+    }) && answers_statfs(path)
+}
+
+/// Whether the filesystem at `path` answers `statfs`, which (unlike `stat`, served from the
+/// kernel's attribute cache) always reaches the daemon: a mount whose daemon died answers
+/// `ENOTCONN`.
+pub fn answers_statfs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path and `buf` a writable statfs struct.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf) == 0
+    }
 }
 
 /// A TCP socket that accepts connections and never says a word: a node whose libvirt
