@@ -246,7 +246,19 @@ impl Mounted {
         Self::start(Some(toml))
     }
 
+    /// Mounts with a config file holding `toml`, the daemon running in network namespace
+    /// `netns` (`/run/netns/NAME`). Only the network namespace is entered (`nsenter --net`,
+    /// which then execs kvmfs): `ip netns exec` would also give the daemon a mount namespace
+    /// of its own, and its FUSE mount would be invisible here.
+    pub fn with_config_in_netns(toml: &str, netns: &str) -> Mounted {
+        Self::start_in(Some(toml), Some(netns))
+    }
+
     fn start(toml: Option<&str>) -> Mounted {
+        Self::start_in(toml, None)
+    }
+
+    fn start_in(toml: Option<&str>, netns: Option<&str>) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -255,7 +267,14 @@ impl Mounted {
             .prefix("kvmfs-state")
             .tempdir()
             .expect("tempdir");
-        let mut cmd = Command::new(KVMFS);
+        let mut cmd = match netns {
+            None => Command::new(KVMFS),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(KVMFS);
+                c
+            }
+        };
         cmd.arg("mount")
             .arg(mnt.path())
             .arg("--foreground")
