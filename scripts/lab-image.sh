@@ -139,6 +139,9 @@ EOF
 # The web server starts only once cloud-init has cloned the site (kvmfs's user-data enables
 # and restarts it), so the first answer on port 80 is the instance's own page.
 chroot "$ROOT" systemctl disable nginx.service >/dev/null 2>&1 || true
+# systemd-only: with a SysV script beside the unit, `systemctl enable nginx` also runs
+# update-rc.d, which takes over ten seconds under software emulation.
+rm -f "$ROOT/etc/init.d/nginx"
 # Nothing in the guest may reach for a mirror or the clock on its own.
 for unit in apt-daily.timer apt-daily-upgrade.timer systemd-timesyncd.service \
     e2scrub_all.timer e2scrub_reap.service; do

@@ -12,7 +12,7 @@
 #                                        only: a FUSE mount made there is visible outside)
 #
 # The prefix (default $KVMFS_LAB_PREFIX, else "kvmfslab") names everything global the lab
-# makes: the network namespaces P-ctl, P-n1, P-n2 and the folder /var/tmp/kvmfs-lab-P.
+# makes: the network namespaces P-ctl, P-n1, P-n2 and the folder DIR=/var/tmp/kvmfs-lab-P.
 # Nothing else on the machine is changed: bridges, veths, addresses and guests' taps live
 # only in those namespaces, each libvirtd sees private /etc/libvirt, /run/libvirt,
 # /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt (bind mounts in a mount
@@ -318,9 +318,19 @@ up() {
         node_config "$n"
         # A copy, not a link: nothing a guest or libvirt does may reach the cache.
         cp --sparse=always "$img/debian-12-lab.qcow2" "$DIR/$n/pool/debian-12.qcow2"
-        node_start "$n"
+    done
+    log "images copied ($((SECONDS - start)) s)"
+    # The daemons start side by side: libvirtd probes QEMU's capabilities for seconds.
+    local pids=()
+    for n in "${NODES[@]}"; do
+        node_start "$n" &
+        pids+=($!)
     done
     mariadb_start
+    for pid in "${pids[@]}"; do
+        wait "$pid" || die "a node did not start"
+    done
+    log "nodes and MariaDB up ($((SECONDS - start)) s)"
     git_start
     write_config "$img"
     log "lab $PREFIX is up in $((SECONDS - start)) s: nodes kvm1, kvm2; config $DIR/kvmfs.toml"
