@@ -174,6 +174,24 @@ mod tests {
     }
 
     #[test]
+    fn user_data_sets_no_password_and_refuses_password_logins() {
+        let cfg = Config::for_tests();
+        for text in [
+            &br#"{}"#[..],
+            br#"{"purpose":"web","git":"https://example.org/site.git"}"#,
+        ] {
+            let spec = Spec::parse(text, &cfg).unwrap();
+            let u = user_data("web1", &spec, "ssh-ed25519 AAAA k", &cfg.instances);
+            assert!(u.contains("\nssh_pwauth: false\n"), "{u}");
+            // No password for any user, and no module that sets one (each of cloud-init's
+            // password keys has the first word in its name).
+            for bad in ["passwd", "password", "users:"] {
+                assert!(!u.contains(bad), "{bad} in {u}");
+            }
+        }
+    }
+
+    #[test]
     fn iso_has_the_cidata_label() {
         let iso = build_iso("instance-id: x\n", "#cloud-config\n", "version: 2\n").unwrap();
         // ISO 9660 primary volume descriptor at 32 KiB: volume id at offset 40.

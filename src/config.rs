@@ -23,6 +23,11 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: {0}")]
     Invalid(String),
+    #[error(
+        "config file {path} holds a database password but other users can read it (mode \
+         {mode:04o}); refusing to start. Make it private: chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
     #[error("cannot write demo files under {path}: {source}")]
     Demo {
         path: PathBuf,
@@ -166,14 +171,47 @@ fn demo_networks() -> Vec<NetworkConfig> {
     n
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `mysql://user:pass@host:3306/db` or `sqlite:///abs/path.db`.
     pub url: String,
-    /// A replica server; parsed but not used yet (failover is not implemented).
+    /// A MariaDB/MySQL replica of `url` that kvmfs fails over to when the primary is gone
+    /// and the replica is promoted (see `db::failover`).
     #[serde(default)]
     pub replica_url: Option<String>,
+}
+
+impl DatabaseConfig {
+    /// Whether a URL here carries a password (`scheme://user:password@host/…`).
+    pub fn holds_password(&self) -> bool {
+        std::iter::once(&self.url)
+            .chain(&self.replica_url)
+            .any(|u| url_password(u).is_some_and(|p| !p.is_empty()))
+    }
+}
+
+/// The password of `scheme://user:password@host/…`, if any.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    // Up to the query; a password may hold a `/` or `@` (the last `@` ends it).
+    let before_query = rest.split('?').next().unwrap_or("");
+    let (userinfo, _) = before_query.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, p)| p)
+}
+
+/// Never prints a password: the configuration may be logged.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |u: &str| match url_password(u) {
+            Some(p) if !p.is_empty() => u.replacen(&format!(":{p}@"), ":***@", 1),
+            _ => u.to_string(),
+        };
+        f.debug_struct("DatabaseConfig")
+            .field("url", &hide(&self.url))
+            .field("replica_url", &self.replica_url.as_deref().map(hide))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +268,13 @@ pub struct TimingConfig {
     pub db_timeout_ms: u64,
     /// Upper bound for any FUSE operation that has to wait on a backend.
     pub op_timeout_ms: u64,
+    /// How often the reconciliation looks for operations a dead daemon left half-done (it
+    /// also runs once at start).
+    pub reconcile_ms: u64,
+    /// A daemon whose heartbeat is older than this is taken for dead, and the builds and
+    /// deletes it was running for abandoned (another daemon on the database takes them
+    /// over). It writes its own heartbeat every sixth of this.
+    pub worker_lease_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -239,6 +284,8 @@ impl Default for TimingConfig {
             libvirt_timeout_ms: 1500,
             db_timeout_ms: 1500,
             op_timeout_ms: 1800,
+            reconcile_ms: 30_000,
+            worker_lease_ms: 30_000,
         }
     }
 }
@@ -255,6 +302,12 @@ impl TimingConfig {
     }
     pub fn op_timeout(&self) -> Duration {
         Duration::from_millis(self.op_timeout_ms)
+    }
+    pub fn reconcile(&self) -> Duration {
+        Duration::from_millis(self.reconcile_ms)
+    }
+    pub fn worker_lease(&self) -> Duration {
+        Duration::from_millis(self.worker_lease_ms)
     }
 }
 
@@ -322,7 +375,25 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path, state_dir)
+        let cfg = Self::parse(&text, path, state_dir)?;
+        if cfg.database.holds_password() {
+            use std::os::unix::fs::MetadataExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .mode()
+                & 0o7777;
+            // Group or others may read it: the password is theirs too.
+            if mode & 0o044 != 0 {
+                return Err(ConfigError::Exposed {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        Ok(cfg)
     }
 
     fn parse(text: &str, path: &Path, state_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -432,8 +503,12 @@ impl Config {
             || t.libvirt_timeout_ms == 0
             || t.db_timeout_ms == 0
             || t.op_timeout_ms == 0
+            || t.reconcile_ms == 0
+            || t.worker_lease_ms < 1000
         {
-            return Err(ConfigError::Invalid("timing values must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "timing values must be > 0 (worker_lease_ms at least 1000)".into(),
+            ));
         }
         if !(self.database.url.starts_with("mysql://")
             || self.database.url.starts_with("mariadb://")
@@ -442,6 +517,24 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "database.url must start with mysql://, mariadb:// or sqlite:".into(),
             ));
+        }
+        if let Some(replica) = &self.database.replica_url {
+            let mysql = |u: &str| u.starts_with("mysql://") || u.starts_with("mariadb://");
+            if !mysql(replica) {
+                return Err(ConfigError::Invalid(
+                    "database.replica_url must start with mysql:// or mariadb://".into(),
+                ));
+            }
+            if !mysql(&self.database.url) {
+                return Err(ConfigError::Invalid(
+                    "database.replica_url needs a MariaDB/MySQL database.url to replicate".into(),
+                ));
+            }
+            if replica == &self.database.url {
+                return Err(ConfigError::Invalid(
+                    "database.replica_url must name another server than database.url".into(),
+                ));
+            }
         }
         let mut nets = std::collections::HashSet::new();
         for n in &self.networks {
@@ -506,6 +599,73 @@ mod tests {
         assert!(Config::parse(dup, Path::new("x"), None).is_err());
         let none = "[database]\nurl='sqlite:///x'";
         assert!(Config::parse(none, Path::new("x"), None).is_err());
+    }
+
+    #[test]
+    fn replica_urls_are_checked_and_passwords_never_printed() {
+        let base = "[[node]]\nname='a'\nuri='test:///default'\n";
+        let ok = format!(
+            "[database]\nurl='mysql://k:pw1@h1/kvmfs'\nreplica_url='mysql://k:pw2@h2/kvmfs'\n{base}"
+        );
+        let c = Config::parse(&ok, Path::new("x"), None).unwrap();
+        assert!(c.database.holds_password());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("pw1") && !dbg.contains("pw2"), "{dbg}");
+        assert!(dbg.contains("mysql://k:***@h1/kvmfs"), "{dbg}");
+        for bad in [
+            "[database]\nurl='sqlite:///x.db'\nreplica_url='mysql://h2/kvmfs'\n",
+            "[database]\nurl='mysql://h1/kvmfs'\nreplica_url='sqlite:///x.db'\n",
+            "[database]\nurl='mysql://h1/kvmfs'\nreplica_url='mysql://h1/kvmfs'\n",
+        ] {
+            let e = Config::parse(&format!("{bad}{base}"), Path::new("x"), None).unwrap_err();
+            assert!(e.to_string().contains("replica_url"), "{e}");
+        }
+        for (url, pw) in [
+            ("mysql://u:p@h/d", true),
+            ("mysql://u@h/d", false),
+            ("mysql://u:@h/d", false),
+            ("mysql://h/d?x=a:b@c", false),
+            ("mysql://u:p/w@h/d", true),
+            ("sqlite:///var/lib/k.db", false),
+        ] {
+            let d = DatabaseConfig {
+                url: url.into(),
+                replica_url: None,
+            };
+            assert_eq!(d.holds_password(), pw, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_config_holding_a_password_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        let with_pw = "[database]\nurl='mysql://k:secret@h/kvmfs'\n[[node]]\nname='a'\nuri='test:///default'\n";
+        std::fs::write(&path, with_pw).unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o644, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let r = Config::load(&path, Some("/s".into()));
+            assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");
+            if let Err(e) = r {
+                let m = e.to_string();
+                assert!(
+                    m.contains("holds a database password") && m.contains("chmod 600"),
+                    "{m}"
+                );
+                assert!(!m.contains("secret"), "{m}");
+            }
+        }
+        // Without a password the mode does not matter.
+        std::fs::write(&path, "[[node]]\nname='a'\nuri='test:///default'\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(&path, Some("/s".into())).is_ok());
     }
 
     #[test]

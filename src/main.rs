@@ -12,6 +12,7 @@ use kvmfs::config::Config;
 use kvmfs::db::Db;
 use kvmfs::fs::KvmFs;
 use kvmfs::mount::{self, Readiness};
+use kvmfs::statedir::StateDir;
 use kvmfs::tree::{Owner, Tree};
 
 #[derive(Parser)]
@@ -52,6 +53,11 @@ struct MountArgs {
     #[arg(long)]
     log: Option<PathBuf>,
 }
+
+/// How long a stopping daemon waits for builds and deletes under way.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long a stopping daemon waits for the FUSE session to end after unmounting.
+const SESSION_END_WAIT: Duration = Duration::from_secs(2);
 
 fn main() {
     // Taken before any thread starts: it edits the environment.
@@ -123,18 +129,29 @@ fn start_background(args: &MountArgs) -> anyhow::Result<()> {
 fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
     let mp = mount::preflight(&args.mountpoint)?;
     let cfg = Arc::new(load_config(args)?);
+    let state = StateDir::lock(&cfg.state_dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
         .enable_all()
         .build()?;
     let cluster = rt.block_on(async {
-        let db = Db::connect(&cfg.database.url, cfg.timing.db_timeout())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let db = match &cfg.database.replica_url {
+            None => Db::connect(&cfg.database.url, cfg.timing.db_timeout()).await,
+            Some(replica) => {
+                Db::connect_with_replica(
+                    &cfg.database.url,
+                    replica,
+                    cfg.timing.db_timeout(),
+                    cfg.timing.refresh(),
+                )
+                .await
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!(database = db.display_url(), "database connected");
         db.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cluster = Cluster::new(cfg.clone(), db);
+        let cluster = Cluster::new(cfg.clone(), db, state.worker_id().to_string());
         cluster.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::Ok(cluster)
     })?;
@@ -173,7 +190,7 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     let mut session = fuser::Session::new(fs, &mp, &fuse_cfg)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
     let mut unmounter = session.unmount_callable();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let session_thread = std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
@@ -187,9 +204,9 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     tracing::info!(mountpoint = %mp.display(), nodes = cfg.nodes.len(), "mounted");
     readiness.ready();
 
-    rt.block_on(async {
-        let unmounted_outside = tokio::select! {
-            _ = done_rx => {
+    let unmounted_outside = rt.block_on(async {
+        tokio::select! {
+            _ = &mut done_rx => {
                 tracing::info!("unmounted from outside; exiting");
                 true
             }
@@ -201,19 +218,38 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
                 tracing::info!("SIGINT: unmounting");
                 false
             }
-        };
-        anyhow::Ok(unmounted_outside)
-    })
-    .and_then(|outside| {
-        if !outside {
-            unmounter.unmount()?;
         }
-        Ok(())
-    })?;
-    match session_thread.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("fuse session ended with: {e}"),
-        Err(_) => tracing::warn!("fuse session thread panicked"),
+    });
+    let mut session_ended = unmounted_outside;
+    if !unmounted_outside {
+        if let Err(e) = unmounter.unmount() {
+            // Something still uses the mount (a shell's working directory, an open file):
+            // detach it so no dead mount outlives the daemon; users of it get ENOTCONN.
+            tracing::warn!(error = %e, "the mount is busy; detaching it (lazy unmount)");
+            mount::detach(&mp)?;
+        }
+        session_ended = rt
+            .block_on(async { tokio::time::timeout(SESSION_END_WAIT, &mut done_rx).await })
+            .is_ok();
+    }
+    if session_ended {
+        match session_thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("fuse session ended with: {e}"),
+            Err(_) => tracing::warn!("fuse session thread panicked"),
+        }
+    } else {
+        // Processes still hold the detached mount; the connection closes when we exit.
+        tracing::info!("the detached mount is still held open; closing it at exit");
+    }
+    // Builds and deletes run on past the FUSE call that started them: let them end.
+    let busy = cluster.claimed();
+    if !busy.is_empty() {
+        tracing::info!(instances = ?busy, "waiting for operations under way");
+        let left = rt.block_on(cluster.drain(SHUTDOWN_GRACE));
+        if !left.is_empty() {
+            tracing::warn!(instances = ?left, "operations cut off at shutdown; the next start reconciles them");
+        }
     }
     rt.block_on(cluster.db().close());
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -119,6 +119,49 @@ pub fn instance_of_volume(volume: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn accepted_names_are_safe_everywhere(s in prop_oneof![
+            ".{0,80}",
+            r#"[-a-z0-9./ \n'";$`|&*?\\A-Z_]{0,70}"#,
+            "[a-z0-9-]{0,70}",
+        ]) {
+            let ok = InstanceName::new(s.clone());
+            prop_assert_eq!(ok.is_ok(), NodeName::new(s.clone()).is_ok());
+            match ok {
+                // Safe as a file name, a libvirt name, a hostname, a shell word, an SQL
+                // literal and a command-line argument that is never an option.
+                Ok(n) => {
+                    let n = n.as_str();
+                    prop_assert!((1..=MAX_NAME_LEN).contains(&n.len()));
+                    prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                    prop_assert!(!n.starts_with('-') && !n.ends_with('-'));
+                    prop_assert!(n != "." && n != "..");
+                }
+                Err(e) => {
+                    prop_assert_eq!(&e.name, &s);
+                    prop_assert!(e.to_string().starts_with("invalid name"));
+                }
+            }
+        }
+
+        #[test]
+        fn every_label_is_accepted(s in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?") {
+            prop_assert!(InstanceName::new(s).is_ok());
+        }
+
+        #[test]
+        fn one_bad_character_is_enough(
+            head in "[a-z0-9]{0,30}",
+            bad in r#"[^a-z0-9-]"#,
+            tail in "[a-z0-9]{0,30}",
+        ) {
+            let name = format!("{head}{bad}{tail}");
+            prop_assert!(InstanceName::new(name).is_err());
+        }
+    }
 
     #[test]
     fn labels() {

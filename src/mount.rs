@@ -65,12 +65,7 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
             matches!(std::fs::metadata(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
         if stale && fstype.starts_with("fuse") {
             tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg("--")
-                .arg(&abs)
-                .status();
+            let _ = detach(&abs);
             if mounted_at(&abs).is_some() {
                 return Err(MountError::Busy(abs));
             }
@@ -118,6 +113,26 @@ fn which(cmd: &str) -> Option<PathBuf> {
             .map(|d| d.join(cmd))
             .find(|p| p.is_file())
     })
+}
+
+/// Detaches the mount at `mountpoint` even while it is in use (`fusermount3 -u -z`).
+pub fn detach(mountpoint: &Path) -> Result<(), MountError> {
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| MountError::NoFuse(format!("fusermount3: {e}")))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(MountError::Daemon(format!(
+            "cannot detach the mount at {}: fusermount3 -u -z failed ({st})",
+            mountpoint.display()
+        )))
+    }
 }
 
 /// Starts this program again in the foreground as a detached daemon and waits until it

@@ -605,7 +605,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
                 })
                 .then_some(())
         },
-        || String::new(),
+        String::new,
     );
     assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");

@@ -132,7 +132,7 @@ fn read_only_files_and_folders_refuse_changes() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o444);
     assert_eq!(
         std::fs::metadata(m.path("instances")).unwrap().mode() & 0o7777,
-        0o1777
+        0o777
     );
 
     let e = OpenOptions::new().write(true).open(&status).unwrap_err();
@@ -317,6 +317,8 @@ fn mount_errors_are_clear_and_immediate() {
         ),
     )
     .unwrap();
+    // Private, as a file holding a password must be.
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = within(
         Duration::from_secs(30),
         "mount with a dead database",

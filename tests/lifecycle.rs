@@ -3,42 +3,11 @@
 
 mod common;
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// A git repository with an `index.html`, served as `file://`.
-fn git_repo(dir: &Path, body: &str) -> String {
-    let repo = dir.join("site");
-    std::fs::create_dir_all(&repo).unwrap();
-    std::fs::write(repo.join("index.html"), body).unwrap();
-    for args in [
-        vec!["init", "-q"],
-        vec!["add", "index.html"],
-        vec![
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "site",
-        ],
-    ] {
-        let st = Command::new("git")
-            .args(&args)
-            .current_dir(&repo)
-            .status()
-            .unwrap();
-        assert!(st.success(), "git {args:?}");
-    }
-    format!("file://{}", repo.display())
-}
 
 struct Lab {
     db: MariaDb,
@@ -75,35 +44,6 @@ fn lab() -> Lab {
         db,
         _nodes: nodes,
         m,
-    }
-}
-
-fn write_spec(m: &Mounted, name: &str, spec: &str) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(m.path(&format!("instances/{name}/spec.json")))?;
-    f.write_all(spec.as_bytes())?;
-    drop(f);
-    Ok(())
-}
-
-fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
-    let p = m.path(&format!("instances/{name}/status"));
-    let start = std::time::Instant::now();
-    loop {
-        let last = std::fs::read_to_string(&p).unwrap_or_default();
-        if last.starts_with(prefix) {
-            return last;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let err = std::fs::read_to_string(m.path(&format!("instances/{name}/error")));
-            panic!(
-                "{name} is {last:?}, not {prefix} (error: {err:?})\n{}",
-                m.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -827,6 +767,15 @@ fn a_dead_database_fails_changes_with_eio_and_loses_nothing() {
     })
     .unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "{e}");
+    wait_for(Duration::from_secs(5), "the reason in keep's error", || {
+        read(m.path("instances/keep/error")).contains("database")
+    });
+    // Nothing was half-done: the refused rmdir removed nothing from the node.
+    let vols = read_json(m.path("nodes/n1/info.json"))["pool_volumes"].to_string();
+    assert!(
+        vols.contains("keep.disk.qcow2") && vols.contains("keep.seed.iso"),
+        "{vols}"
+    );
     // Reads go on from libvirt and the last rows.
     assert!(read(m.path("instances/keep/status")).starts_with("running"));
     assert!(list(m.path("instances")).contains(&"d1".to_string()));

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use crate::cloudinit::{self, Nic};
 use crate::db::{BuildRow, DbError, Made, Part};
+use crate::failpoint;
 use crate::hv::DomainOp;
 use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
 use crate::model::{InstanceName, disk_volume, seed_volume};
 use crate::spec::{Spec, SpecError};
 
 use super::placement::{self, Committed, Need};
-use super::{CallError, Cluster};
+use super::{CallError, Claim, Cluster};
 
 /// Deadline for one hypervisor call made by an action (creating a volume, starting a
 /// domain); longer than a poll's, since QEMU start-up takes real time.
@@ -108,12 +109,12 @@ fn getrandom_bytes(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 impl Cluster {
-    fn node_index(&self, node: &str) -> Option<usize> {
+    pub(super) fn node_index(&self, node: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == node)
     }
 
     /// Reloads one `vm` row into the inputs and republishes the view.
-    async fn refresh_row(&self, name: &str) {
+    pub(super) async fn refresh_row(&self, name: &str) {
         match self.db.get_vm(name).await {
             Ok(row) => self.set_local_row(name, row),
             Err(e) => tracing::warn!(instance = name, error = %e, "cannot reload row"),
@@ -142,7 +143,10 @@ impl Cluster {
 
     /// `mkdir /instances/NAME`: reserves the name as a draft owned by `uid`.
     pub async fn create_draft(&self, name: &str, uid: u32) -> Result<(), ActionError> {
-        let name = InstanceName::new(name).map_err(|e| ActionError::Invalid(e.to_string()))?;
+        let name = InstanceName::new(name).map_err(|e| {
+            tracing::warn!(error = %e, "mkdir refused");
+            ActionError::Invalid(e.to_string())
+        })?;
         if self.view().instances.contains_key(name.as_str()) {
             return Err(ActionError::Exists(format!(
                 "instance {name} already exists"
@@ -214,13 +218,14 @@ impl Cluster {
             git: spec.git.as_ref().map(|g| g.as_str()),
             spec: &spec_text,
         };
+        let claim = self.claim_for(name)?;
         let placed = {
             // Local creates queue here rather than on the database's placement lock.
             let _guard = self.place_lock.lock().await;
             let view = self.view();
             let placed = self
                 .db
-                .begin_build(name, &build, |loads| {
+                .begin_build(name, &self.worker_id, &build, |loads| {
                     let held = Committed::from_loads(loads);
                     placement::choose(&view, &need, &held, &self.cfg.placement)
                         .map_err(ActionError::from)
@@ -240,11 +245,21 @@ impl Cluster {
                 return Err(e);
             }
         };
+        failpoint::hit("create:placed");
         tracing::info!(instance = name, node = %node, "placed; building");
         let c = self.clone();
         let name = name.to_string();
-        tokio::spawn(async move { c.build(name, node, spec, uid).await });
+        tokio::spawn(async move { c.build(name, node, spec, uid, claim).await });
         Ok(())
+    }
+
+    /// Claims instance `name` for an operation, or answers that another one is under way.
+    fn claim_for(&self, name: &str) -> Result<Claim, ActionError> {
+        self.claim(name).ok_or_else(|| {
+            ActionError::Busy(format!(
+                "instance {name} is busy: another operation on it is under way"
+            ))
+        })
     }
 
     async fn step(&self, name: &str, step: &str) -> Result<(), String> {
@@ -252,6 +267,7 @@ impl Cluster {
             .set_step(name, step)
             .await
             .map_err(|e| e.to_string())?;
+        failpoint::hit(&format!("create:{step}"));
         self.refresh_row(name).await;
         Ok(())
     }
@@ -283,8 +299,12 @@ impl Cluster {
             .set_made(name, *made)
             .await
             .map_err(|e| e.to_string())?;
+        failpoint::hit(&format!("create:{} recorded", part.word()));
         match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                failpoint::hit(&format!("create:{} made", part.word()));
+                Ok(v)
+            }
             Err(CallError::Hv(e)) => {
                 *made = made.with(part, false);
                 if let Err(de) = self.db.set_made(name, *made).await {
@@ -296,7 +316,15 @@ impl Cluster {
         }
     }
 
-    async fn build(self: Arc<Self>, name: String, node: String, spec: Spec, uid: u32) {
+    /// Runs a build to its end, holding `_claim` (the instance) until then.
+    async fn build(
+        self: Arc<Self>,
+        name: String,
+        node: String,
+        spec: Spec,
+        uid: u32,
+        _claim: Claim,
+    ) {
         let mut made = Made::default();
         let r = self.build_steps(&name, &node, &spec, uid, &mut made).await;
         if let Some(ni) = self.node_index(&node) {
@@ -311,7 +339,7 @@ impl Cluster {
             }
             Err(msg) => {
                 tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
-                let left = self.remove_parts(&name, &node, made).await;
+                let left = self.remove_parts(&name, &node, made, None).await;
                 if let Err(e) = self.db.fail_build(&name, &msg, left).await {
                     tracing::error!(instance = %name, error = %e, "cannot record the failed build");
                 }
@@ -344,6 +372,7 @@ impl Cluster {
                 .allocate_ip(&net.name, net.first, net.last, name)
                 .await
                 .map_err(|e| e.to_string())?;
+            failpoint::hit("create:addresses allocated");
             nics.push(Nic {
                 name: format!("eth{i}"),
                 mac: random_mac(),
@@ -361,6 +390,7 @@ impl Cluster {
             .set_addresses_and_keys(name, ip(0).as_deref(), ip(1).as_deref(), &public, &private)
             .await
             .map_err(|e| e.to_string())?;
+        failpoint::hit("create:keys stored");
 
         self.step(name, "creating disk").await?;
         let image = spec.image.clone();
@@ -424,8 +454,15 @@ impl Cluster {
     }
 
     /// Removes the parts of instance `name` listed in `made` from `node`, each one
-    /// tolerant of being gone already; returns what could not be removed.
-    async fn remove_parts(&self, name: &str, node: &str, mut made: Made) -> Made {
+    /// tolerant of being gone already; returns what could not be removed. `crash_points`
+    /// names the operation whose crash points (`failpoint`) each removal passes.
+    pub(super) async fn remove_parts(
+        &self,
+        name: &str,
+        node: &str,
+        mut made: Made,
+        crash_points: Option<&str>,
+    ) -> Made {
         let Some(ni) = self.node_index(node) else {
             return made;
         };
@@ -442,7 +479,12 @@ impl Cluster {
                 })
                 .await;
             match r {
-                Ok(()) => made = made.with(part, false),
+                Ok(()) => {
+                    made = made.with(part, false);
+                    if let Some(op) = crash_points {
+                        failpoint::hit(&format!("{op}:{} removed", part.word()));
+                    }
+                }
                 Err(e) => tracing::warn!(instance = name, ?part, error = %e, "cannot remove"),
             }
         }
@@ -452,13 +494,19 @@ impl Cluster {
     /// `rmdir`: destroys the domain, deletes its volumes, releases its addresses and deletes
     /// its row. Safe to repeat; safe when the domain is already gone.
     pub async fn delete(self: &Arc<Self>, name: &str, uid: u32) -> Result<(), ActionError> {
-        let row = self.check_owner(name, uid)?;
-        if row.state == "building" {
-            return Err(ActionError::Busy(format!(
-                "instance {name} is being built ({}); delete it when the build ends",
-                row.step
-            )));
-        }
+        let not_building = |row: crate::db::VmRow| {
+            if row.state == "building" {
+                return Err(ActionError::Busy(format!(
+                    "instance {name} is being built ({}); delete it when the build ends",
+                    row.step
+                )));
+            }
+            Ok(row)
+        };
+        not_building(self.check_owner(name, uid)?)?;
+        let _claim = self.claim_for(name)?;
+        // Read again under the claim: an operation that just ended may have changed it.
+        let row = not_building(self.check_owner(name, uid)?)?;
         if let Some(node) = &row.hostname
             && !row.made.is_empty()
             && !self.view().nodes.get(node).is_some_and(|n| n.online)
@@ -468,18 +516,35 @@ impl Cluster {
                  the node answers"
             )));
         }
-        self.db.begin_delete(name).await?;
+        self.db.begin_delete(name, &self.worker_id).await?;
+        failpoint::hit("delete:deleting");
         self.refresh_row(name).await;
-        if let Some(node) = &row.hostname
-            && !row.made.is_empty()
+        self.finish_delete(name, row.hostname.as_deref(), row.made, Some("delete"))
+            .await?;
+        tracing::info!(instance = name, "deleted");
+        Ok(())
+    }
+
+    /// The rest of a delete once the row reads `deleting`: removes what `made` lists from
+    /// `node`, then deletes the row and its addresses. Shared with the reconciliation, which
+    /// finishes deletes a crash cut off.
+    pub(super) async fn finish_delete(
+        &self,
+        name: &str,
+        node: Option<&str>,
+        made: Made,
+        crash_points: Option<&str>,
+    ) -> Result<(), ActionError> {
+        if let Some(node) = node
+            && !made.is_empty()
         {
             if self.node_index(node).is_none() {
                 return Err(ActionError::Backend(format!(
                     "node {node} is not configured"
                 )));
             }
-            let left = self.remove_parts(name, node, row.made).await;
-            if left != row.made {
+            let left = self.remove_parts(name, node, made, crash_points).await;
+            if left != made {
                 self.db.set_made(name, left).await?;
             }
             if !left.is_empty() {
@@ -492,15 +557,16 @@ impl Cluster {
         self.db.delete_vm(name).await?;
         self.set_local_row(name, None);
         // Re-read the node so the gone domain does not linger as an unmanaged one.
-        if let Some(ni) = row.hostname.as_deref().and_then(|n| self.node_index(n)) {
+        if let Some(ni) = node.and_then(|n| self.node_index(n)) {
             self.poll_node(ni).await;
         }
-        tracing::info!(instance = name, "deleted");
         Ok(())
     }
 
     /// `ctl`: start, stop (graceful), destroy (hard) or reboot; the wrong state is `Busy`.
     pub async fn control(&self, name: &str, uid: u32, cmd: Control) -> Result<(), ActionError> {
+        self.check_owner(name, uid)?;
+        let _claim = self.claim_for(name)?;
         let row = self.check_owner(name, uid)?;
         let busy = |m: String| Err(ActionError::Busy(m));
         if row.state != "ready" {

@@ -8,9 +8,10 @@
 
 pub mod actions;
 pub mod placement;
+pub mod reconcile;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -66,11 +67,32 @@ pub struct Cluster {
     /// Errors to store, in the order they happened (see `set_local_error`).
     errors_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
     errors_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+    /// This daemon's name in `vm.worker` and the heartbeats (see `statedir`).
+    worker_id: String,
+    /// Instances an operation of this daemon is working on (a build, a delete, a `ctl`,
+    /// the reconciliation): one operation per instance at a time (see `claim`).
+    claims: Arc<Mutex<HashSet<String>>>,
+    /// Wakes `drain` when a claim ends.
+    claims_changed: Arc<tokio::sync::Notify>,
+}
+
+/// One operation's hold on an instance; released when dropped.
+pub struct Claim {
+    name: String,
+    claims: Arc<Mutex<HashSet<String>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims.lock().remove(&self.name);
+        self.changed.notify_waiters();
+    }
 }
 
 impl Cluster {
     /// Builds the controller for `cfg` with libvirt backends.
-    pub fn new(cfg: Arc<Config>, db: Db) -> Arc<Cluster> {
+    pub fn new(cfg: Arc<Config>, db: Db, worker_id: String) -> Arc<Cluster> {
         crate::hv::libvirt::quiet_libvirt_errors();
         let nodes = cfg
             .nodes
@@ -82,10 +104,15 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes)
+        Self::with_nodes(cfg, db, nodes, worker_id)
     }
 
-    fn with_nodes(cfg: Arc<Config>, db: Db, nodes: Vec<NodeHandle>) -> Arc<Cluster> {
+    fn with_nodes(
+        cfg: Arc<Config>,
+        db: Db,
+        nodes: Vec<NodeHandle>,
+        worker_id: String,
+    ) -> Arc<Cluster> {
         let states = nodes
             .iter()
             .map(|n| NodeState {
@@ -118,6 +145,9 @@ impl Cluster {
             place_lock: tokio::sync::Mutex::new(()),
             errors_tx,
             errors_rx: Mutex::new(Some(errors_rx)),
+            worker_id,
+            claims: Arc::new(Mutex::new(HashSet::new())),
+            claims_changed: Arc::new(tokio::sync::Notify::new()),
         });
         cluster.rebuild();
         cluster
@@ -129,6 +159,46 @@ impl Cluster {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Takes instance `name` for one operation; `None` while another holds it.
+    pub fn claim(&self, name: &str) -> Option<Claim> {
+        if !self.claims.lock().insert(name.to_string()) {
+            return None;
+        }
+        Some(Claim {
+            name: name.to_string(),
+            claims: self.claims.clone(),
+            changed: self.claims_changed.clone(),
+        })
+    }
+
+    /// Instances operations are working on right now, sorted.
+    pub fn claimed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.claims.lock().iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until no operation holds an instance, or `grace` passes; returns the instances
+    /// still held. At shutdown: whatever is cut off is recorded in its row (`vm.step`,
+    /// `vm.made`, `vm.worker`) for the reconciliation at the next start.
+    pub async fn drain(&self, grace: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.claims_changed.notified();
+            let left = self.claimed();
+            if left.is_empty() {
+                return left;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.claimed();
+            }
+        }
     }
 
     /// The current picture; cheap (an `Arc` clone), never blocks on a backend.
@@ -165,6 +235,8 @@ impl Cluster {
             let c = self.clone();
             tokio::spawn(async move { c.error_writer(rx).await });
         }
+        let c = self.clone();
+        tokio::spawn(async move { c.worker_loop().await });
         Ok(())
     }
 

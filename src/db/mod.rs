@@ -3,10 +3,13 @@
 //! here is written to run unchanged on both. Migrations in `migrations/` run at start.
 //! Every statement runs under the configured deadline, so a dead server costs a bounded wait.
 
+mod failover;
+
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 /// Errors from the database layer.
@@ -74,6 +77,8 @@ pub struct VmRow {
     pub ssh_private_key: Option<String>,
     /// What kvmfs made (or was about to make) on the node for this instance.
     pub made: Made,
+    /// The daemon running the row's build or delete (see `Cluster::worker_id`).
+    pub worker: Option<String>,
 }
 
 /// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
@@ -90,6 +95,17 @@ pub enum Part {
     Domain,
     Disk,
     Seed,
+}
+
+impl Part {
+    /// The part's word in `vm.made`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Part::Domain => "domain",
+            Part::Disk => "disk",
+            Part::Seed => "seed",
+        }
+    }
 }
 
 impl Made {
@@ -130,15 +146,11 @@ impl Made {
 
 impl std::fmt::Display for Made {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<&str> = [
-            (self.domain, "domain"),
-            (self.disk, "disk"),
-            (self.seed, "seed"),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, w)| w)
-        .collect();
+        let parts: Vec<&str> = [Part::Domain, Part::Disk, Part::Seed]
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .map(Part::word)
+            .collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -177,7 +189,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key, made FROM vm",
+            "ssh_private_key, made, worker FROM vm",
             $tail
         )
     };
@@ -197,10 +209,13 @@ pub struct BuildRow<'a> {
 /// A connection pool with a per-statement deadline.
 #[derive(Clone)]
 pub struct Db {
+    /// Every statement goes through this pool; after a failover it leads to the replica.
     pool: AnyPool,
     timeout: Duration,
     /// The URL without its password, for messages and logs.
     display_url: String,
+    /// Set when a replica is configured (see `failover`).
+    failover: Option<Arc<failover::Failover>>,
 }
 
 impl Db {
@@ -248,11 +263,99 @@ impl Db {
             pool,
             timeout,
             display_url,
+            failover: None,
         })
     }
 
+    /// Opens a pool to the MariaDB/MySQL primary `url` that fails over to `replica_url`
+    /// (see `failover`): at start when the primary does not answer or the replica records a
+    /// failover already, and later when a watcher, checking every `every`, finds the
+    /// primary gone and the replica promoted.
+    pub async fn connect_with_replica(
+        url: &str,
+        replica_url: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Db, DbError> {
+        install_default_drivers();
+        let display_url = redact_url(url);
+        let options = |u: &str| {
+            u.parse::<AnyConnectOptions>().map_err(|e| {
+                DbError::Unavailable(format!(
+                    "{}: {}",
+                    redact_url(u),
+                    redact_message(&e.to_string())
+                ))
+            })
+        };
+        let fo = Arc::new(failover::Failover::new(
+            display_url.clone(),
+            redact_url(replica_url),
+            options(url)?,
+            options(replica_url)?,
+            timeout,
+        ));
+        let (f1, f2) = (fo.clone(), fo.clone());
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _meta| {
+                let f = f1.clone();
+                Box::pin(async move { f.check_new_connection(conn).await })
+            })
+            .before_acquire(move |_conn, meta| {
+                let current = f2.connection_is_current(meta.age);
+                Box::pin(async move { Ok(current) })
+            })
+            .connect_lazy_with(options(url)?);
+        let probe = async {
+            let mut conn = pool.acquire().await?;
+            sqlx::query("SELECT CAST(@@server_id AS SIGNED)")
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get::<i64, _>(0)
+        };
+        let primary = match tokio::time::timeout(timeout * 2, probe).await {
+            Ok(r) => r.map_err(|e| match DbError::from(e) {
+                DbError::Unavailable(m) => DbError::Unavailable(redact_message(&m)),
+                DbError::Query(m) => DbError::Query(redact_message(&m)),
+                other => other,
+            }),
+            Err(_) => Err(DbError::Timeout(timeout * 2)),
+        };
+        fo.start(&pool, primary).await?;
+        tokio::spawn(fo.clone().watch(pool.clone(), every));
+        Ok(Db {
+            pool,
+            timeout,
+            display_url,
+            failover: Some(fo),
+        })
+    }
+
+    /// Whether this database failed over to its replica.
+    pub fn on_replica(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.on_replica())
+    }
+
+    /// An error of the active database, with what is known about the replica.
+    fn explain(&self, e: DbError) -> DbError {
+        match &self.failover {
+            Some(f) => f.explain(e),
+            None => e,
+        }
+    }
+
+    fn sql_err(&self, e: sqlx::Error) -> DbError {
+        self.explain(DbError::from(e))
+    }
+
+    /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
-        &self.display_url
+        match &self.failover {
+            Some(f) if f.on_replica() => &f.replica_url,
+            _ => &self.display_url,
+        }
     }
 
     /// Runs the migrations in `migrations/` (idempotent), within a bounded time.
@@ -269,8 +372,8 @@ impl Db {
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, DbError> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(DbError::from),
-            Err(_) => Err(DbError::Timeout(self.timeout)),
+            Ok(r) => r.map_err(|e| self.sql_err(e)),
+            Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
         }
     }
 
@@ -348,22 +451,23 @@ impl Db {
     pub async fn begin_build<E: From<DbError>>(
         &self,
         name: &str,
+        worker: &str,
         b: &BuildRow<'_>,
         choose: impl FnOnce(&[Load]) -> Result<String, E>,
     ) -> Result<String, E> {
         let work = async {
-            let mut tx = self.pool.begin().await.map_err(DbError::from)?;
+            let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await
-                .map_err(DbError::from)?;
+                .map_err(|e| self.sql_err(e))?;
             let rows = sqlx::query(
                 "SELECT vmname, hostname, vcpus, ram FROM vm WHERE hostname IS NOT NULL \
                  AND state IN ('building', 'ready', 'deleting')",
             )
             .fetch_all(&mut *tx)
             .await
-            .map_err(DbError::from)?;
+            .map_err(|e| self.sql_err(e))?;
             let loads = rows
                 .iter()
                 .map(|r| {
@@ -380,12 +484,12 @@ impl Db {
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(DbError::from)?;
+                .map_err(|e| self.sql_err(e))?;
             let node = choose(&loads)?;
             let n = sqlx::query(
                 "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
-                 error = NULL, made = '', updated_at = ? \
+                 error = NULL, made = '', worker = ?, updated_at = ? \
                  WHERE vmname = ? AND state IN ('draft', 'failed')",
             )
             .bind(node.as_str())
@@ -396,23 +500,24 @@ impl Db {
             .bind(b.purpose)
             .bind(b.git)
             .bind(b.spec)
+            .bind(worker)
             .bind(unix_now())
             .bind(name)
             .execute(&mut *tx)
             .await
-            .map_err(DbError::from)?;
+            .map_err(|e| self.sql_err(e))?;
             if n.rows_affected() == 0 {
                 return Err(DbError::State(format!(
                     "instance {name} is not a draft (already committed or being deleted)"
                 ))
                 .into());
             }
-            tx.commit().await.map_err(DbError::from)?;
+            tx.commit().await.map_err(|e| self.sql_err(e))?;
             Ok(node)
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(DbError::Timeout(self.timeout).into()),
+            Err(_) => Err(self.explain(DbError::Timeout(self.timeout)).into()),
         }
     }
 
@@ -567,13 +672,15 @@ impl Db {
     }
 
     /// Marks an instance as being deleted; refused while it is being built.
-    pub async fn begin_delete(&self, name: &str) -> Result<(), DbError> {
+    pub async fn begin_delete(&self, name: &str, worker: &str) -> Result<(), DbError> {
         let n = self
             .bounded(
                 sqlx::query(
-                    "UPDATE vm SET state = 'deleting', step = 'deleting', updated_at = ? \
+                    "UPDATE vm SET state = 'deleting', step = 'deleting', worker = ?, \
+                     updated_at = ? \
                      WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
                 )
+                .bind(worker)
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
@@ -624,8 +731,121 @@ impl Db {
             .map_err(DbError::from)
     }
 
+    /// Records that daemon `id` is alive (its `worker` row, created on first use).
+    pub async fn heartbeat(&self, id: &str, description: &str) -> Result<(), DbError> {
+        let now = unix_now();
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query("UPDATE worker SET heartbeat_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                sqlx::query(
+                    "INSERT INTO worker (id, description, started_at, heartbeat_at) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(id)
+                .bind(description)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// The last heartbeat (unix seconds) of every daemon that ever ran on this database.
+    pub async fn heartbeats(&self) -> Result<std::collections::HashMap<String, i64>, DbError> {
+        let rows = self
+            .bounded(sqlx::query("SELECT id, heartbeat_at FROM worker").fetch_all(&self.pool))
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Makes daemon `to` the worker of an interrupted build or delete, if the row is still
+    /// in `state` with worker `from` (`None`: no worker recorded). `false` when another
+    /// daemon took it first or the row moved on.
+    pub async fn take_over(
+        &self,
+        name: &str,
+        state: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE vm SET worker = ? \
+                     WHERE vmname = ? AND state = ? AND COALESCE(worker, '') = ?",
+                )
+                .bind(to)
+                .bind(name)
+                .bind(state)
+                .bind(from.unwrap_or(""))
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    /// Addresses held for an instance that has no row, or whose row holds none (a draft or
+    /// a failed build): (pool, address, vmname).
+    pub async fn stray_addresses(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT a.pool, a.address, a.vmname FROM ip_alloc a \
+                     LEFT JOIN vm v ON v.vmname = a.vmname \
+                     WHERE v.vmname IS NULL OR v.state IN ('draft', 'failed') \
+                     ORDER BY a.pool, a.address",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Releases one stray address, unless its instance has meanwhile come to hold it (a
+    /// build that began after `stray_addresses` looked). `true` if it was released.
+    pub async fn release_stray_address(
+        &self,
+        pool: &str,
+        address: &str,
+        vmname: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "DELETE FROM ip_alloc WHERE pool = ? AND address = ? AND vmname = ? \
+                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.vmname = ? \
+                     AND vm.state IN ('building', 'ready', 'deleting'))",
+                )
+                .bind(pool)
+                .bind(address)
+                .bind(vmname)
+                .bind(vmname)
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(f) = &self.failover {
+            f.close().await;
+        }
     }
 }
 
@@ -663,6 +883,7 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             spec: r.try_get("spec")?,
             ssh_private_key: r.try_get("ssh_private_key")?,
             made: Made::parse(&r.try_get::<String, _>("made")?),
+            worker: r.try_get("worker")?,
         })
     };
     f().map_err(DbError::from)

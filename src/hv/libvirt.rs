@@ -48,7 +48,15 @@ impl LibvirtNode {
         }
     }
 
+    /// libvirt's test driver, in this process (`test:///…`) or served by a libvirtd
+    /// (`test+unix:///…`): its domains are of type `test` and its volumes take no uploads.
     fn is_test_driver(&self) -> bool {
+        self.uri.starts_with("test:") || self.uri.starts_with("test+")
+    }
+
+    /// The test driver in this process keeps the node's whole state in the connection: it
+    /// must never be dropped and reopened.
+    fn state_in_connection(&self) -> bool {
         self.uri.starts_with("test:")
     }
 
@@ -91,7 +99,7 @@ impl LibvirtNode {
         match f(&c) {
             Ok(v) => Ok(v),
             Err(e) => {
-                if !self.is_test_driver() && !c.is_alive().unwrap_or(false) {
+                if !self.state_in_connection() && !c.is_alive().unwrap_or(false) {
                     *self.conn.lock() = None;
                 }
                 Err(self.call_err(e))
@@ -295,7 +303,7 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn remove_domain(&self, name: &str) -> Result<bool, HvError> {
-        enum Removed {
+        enum Outcome {
             Absent,
             Removed,
             Foreign,
@@ -304,12 +312,12 @@ impl NodeBackend for LibvirtNode {
             let d = match c.lookup_domain_by_name(name) {
                 Ok(d) => d,
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {
-                    return Ok(Removed::Absent);
+                    return Ok(Outcome::Absent);
                 }
                 Err(e) => return Err(e),
             };
             if parse_domain_devices(&d.xml_desc(0)?).kvmfs_owner.is_none() {
-                return Ok(Removed::Foreign);
+                return Ok(Outcome::Foreign);
             }
             if d.is_active()?
                 && let Err(e) = d.destroy()
@@ -318,15 +326,15 @@ impl NodeBackend for LibvirtNode {
                 return Err(e);
             }
             match d.undefine() {
-                Ok(()) => Ok(Removed::Removed),
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Removed::Removed),
+                Ok(()) => Ok(Outcome::Removed),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Outcome::Removed),
                 Err(e) => Err(e),
             }
         })?;
         match r {
-            Removed::Absent => Ok(false),
-            Removed::Removed => Ok(true),
-            Removed::Foreign => Err(HvError::Foreign {
+            Outcome::Absent => Ok(false),
+            Outcome::Removed => Ok(true),
+            Outcome::Foreign => Err(HvError::Foreign {
                 node: self.name.clone(),
                 what: format!("domain {name}"),
             }),
@@ -334,7 +342,7 @@ impl NodeBackend for LibvirtNode {
     }
 
     fn reset(&self) {
-        if self.is_test_driver() {
+        if self.state_in_connection() {
             return;
         }
         let old = self.conn.lock().take();

@@ -614,10 +614,11 @@ impl Tree {
                     ..base
                 }
             }
-            // Sticky and world-writable like /tmp: anyone may create an instance; only its
-            // owner (or root) may remove it.
+            // World-writable: anyone may create an instance. Not sticky: the kernel's sticky
+            // rule would answer EPERM before kvmfs is asked; kvmfs itself lets only an
+            // instance's owner (or root) remove it (EACCES), and takes no other entries here.
             Ino::InstancesDir => Attr {
-                perm: 0o1777,
+                perm: 0o777,
                 ..base
             },
             Ino::Node(_) | Ino::NodeInstances(_) => Attr {
@@ -935,7 +936,7 @@ impl Tree {
     /// database.
     fn record_error_later(&self, instance: &str, e: &ActionError) {
         let (c, name, e) = (&self.cluster, instance, e);
-        c.record_error(&name, &e);
+        c.record_error(name, e);
     }
 
     async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {

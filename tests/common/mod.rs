@@ -3,13 +3,17 @@
 //! itself mounted through the kernel and used with `std::fs`.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub mod libvirtd;
 
 pub use kvmfs::testnode::SimNode;
 
@@ -94,11 +98,84 @@ pub struct MariaDb {
     pub dir: tempfile::TempDir,
     pub port: u16,
     child: Child,
+    /// Server options beyond the defaults (binary log, server id, read-only…), kept for
+    /// restarts.
+    args: Vec<String>,
 }
+
+/// The password of the replication user the primary of a `MariaDb::pair` creates.
+const REPL_PASSWORD: &str = "kvmfs-repl-pw";
 
 impl MariaDb {
     /// Starts a server with a `kvmfs` database and a `kvmfs` user.
     pub fn start() -> MariaDb {
+        let db = Self::install(vec!["--skip-log-bin".into()]);
+        db.create_kvmfs();
+        db
+    }
+
+    /// A primary and a replica that applies the primary's binary log (real replication,
+    /// semi-synchronous: the primary acknowledges a commit only once the replica has
+    /// received it, so a crash of the primary loses no acknowledged write). The `kvmfs`
+    /// database and user are made on the primary and reach the replica through the log.
+    /// The replica is read-only, as replicas are, unless `writable_replica`.
+    pub fn pair(writable_replica: bool) -> (MariaDb, MariaDb) {
+        let primary = Self::install(vec![
+            "--server-id=1".into(),
+            "--log-bin=binlog".into(),
+            "--binlog-format=ROW".into(),
+        ]);
+        primary.sql(&format!(
+            "CREATE USER 'repl'@'127.0.0.1' IDENTIFIED BY '{REPL_PASSWORD}'; \
+             GRANT REPLICATION SLAVE ON *.* TO 'repl'@'127.0.0.1';"
+        ));
+        primary.create_kvmfs();
+        primary.sql(
+            "SET GLOBAL rpl_semi_sync_master_wait_point = 'AFTER_SYNC'; \
+             SET GLOBAL rpl_semi_sync_master_timeout = 30000; \
+             SET GLOBAL rpl_semi_sync_master_enabled = ON;",
+        );
+        let replica = Self::install(vec![
+            "--server-id=2".into(),
+            "--skip-log-bin".into(),
+            format!(
+                "--read-only={}",
+                if writable_replica { "OFF" } else { "ON" }
+            ),
+            "--rpl-semi-sync-slave-enabled=ON".into(),
+            "--skip-slave-start".into(),
+        ]);
+        let first_log = primary.sql("SHOW BINARY LOGS");
+        let first_log = first_log
+            .lines()
+            .next()
+            .and_then(|l| l.split('\t').next())
+            .expect("the primary has a binary log")
+            .to_string();
+        replica.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, \
+             MASTER_USER = 'repl', MASTER_PASSWORD = '{REPL_PASSWORD}', \
+             MASTER_LOG_FILE = '{first_log}', MASTER_LOG_POS = 4, MASTER_CONNECT_RETRY = 1; \
+             START SLAVE;",
+            primary.port
+        ));
+        wait_for(
+            Duration::from_secs(30),
+            "the replica to apply the primary's log",
+            || {
+                replica
+                    .sql_try("SELECT COUNT(*) FROM mysql.user WHERE user = 'kvmfs'")
+                    .is_ok_and(|n| n.trim() == "1")
+                    && primary
+                        .sql_try("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")
+                        .is_ok_and(|s| s.trim().ends_with("\t1"))
+            },
+        );
+        (primary, replica)
+    }
+
+    /// Installs a data directory and starts a server on it with `args`.
+    fn install(args: Vec<String>) -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("kvmfs-mariadb")
             .tempdir()
@@ -123,19 +200,33 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let child = spawn_mariadbd(dir.path(), port);
-        let db = MariaDb { dir, port, child };
+        let child = spawn_mariadbd(dir.path(), port, &args);
+        let db = MariaDb {
+            dir,
+            port,
+            child,
+            args,
+        };
         wait_for(
             Duration::from_secs(30),
             "mariadbd to accept connections",
             || db.sql_try("SELECT 1").is_ok(),
         );
-        db.sql(
+        db
+    }
+
+    fn create_kvmfs(&self) {
+        self.sql(
             "CREATE DATABASE kvmfs; \
              CREATE USER 'kvmfs'@'127.0.0.1' IDENTIFIED BY 'kvmfs-test-pw'; \
              GRANT ALL ON kvmfs.* TO 'kvmfs'@'127.0.0.1';",
         );
-        db
+    }
+
+    /// Promotes a replica as an operator would once its primary is dead: replication
+    /// stopped and forgotten, writes allowed.
+    pub fn promote(&self) {
+        self.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = OFF;");
     }
 
     pub fn url(&self) -> String {
@@ -151,7 +242,7 @@ impl MariaDb {
     /// Starts the server again on the same data and port.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = spawn_mariadbd(self.dir.path(), self.port);
+        self.child = spawn_mariadbd(self.dir.path(), self.port, &self.args);
         wait_for(
             Duration::from_secs(30),
             "mariadbd to accept connections again",
@@ -159,7 +250,7 @@ impl MariaDb {
         );
     }
 
-    fn sql_try(&self, sql: &str) -> Result<String, String> {
+    pub fn sql_try(&self, sql: &str) -> Result<String, String> {
         let mut child = Command::new("mariadb")
             .arg("--no-defaults")
             .arg("-uroot")
@@ -197,8 +288,8 @@ impl MariaDb {
     }
 }
 
-/// Runs `mariadbd` on the data under `dir`, listening on loopback `port`.
-fn spawn_mariadbd(dir: &Path, port: u16) -> Child {
+/// Runs `mariadbd` on the data under `dir`, listening on loopback `port`, with `args`.
+fn spawn_mariadbd(dir: &Path, port: u16, args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -214,7 +305,7 @@ fn spawn_mariadbd(dir: &Path, port: u16) -> Child {
         .arg(format!("--pid-file={}", dir.join("pid").display()))
         .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg("--innodb-buffer-pool-size=32M")
-        .arg("--skip-log-bin")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(log);
     die_with_parent(&mut cmd);
@@ -233,6 +324,10 @@ pub struct Mounted {
     pub mnt: tempfile::TempDir,
     pub state: tempfile::TempDir,
     child: Option<Child>,
+    /// More `kvmfs mount` arguments, given again at every restart.
+    args: Vec<String>,
+    /// The network namespace the daemon runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Mounted {
@@ -246,19 +341,34 @@ impl Mounted {
         Self::start(Some(toml))
     }
 
+    /// Mounts with a config file holding `toml` and extra environment for the daemon.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Mounted {
+        Self::start_with(Some(toml), &[], env, None)
+    }
+
+    /// Mounts with a config file holding `toml` and more `kvmfs mount` arguments.
+    pub fn with_config_args(toml: &str, args: &[&str]) -> Mounted {
+        Self::start_with(Some(toml), args, &[], None)
+    }
+
     /// Mounts with a config file holding `toml`, the daemon running in network namespace
     /// `netns` (`/run/netns/NAME`). Only the network namespace is entered (`nsenter --net`,
     /// which then execs kvmfs): `ip netns exec` would also give the daemon a mount namespace
     /// of its own, and its FUSE mount would be invisible here.
     pub fn with_config_in_netns(toml: &str, netns: &str) -> Mounted {
-        Self::start_in(Some(toml), Some(netns))
+        Self::start_with(Some(toml), &[], &[], Some(netns))
     }
 
     fn start(toml: Option<&str>) -> Mounted {
-        Self::start_in(toml, None)
+        Self::start_with(toml, &[], &[], None)
     }
 
-    fn start_in(toml: Option<&str>, netns: Option<&str>) -> Mounted {
+    fn start_with(
+        toml: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+    ) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -267,7 +377,27 @@ impl Mounted {
             .prefix("kvmfs-state")
             .tempdir()
             .expect("tempdir");
-        let mut cmd = match netns {
+        if let Some(t) = toml {
+            let cfg = state.path().join("kvmfs.toml");
+            std::fs::write(&cfg, t).expect("write config");
+            // It may hold a database password: only its owner may read it.
+            std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod config");
+        }
+        let mut m = Mounted {
+            mnt,
+            state,
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
+        };
+        m.spawn(env);
+        m
+    }
+
+    /// Starts the daemon on this mountpoint, state dir and config, and waits for the mount.
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = match &self.netns {
             None => Command::new(KVMFS),
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -276,39 +406,58 @@ impl Mounted {
             }
         };
         cmd.arg("mount")
-            .arg(mnt.path())
+            .arg(self.mnt.path())
             .arg("--foreground")
             .arg("--state-dir")
-            .arg(state.path());
-        if let Some(t) = toml {
-            let cfg = state.path().join("kvmfs.toml");
-            std::fs::write(&cfg, t).expect("write config");
+            .arg(self.state.path());
+        let cfg = self.state.path().join("kvmfs.toml");
+        if cfg.exists() {
             cmd.arg("--config").arg(&cfg);
         }
-        let log = std::fs::File::create(state.path().join("daemon.log")).expect("log");
+        cmd.args(&self.args);
+        cmd.envs(env.iter().copied());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("daemon.log"))
+            .expect("log");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        let child = cmd.spawn().expect("spawn kvmfs");
-        let mut m = Mounted {
-            mnt,
-            state,
-            child: Some(child),
-        };
+        self.child = Some(cmd.spawn().expect("spawn kvmfs"));
         let start = Instant::now();
         loop {
-            if is_kvmfs_mount(m.mnt.path()) {
+            if is_kvmfs_mount(self.mnt.path()) {
                 break;
             }
-            if let Some(c) = m.child.as_mut()
+            if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!("kvmfs exited ({status}) before mounting:\n{}", m.log());
+                panic!("kvmfs exited ({status}) before mounting:\n{}", self.log());
             }
             if start.elapsed() > Duration::from_secs(30) {
-                panic!("kvmfs did not mount within 30 s:\n{}", m.log());
+                panic!("kvmfs did not mount within 30 s:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        m
+    }
+
+    /// Waits for the daemon to die on its own (a crash point) and returns how it ended.
+    pub fn wait_died(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        wait_exit(&mut child, limit)
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again after it died, on the same mountpoint and state (the stale
+    /// mount it left is cleared by the daemon itself).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn(env);
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -357,13 +506,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // Also when the daemon is gone: a killed daemon leaves a dead mount behind.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(self.mnt.path())
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(self.mnt.path())
-                .stderr(Stdio::null())
-                .status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -432,4 +582,63 @@ pub fn sim_node(dir: &Path, name: &str, node: &SimNode) -> String {
 /// The errno of an I/O error, for assertions.
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
+}
+
+/// A git repository with an `index.html`, served as `file://`.
+pub fn git_repo(dir: &Path, body: &str) -> String {
+    let repo = dir.join("site");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("index.html"), body).unwrap();
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "index.html"],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "site",
+        ],
+    ] {
+        let st = Command::new("git")
+            .args(&args)
+            .current_dir(&repo)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    format!("file://{}", repo.display())
+}
+
+/// Writes `spec` to an instance's `spec.json` the way a program would.
+pub fn write_spec(m: &Mounted, name: &str, spec: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path(&format!("instances/{name}/spec.json")))?;
+    f.write_all(spec.as_bytes())?;
+    drop(f);
+    Ok(())
+}
+
+/// Waits (at most 20 s) for an instance's status to start with `prefix`.
+pub fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
+    let p = m.path(&format!("instances/{name}/status"));
+    let start = std::time::Instant::now();
+    loop {
+        let last = std::fs::read_to_string(&p).unwrap_or_default();
+        if last.starts_with(prefix) {
+            return last;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let err = std::fs::read_to_string(m.path(&format!("instances/{name}/error")));
+            panic!(
+                "{name} is {last:?}, not {prefix} (error: {err:?})\n{}",
+                m.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

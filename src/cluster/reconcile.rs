@@ -1,0 +1,303 @@
+//! Crash recovery: finishes or undoes the operations a dead daemon left half-done, and
+//! reports what the database and the nodes disagree on.
+//!
+//! A build or a delete records, before each step, what it is about to do: the row's state
+//! (`building`, `deleting`) and step, the parts it is about to make (`vm.made`) and the
+//! daemon doing it (`vm.worker`). A row in `building` or `deleting` is *abandoned* when no
+//! operation of this daemon holds it (`Cluster::claim`) and its worker is this daemon (so
+//! it died and was restarted: the state-dir lock guarantees no other live daemon has the
+//! id) or a daemon whose heartbeat is older than the lease. For each abandoned row:
+//!
+//! - `building` whose domain was made and is active on its node: the crash came after the
+//!   domain started, so the build is finished (`ready`);
+//! - any other `building`: undone like a failed build — the parts in `made` are removed,
+//!   the addresses released, the row reads `failed: interrupted …` and takes a new spec;
+//! - `deleting`: the delete is finished (parts removed, row and addresses deleted).
+//!
+//! Rows on an offline node wait for the node. Addresses held for a name with no row (or a
+//! row that holds none) are released. Domains kvmfs made that have no row, volumes named
+//! like an instance's that has no row, and `ready` rows whose domain is gone are never
+//! touched (they may be another kvmfs's, or a user's), but are logged once each.
+//!
+//! It runs once at start and then every `timing.reconcile_ms`; the heartbeat is written
+//! every sixth of the lease (`timing.worker_lease_ms`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::db::{DbError, VmRow};
+use crate::model::instance_of_volume;
+
+use super::Cluster;
+
+/// What one reconciliation did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Builds found complete and marked ready.
+    pub finished: Vec<String>,
+    /// Builds undone.
+    pub undone: Vec<String>,
+    /// Deletes finished.
+    pub deleted: Vec<String>,
+    /// Addresses released: `pool/address (instance)`.
+    pub released: Vec<String>,
+    /// Abandoned operations left for a later round (node offline, a call failed).
+    pub waiting: Vec<String>,
+    /// Disagreements reported but left alone.
+    pub noticed: Vec<String>,
+}
+
+impl Report {
+    pub fn changed_anything(&self) -> bool {
+        !(self.finished.is_empty()
+            && self.undone.is_empty()
+            && self.deleted.is_empty()
+            && self.released.is_empty())
+    }
+}
+
+impl Cluster {
+    /// Writes the heartbeat and reconciles, once now and then periodically; never returns.
+    pub(super) async fn worker_loop(self: Arc<Self>) {
+        let description = format!(
+            "pid {} state_dir {}",
+            std::process::id(),
+            self.cfg.state_dir.display()
+        );
+        let period = self.cfg.timing.reconcile();
+        let heartbeat = self.cfg.timing.worker_lease() / 6;
+        let mut next_reconcile = tokio::time::Instant::now();
+        let mut noticed_before = HashSet::new();
+        loop {
+            if let Err(e) = self.db.heartbeat(&self.worker_id, &description).await {
+                tracing::debug!(error = %e, "cannot write the heartbeat");
+            }
+            if tokio::time::Instant::now() >= next_reconcile {
+                let report = self.reconcile().await;
+                log_report(&report, &mut noticed_before);
+                next_reconcile = tokio::time::Instant::now() + period;
+            }
+            let until = next_reconcile.min(tokio::time::Instant::now() + heartbeat);
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// One reconciliation round (see the module note).
+    pub async fn reconcile(self: &Arc<Self>) -> Report {
+        let mut report = Report::default();
+        let (rows, beats) = match (self.db.list_vms().await, self.db.heartbeats().await) {
+            (Ok(r), Ok(b)) => (r, b),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "reconciliation skipped: database unavailable");
+                return report;
+            }
+        };
+        let now = crate::db::unix_now();
+        let lease = i64::try_from(self.cfg.timing.worker_lease().as_secs()).unwrap_or(i64::MAX);
+        let dead = |row: &VmRow| match row.worker.as_deref() {
+            Some(w) if w == self.worker_id => true,
+            Some(w) => beats.get(w).is_none_or(|t| now - t > lease),
+            None => now - row.updated_at > lease,
+        };
+        let mut polled = HashSet::new();
+        for row in &rows {
+            if !matches!(row.state.as_str(), "building" | "deleting") || !dead(row) {
+                continue;
+            }
+            let Some(_claim) = self.claim(&row.vmname) else {
+                continue;
+            };
+            if let Err(e) = self.recover(row, &mut polled, &mut report).await {
+                tracing::warn!(instance = %row.vmname, error = %e, "cannot recover the interrupted operation yet");
+                report.waiting.push(row.vmname.clone());
+            }
+        }
+        self.release_strays(&mut report).await;
+        self.notice_disagreements(&rows, &mut report);
+        report
+    }
+
+    /// Finishes or undoes one abandoned operation.
+    async fn recover(
+        self: &Arc<Self>,
+        row: &VmRow,
+        polled: &mut HashSet<usize>,
+        report: &mut Report,
+    ) -> Result<(), String> {
+        let name = row.vmname.as_str();
+        let node = row.hostname.as_deref();
+        let ni = node.and_then(|n| self.node_index(n));
+        if let (Some(n), None) = (node, ni)
+            && !row.made.is_empty()
+        {
+            return Err(format!("node {n} is not configured"));
+        }
+        if let Some(i) = ni
+            && !row.made.is_empty()
+        {
+            // Decide on the node's state now, not on a poll from before the crash.
+            if polled.insert(i) {
+                self.poll_node(i).await;
+            }
+            if !self
+                .view()
+                .nodes
+                .get(&self.nodes[i].name)
+                .is_some_and(|n| n.online)
+            {
+                return Err(format!("node {} is offline", self.nodes[i].name));
+            }
+        }
+        let took = self
+            .db
+            .take_over(name, &row.state, row.worker.as_deref(), &self.worker_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !took {
+            return Ok(());
+        }
+        match row.state.as_str() {
+            "deleting" => {
+                self.finish_delete(name, node, row.made, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(
+                    instance = name,
+                    "reconciliation: finished an interrupted delete"
+                );
+                report.deleted.push(name.to_string());
+            }
+            _ => {
+                let active = self.view().instances.get(name).is_some_and(|i| {
+                    i.node.as_deref() == node
+                        && i.domain.as_ref().is_some_and(|d| d.state.is_active())
+                });
+                if row.made.domain && active {
+                    self.db
+                        .finish_build(name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(
+                        instance = name,
+                        "reconciliation: the interrupted build had started its domain; ready"
+                    );
+                    report.finished.push(name.to_string());
+                } else {
+                    let left = match node {
+                        Some(n) => self.remove_parts(name, n, row.made, None).await,
+                        None => row.made,
+                    };
+                    let reason = format!(
+                        "interrupted during step {:?}: kvmfs stopped before the build \
+                         finished; what it made was removed; write spec.json again",
+                        row.step
+                    );
+                    self.db
+                        .fail_build(name, &reason, left)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !left.is_empty() {
+                        tracing::warn!(instance = name, left = %left, "reconciliation: could not remove everything; will retry on rmdir");
+                    }
+                    tracing::info!(instance = name, step = %row.step, "reconciliation: undid an interrupted build");
+                    report.undone.push(name.to_string());
+                }
+                self.refresh_row(name).await;
+                if let Some(i) = ni {
+                    self.poll_node(i).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases addresses held for instances that hold none.
+    async fn release_strays(&self, report: &mut Report) {
+        let strays = match self.db.stray_addresses().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list stray addresses");
+                return;
+            }
+        };
+        for (pool, address, vm) in strays {
+            let Some(_claim) = self.claim(&vm) else {
+                continue;
+            };
+            match self.db.release_stray_address(&pool, &address, &vm).await {
+                Ok(true) => {
+                    tracing::info!(pool = %pool, address = %address, instance = %vm, "reconciliation: released a stray address");
+                    report.released.push(format!("{pool}/{address} ({vm})"));
+                }
+                Ok(false) => {}
+                Err(DbError::Timeout(_) | DbError::Unavailable(_)) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot release a stray address"),
+            }
+        }
+    }
+
+    /// Lists what the nodes and the database disagree on and reconciliation leaves alone.
+    fn notice_disagreements(&self, rows: &[VmRow], report: &mut Report) {
+        let view = self.view();
+        let named: HashSet<&str> = rows.iter().map(|r| r.vmname.as_str()).collect();
+        for node in view.nodes.values().filter(|n| n.online) {
+            for v in node.volumes.iter().flatten() {
+                if let Some(i) = instance_of_volume(&v.name)
+                    && !named.contains(i)
+                {
+                    report.noticed.push(format!(
+                        "volume {} on node {} looks like an instance's, but instance {i} has \
+                         no row: left alone",
+                        v.name, node.name
+                    ));
+                }
+            }
+        }
+        for inst in view.instances.values() {
+            let Some(dom) = &inst.domain else {
+                continue;
+            };
+            if inst.row.is_none() && dom.devices.kvmfs_owner.is_some() {
+                report.noticed.push(format!(
+                    "domain {} on node {} was made by kvmfs but has no row: left alone",
+                    dom.name,
+                    inst.node.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+        for row in rows.iter().filter(|r| r.state == "ready") {
+            let Some(node) = row.hostname.as_deref() else {
+                continue;
+            };
+            let online = view.nodes.get(node).is_some_and(|n| n.online);
+            let has_domain = view
+                .instances
+                .get(&row.vmname)
+                .is_some_and(|i| i.domain.is_some());
+            if online && !has_domain {
+                report.noticed.push(format!(
+                    "instance {} is ready but has no domain on node {node}",
+                    row.vmname
+                ));
+            }
+        }
+    }
+}
+
+/// Logs what a round did, and each disagreement once (until it goes away and comes back).
+fn log_report(report: &Report, noticed_before: &mut HashSet<String>) {
+    if report.changed_anything() {
+        tracing::info!(
+            finished = ?report.finished,
+            undone = ?report.undone,
+            deleted = ?report.deleted,
+            released = ?report.released,
+            "reconciliation fixed interrupted operations"
+        );
+    }
+    let now: HashSet<String> = report.noticed.iter().cloned().collect();
+    for n in now.difference(noticed_before) {
+        tracing::warn!("reconciliation: {n}");
+    }
+    *noticed_before = now;
+}
