@@ -67,7 +67,8 @@ fi
 CTL=$PREFIX-ctl
 NODES=(n1 n2)
 DIR=/var/tmp/kvmfs-lab-$PREFIX
-DB_PASSWORD=kvmfs-lab
+# A new database password for every lab; it is written only to DIR/kvmfs.toml (mode 0600).
+DB_PASSWORD=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 LIBVIRT_DIRS=(/etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (network namespaces, libvirtd)"
@@ -235,7 +236,8 @@ mariadb_start() {
     done
     mariadb --no-defaults -uroot --socket="$d/sock" <<EOF || die "MariaDB did not start"
 CREATE DATABASE kvmfs;
-CREATE USER 'kvmfs'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
+CREATE USER 'kvmfs'@'127.0.0.1';
+SET PASSWORD FOR 'kvmfs'@'127.0.0.1' = PASSWORD('$DB_PASSWORD');
 GRANT ALL ON kvmfs.* TO 'kvmfs'@'127.0.0.1';
 EOF
 }
@@ -248,6 +250,8 @@ git_start() {
 
 write_config() {
     local img=$1
+    # It holds the database password: only root may read it (kvmfs refuses it otherwise).
+    (umask 077 && : >"$DIR/kvmfs.toml")
     cat >"$DIR/kvmfs.toml" <<EOF
 # kvmfs on the lab of scripts/lab.sh (prefix $PREFIX). Mount it from the lab's control
 # namespace: scripts/lab.sh exec kvmfs mount MOUNTPOINT --config $DIR/kvmfs.toml
