@@ -22,6 +22,8 @@ fi
 # The image is built first, so that its build is not part of what is measured.
 scripts/lab-image.sh >/dev/null
 
+# What else ran on the machine matters: guests under TCG compete for the same CPUs.
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 timings=$(mktemp)
 trap 'rm -f "$timings"' EXIT
 KVMFS_E2E_TIMINGS=$timings cargo test --release --test e2e -- --nocapture
@@ -34,16 +36,17 @@ qemu=$(qemu-system-x86_64 --version | awk 'NR == 1 { print $4 }')
 libvirt=$(libvirtd --version | awk '{ print $NF }')
 machine="$(nproc) × $cpu, $mem RAM, Linux $(uname -r), QEMU $qemu (TCG), libvirt $libvirt"
 
-python3 - "$timings" "$machine" "$commit" <<'EOF'
+python3 - "$timings" "$machine" "$commit" "$load" <<'EOF'
 import json, sys, datetime, re
-timings, machine, commit = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+timings, machine, commit, load = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 rows = "\n".join(
     f"| `{name}` | `{t['node']}` | {t['running_s']:.1f} s | {t['http_200_s']:.1f} s |"
     for name, t in sorted(timings.items())
 )
 section = f"""<!-- e2e:begin (written by scripts/bench-e2e.sh; edits here are overwritten) -->
-Measured {date} on commit {commit}; {machine}. One run of `scripts/bench-e2e.sh`.
+Measured {date} on commit {commit}; {machine}; load average {load} before the run.
+One run of `scripts/bench-e2e.sh`; times are polled every 0.2 s.
 
 | Instance | Node | `mkdir` → status `running` | `mkdir` → HTTP 200 with its page |
 |---|---|---|---|

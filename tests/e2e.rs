@@ -254,8 +254,8 @@ impl Drop for Lab {
     }
 }
 
-/// Polls `f` every second until it gives a value or `limit` passes; then panics with what
-/// `why` says about the state of things.
+/// Polls `f` every 0.2 s (the resolution of the recorded timings) until it gives a value or
+/// `limit` passes; then panics with what `why` says about the state of things.
 fn wait_until<T>(
     limit: Duration,
     what: &str,
@@ -270,7 +270,7 @@ fn wait_until<T>(
         if start.elapsed() > limit {
             panic!("timed out after {limit:?} waiting for {what}\n{}", why());
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
