@@ -75,7 +75,8 @@ LIBVIRT_DIRS=(/etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var
 
 netns_exists() { [[ -e /run/netns/$1 ]]; }
 
-# Kills every process in network namespace $1: TERM, up to 15 s, then KILL.
+# Kills every process in network namespace $1: TERM, up to 30 s (a kvmfs daemon lets its
+# builds and deletes end first), then KILL.
 kill_netns() {
     local ns=$1 pids i
     netns_exists "$ns" || return 0
@@ -83,7 +84,7 @@ kill_netns() {
     [[ -n $pids ]] || return 0
     # shellcheck disable=SC2086
     kill -TERM $pids 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
+    for ((i = 0; i < 300; i++)); do
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [[ -n $pids ]] || return 0
         sleep 0.1

@@ -18,6 +18,9 @@ pub struct SimNode {
     /// Storage pool name and the base image volumes it holds (name, GiB).
     pub pool: String,
     pub volumes: Vec<(String, u64)>,
+    /// An NFS export (host, path) the pool mounts, as the original mounted its storage
+    /// node's `/cloud` on every KVM node; `None` for a local directory.
+    pub nfs: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +52,7 @@ impl SimNode {
             }],
             pool: "default".into(),
             volumes: vec![("debian-12.qcow2".into(), 2)],
+            nfs: None,
         }
     }
 
@@ -68,6 +72,13 @@ impl SimNode {
             bridge: bridge.into(),
             address: address.into(),
         });
+        self
+    }
+
+    /// Makes the pool an NFS (`netfs`) pool named `pool` on `host:path`.
+    pub fn nfs_pool(mut self, pool: &str, host: &str, path: &str) -> Self {
+        self.pool = pool.into();
+        self.nfs = Some((host.into(), path.into()));
         self
     }
 
@@ -120,11 +131,28 @@ impl SimNode {
                 xml_escape(prefix)
             );
         }
-        let _ = writeln!(
-            x,
-            "  <pool type='dir'><name>{}</name><target><path>/var/lib/libvirt/images</path></target>",
-            xml_escape(&self.pool)
-        );
+        match &self.nfs {
+            None => {
+                let _ = writeln!(
+                    x,
+                    "  <pool type='dir'><name>{}</name>\
+                     <target><path>/var/lib/libvirt/images</path></target>",
+                    xml_escape(&self.pool)
+                );
+            }
+            Some((host, path)) => {
+                let _ = writeln!(
+                    x,
+                    "  <pool type='netfs'><name>{}</name><source><host name='{}'/>\
+                     <dir path='{}'/><format type='nfs'/></source>\
+                     <target><path>/var/lib/libvirt/{}</path></target>",
+                    xml_escape(&self.pool),
+                    xml_escape(host),
+                    xml_escape(path),
+                    xml_escape(&self.pool)
+                );
+            }
+        }
         for (v, gib) in &self.volumes {
             let _ = writeln!(
                 x,

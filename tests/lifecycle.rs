@@ -850,3 +850,41 @@ fn a_dead_node_fails_ctl_and_rmdir_with_eio_and_keeps_the_instance() {
         read(m.path("status"))
     );
 }
+
+#[test]
+fn disks_go_to_the_configured_pool_also_an_nfs_one() {
+    // The original mounted the storage node's /cloud export on every KVM node; kvmfs makes
+    // volumes through libvirt's storage API, whatever the pool's type.
+    let nodes = tempfile::tempdir().unwrap();
+    let shared = sim_node(
+        nodes.path(),
+        "shared",
+        &SimNode::new(4, 4096).nfs_pool("cloud", "storage", "/cloud"),
+    );
+    let m = Mounted::with_config(&format!(
+        "[timing]\nrefresh_ms = 200\n\
+         [[node]]\nname = 'shared'\nuri = '{shared}'\npool = 'cloud'\n"
+    ));
+    std::fs::create_dir(m.path("instances/n1")).unwrap();
+    write_spec(&m, "n1", r#"{"flavor":"m1.small","disk_gb":3}"#).unwrap();
+    wait_status(&m, "n1", "running");
+    let info = read_json(m.path("nodes/shared/info.json"));
+    let vols: Vec<&str> = info["pool_volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(vols.contains(&"n1.disk.qcow2"), "{vols:?}");
+    assert!(vols.contains(&"n1.seed.iso"), "{vols:?}");
+    let disks = read_json(m.path("instances/n1/info.json"))["disks"].clone();
+    assert!(
+        disks
+            .to_string()
+            .contains("/var/lib/libvirt/cloud/n1.disk.qcow2"),
+        "{disks}"
+    );
+    std::fs::remove_dir(m.path("instances/n1")).unwrap();
+    let info = read_json(m.path("nodes/shared/info.json"));
+    assert_eq!(info["pool_volumes"], serde_json::json!(["debian-12.qcow2"]));
+}

@@ -2,8 +2,8 @@
 //! node whose state lives in another process, so it outlives a kvmfs that is killed, and
 //! whose daemon a test can kill, freeze (SIGSTOP) and thaw like a real node's.
 //!
-//! Each daemon runs in a private mount namespace with private tmpfs over libvirt's run,
-//! state and cache folders, so several run side by side; only its sockets, config and log
+//! Each daemon runs in a private mount namespace with private tmpfs over libvirt's run
+//! and state folders (and a cache shared between them), so several run side by side; only its sockets, config and log
 //! live in a temp dir visible to the test. Its URI is
 //! `test+unix:///default?socket=DIR/libvirt-sock`. The test driver's `default` state is
 //! shared by every connection to the daemon and dropped when the last one closes, so the
@@ -16,7 +16,11 @@ use std::time::Duration;
 use super::{die_with_parent, wait_for};
 
 /// The folders libvirtd writes outside its config; each daemon gets private ones.
-const PRIVATE_DIRS: &[&str] = &["/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"];
+const PRIVATE_DIRS: &[&str] = &["/run/libvirt", "/var/lib/libvirt"];
+/// Shared by every test daemon, over `/var/cache/libvirt`: the QEMU driver spends about
+/// 15 s probing the emulators' capabilities into it, once per machine rather than once per
+/// daemon.
+const SHARED_CACHE: &str = "/var/tmp/kvmfs-tests-libvirt-cache";
 
 pub struct Libvirtd {
     pub dir: tempfile::TempDir,
@@ -63,7 +67,10 @@ impl Libvirtd {
     /// `default-pool`.
     pub fn start(image: &str) -> Libvirtd {
         ensure_libvirt_users();
-        for d in PRIVATE_DIRS {
+        for d in PRIVATE_DIRS
+            .iter()
+            .chain(&["/var/cache/libvirt", "/etc/libvirt", SHARED_CACHE])
+        {
             std::fs::create_dir_all(d).expect("libvirt folder");
         }
         let dir = tempfile::Builder::new()
@@ -81,22 +88,22 @@ impl Libvirtd {
             ),
         )
         .expect("write libvirtd.conf");
+        // QEMU as root: the capabilities probed (as root) then stay valid for the QEMU
+        // user, so the shared cache is used instead of probed again at every start (on
+        // hosts whose /dev/kvm the `libvirt-qemu` user cannot open).
+        std::fs::create_dir(dir.path().join("etc")).expect("etc");
+        std::fs::write(
+            dir.path().join("etc/qemu.conf"),
+            "user = \"root\"\ngroup = \"root\"\n",
+        )
+        .expect("write qemu.conf");
         let child = spawn(dir.path());
         let mut d = Libvirtd {
             dir,
             child,
             keeper: None,
         };
-        d.wait_ready();
-        d.virsh(&["destroy", "test"]);
-        d.virsh(&[
-            "vol-create-as",
-            "default-pool",
-            image,
-            "1G",
-            "--format",
-            "qcow2",
-        ]);
+        d.wait_ready(image);
         d
     }
 
@@ -107,7 +114,8 @@ impl Libvirtd {
         )
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the daemon, opens the keeper session and prepares the node (see `start`).
+    fn wait_ready(&mut self, image: &str) {
         let sock = self.dir.path().join("libvirt-sock");
         wait_for(Duration::from_secs(30), "libvirtd to listen", || {
             sock.exists()
@@ -128,6 +136,15 @@ impl Libvirtd {
         self.keeper = Some(keeper.spawn().expect("virsh session"));
         // The session must hold its connection before anything is changed.
         std::thread::sleep(Duration::from_millis(300));
+        self.virsh(&["destroy", "test"]);
+        self.virsh(&[
+            "vol-create-as",
+            "default-pool",
+            image,
+            "1G",
+            "--format",
+            "qcow2",
+        ]);
     }
 
     /// Runs `virsh` against the daemon; panics if it fails.
@@ -192,16 +209,7 @@ impl Libvirtd {
             let _ = std::fs::remove_file(self.dir.path().join(f));
         }
         self.child = spawn(self.dir.path());
-        self.wait_ready();
-        self.virsh(&["destroy", "test"]);
-        self.virsh(&[
-            "vol-create-as",
-            "default-pool",
-            image,
-            "1G",
-            "--format",
-            "qcow2",
-        ]);
+        self.wait_ready(image);
     }
 
     pub fn log(&self) -> PathBuf {
@@ -230,7 +238,9 @@ fn spawn(dir: &Path) -> Child {
         .map(|d| format!("mount -t tmpfs tmpfs {d} && "))
         .collect();
     let script = format!(
-        "{mounts}exec libvirtd --config {d}/libvirtd.conf --pid-file {d}/libvirtd.pid",
+        "{mounts}mount --bind {SHARED_CACHE} /var/cache/libvirt && \
+         mount --bind {d}/etc /etc/libvirt && \
+         exec libvirtd --config {d}/libvirtd.conf --pid-file {d}/libvirtd.pid",
         d = dir.display()
     );
     let log = std::fs::File::create(dir.join("stderr.log")).expect("log");
