@@ -35,7 +35,8 @@ impl Rig {
     fn config(&self, extra: &str) -> String {
         format!(
             "[database]\nurl = '{}'\n\
-             [timing]\nrefresh_ms = 200\nreconcile_ms = 300\nworker_lease_ms = 3000\n{extra}\n\
+             [timing]\nrefresh_ms = 200\nlibvirt_timeout_ms = 5000\nreconcile_ms = 300\n\
+             worker_lease_ms = 3000\n{extra}\n\
              [instances]\ndefault_image = '{IMAGE}'\n\
              [[network]]\nname = 'default'\ncidr = '192.168.122.0/24'\n\
              first = '192.168.122.10'\nlast = '192.168.122.30'\n\
@@ -101,6 +102,12 @@ fn crash_env(point: &str) -> [(&str, &str); 1] {
     [("KVMFS_CRASH_AT", point)]
 }
 
+/// Waits until the (re)started daemon sees its node: an operation refused for an offline
+/// node would never reach its crash point.
+fn node_online(m: &Mounted) {
+    wait_online(m, &["n1"]);
+}
+
 /// Waits until an instance's status starts with one of `prefixes`.
 fn wait_any(m: &Mounted, name: &str, prefixes: &[&str], limit: Duration) -> String {
     let p = m.path(&format!("instances/{name}/status"));
@@ -151,6 +158,7 @@ fn a_crash_at_every_step_of_a_create_is_finished_or_undone() {
         if i > 0 {
             m.restart(&crash_env(point));
         }
+        node_online(&m);
         let name = format!("c{i}");
         std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
         // The daemon dies during or after this write: its result says nothing.
@@ -219,6 +227,8 @@ fn a_crash_at_every_step_of_a_delete_is_finished() {
         wait_status(&m, &name, "running");
         m.kill9();
         m.restart(&crash_env(point));
+        node_online(&m);
+        wait_status(&m, &name, "running");
 
         let _ = std::fs::remove_dir(m.path(&format!("instances/{name}")));
         assert_killed_at(&mut m, point);
@@ -240,6 +250,7 @@ fn another_daemon_takes_over_once_the_dead_one_s_lease_ends() {
     let rig = Rig::new();
     let cfg = rig.config("");
     let mut a = Mounted::with_config_env(&cfg, &crash_env("create:disk made"));
+    node_online(&a);
     let b = Mounted::with_config(&cfg);
     std::fs::create_dir(a.path("instances/t1")).unwrap();
     let _ = write_spec(&a, "t1", &rig.spec());

@@ -642,3 +642,13 @@ pub fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits (at most 20 s) until every node in `nodes` reads `online`: a first poll can miss its
+/// deadline on a loaded machine, and an operation refused for an offline node proves nothing.
+pub fn wait_online(m: &Mounted, nodes: &[&str]) {
+    wait_for(Duration::from_secs(20), "every node to read online", || {
+        nodes
+            .iter()
+            .all(|n| read(m.path(&format!("nodes/{n}/status"))) == "online\n")
+    });
+}
