@@ -100,7 +100,9 @@ fn main() {
     let save = |doc: &mut Doc| {
         doc.load = (load_before.clone(), loadavg());
         doc.elapsed = started.elapsed();
-        std::fs::write(&opts.out, doc.render(&opts)).expect("write the benchmark report");
+        let old = std::fs::read_to_string(&opts.out).unwrap_or_default();
+        std::fs::write(&opts.out, splice(&old, &doc.render(&opts)))
+            .expect("write the benchmark report");
     };
     if opts.wants("listing") {
         doc.listing = section("listing and reading, 300 instances", || listing(&opts));
@@ -1294,6 +1296,27 @@ impl Default for Doc {
     }
 }
 
+const BEGIN: &str =
+    "<!-- bench:begin (written by scripts/bench.sh; edits here are overwritten) -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Puts this run's report between its markers in the existing file, keeping everything else
+/// (other benchmark commands write their own sections); appends it when there are none.
+fn splice(existing: &str, report: &str) -> String {
+    let block = format!("{BEGIN}\n{}\n{END}\n", report.trim_end());
+    match (existing.find(BEGIN), existing.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!(
+                "{}{block}{}",
+                &existing[..b],
+                &existing[e + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ if existing.trim().is_empty() => format!("# Benchmarks\n\n{block}"),
+        _ => format!("{}\n\n{block}", existing.trim_end()),
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -1344,7 +1367,7 @@ impl Doc {
             .unwrap_or_default();
         let _ = writeln!(s, "{}", include_str!("bench_intro.md").trim_end());
         let _ = writeln!(s);
-        let _ = writeln!(s, "## This run\n");
+        let _ = writeln!(s, "### This run\n");
         let _ = writeln!(s, "- Machine: {}", machine());
         let _ = writeln!(s, "- Date: {date}");
         let _ = writeln!(
@@ -1372,7 +1395,7 @@ impl Doc {
         );
         let _ = writeln!(s);
 
-        let _ = writeln!(s, "## Listing and reading: 300 instances on 3 nodes\n");
+        let _ = writeln!(s, "### Listing and reading: 300 instances on 3 nodes\n");
         let _ = writeln!(
             s,
             "In-process: `walk` is `readdir` of `/instances` with an `lstat` of each entry (what \
@@ -1412,7 +1435,7 @@ impl Doc {
         }
         let _ = writeln!(s);
 
-        let _ = writeln!(s, "## Against `virsh list --all`\n");
+        let _ = writeln!(s, "### Against `virsh list --all`\n");
         let _ = writeln!(s, "| What | Time |");
         let _ = writeln!(s, "|---|---|");
         if let Some(t) = self.virsh.per_node {
@@ -1466,7 +1489,7 @@ impl Doc {
         }
         let _ = writeln!(s);
 
-        let _ = writeln!(s, "## Scale\n");
+        let _ = writeln!(s, "### Scale\n");
         let _ = writeln!(
             s,
             "Managed instances (a `ready` row per domain) on 3 test-driver nodes. Walk and read \
@@ -1500,7 +1523,7 @@ impl Doc {
         }
         let _ = writeln!(s);
 
-        let _ = writeln!(s, "## Creates\n");
+        let _ = writeln!(s, "### Creates\n");
         let _ = writeln!(
             s,
             "16 writer threads, each `mkdir`, write `spec.json` (`{{\"vcpus\":1,\"ram_mb\":128,\"disk_gb\":1}}`) \
@@ -1528,7 +1551,7 @@ impl Doc {
         let _ = writeln!(s);
 
         if let Some(m) = &self.micro {
-            let _ = writeln!(s, "## Placement and views\n");
+            let _ = writeln!(s, "### Placement and views\n");
             let _ = writeln!(s, "| What | Median |");
             let _ = writeln!(s, "|---|---|");
             let _ = writeln!(
@@ -1548,7 +1571,7 @@ impl Doc {
             );
             let _ = writeln!(s);
         }
-        let _ = writeln!(s, "## Where the daemon's CPU goes (perf)\n");
+        let _ = writeln!(s, "### Where the daemon's CPU goes (perf)\n");
         match &self.profile {
             Ok(p) => {
                 let _ = writeln!(

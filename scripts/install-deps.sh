@@ -27,6 +27,12 @@ PACKAGES=(
     vim                         # the editor tests edit spec.json with vim and nano
     nano
     tmux                        # drives nano at a terminal in the editor tests
+    debootstrap                 # the lab's guest image (scripts/lab-image.sh)
+    e2fsprogs                   # mkfs.ext4 -d for it; debugfs reads guest logs in the e2e test
+    iproute2                    # the lab's network namespaces, bridges and veths
+    util-linux                  # unshare, nsenter
+    curl                        # the e2e test fetches the guests' pages
+    openssh-client              # and logs in to them
 )
 
 installed() {

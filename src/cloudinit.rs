@@ -47,8 +47,10 @@ pub fn network_config(nics: &[Nic]) -> String {
             addr = q(&format!("{}/{}", n.address, n.prefix)),
         ));
         if let Some(gw) = n.gateway {
+            // `0.0.0.0/0`, not `default`: cloud-init 22.4 (Debian 12) rejects `to: default`
+            // and then configures no interface at all.
             s.push_str(&format!(
-                "    routes:\n      - to: default\n        via: {}\n",
+                "    routes:\n      - to: \"0.0.0.0/0\"\n        via: {}\n",
                 q(&gw.to_string())
             ));
         }
@@ -73,7 +75,11 @@ pub fn user_data(name: &str, spec: &Spec, public_key: &str, cfg: &InstancesConfi
         let pkg = &cfg.web_package;
         let git = spec.git.as_ref().map(|g| g.as_str()).unwrap_or_default();
         s.push_str("package_update: false\n");
-        s.push_str(&format!("packages:\n  - {}\n  - \"git\"\n", q(pkg)));
+        // cloud-init refreshes the package lists before installing anything, whatever
+        // `package_update` says: an image that carries both packages gets no `packages:`.
+        if cfg.install_web_packages {
+            s.push_str(&format!("packages:\n  - {}\n  - \"git\"\n", q(pkg)));
+        }
         s.push_str("runcmd:\n");
         for cmd in [
             vec!["rm", "-rf", root.as_str()],
@@ -144,7 +150,27 @@ mod tests {
             dns: vec![Ipv4Addr::new(10, 0, 0, 1)],
         }]);
         assert!(n.contains("addresses: [\"10.0.0.5/24\"]"));
-        assert!(n.contains("via: \"10.0.0.1\""));
+        assert!(
+            n.contains("      - to: \"0.0.0.0/0\"\n        via: \"10.0.0.1\"\n"),
+            "{n}"
+        );
+    }
+
+    #[test]
+    fn preinstalled_web_packages_are_not_installed_again() {
+        let mut cfg = Config::for_tests();
+        let spec = Spec::parse(br#"{"purpose":"web","git":"git://10.0.0.1/site"}"#, &cfg).unwrap();
+        let u = user_data("web1", &spec, "ssh-ed25519 AAAA k", &cfg.instances);
+        assert!(u.contains("packages:\n  - \"nginx\"\n  - \"git\"\n"), "{u}");
+        cfg.instances.install_web_packages = false;
+        let u = user_data("web1", &spec, "ssh-ed25519 AAAA k", &cfg.instances);
+        assert!(!u.contains("packages:"), "{u}");
+        assert!(u.contains("package_update: false\n"), "{u}");
+        assert!(u.contains(r#"["systemctl", "restart", "nginx"]"#), "{u}");
+        // Not a web instance: nothing about packages at all.
+        let plain = Spec::parse(b"{}", &cfg).unwrap();
+        let u = user_data("db1", &plain, "ssh-ed25519 AAAA k", &cfg.instances);
+        assert!(!u.contains("package") && !u.contains("runcmd"), "{u}");
     }
 
     #[test]

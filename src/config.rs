@@ -66,6 +66,10 @@ pub struct InstancesConfig {
     pub kernel_cmdline: String,
     /// Web server package installed and started on `web` instances.
     pub web_package: String,
+    /// Whether cloud-init installs `web_package` and `git` on `web` instances (its
+    /// `packages:`, which runs `apt-get update` first and so needs a mirror). `false` for
+    /// images that already carry both.
+    pub install_web_packages: bool,
     /// Document root the git repository is cloned into on `web` instances.
     pub web_root: String,
 }
@@ -81,6 +85,7 @@ impl Default for InstancesConfig {
             initrd: String::new(),
             kernel_cmdline: "console=ttyS0 root=/dev/vda rw net.ifnames=0".into(),
             web_package: "nginx".into(),
+            install_web_packages: true,
             web_root: "/var/www/html".into(),
         }
     }

@@ -260,7 +260,12 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
             tracing::warn!(instances = ?left, "operations cut off at shutdown; the next start reconciles them");
         }
     }
-    rt.block_on(cluster.db().close());
+    // Closing waits for connections in use to come back: bounded, like every wait here.
+    let closed =
+        rt.block_on(async { tokio::time::timeout(SESSION_END_WAIT, cluster.db().close()).await });
+    if closed.is_err() {
+        tracing::warn!("database connections still busy at exit; closing them with the process");
+    }
     rt.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())

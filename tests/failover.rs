@@ -6,6 +6,7 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -189,17 +190,7 @@ fn a_writable_replica_is_written_only_once_the_primary_is_gone() {
     let out = within(
         Duration::from_secs(30),
         "a mount with a wrong password",
-        move || {
-            std::process::Command::new(KVMFS)
-                .arg("mount")
-                .arg(&mnt)
-                .arg("--config")
-                .arg(&cfg)
-                .arg("--state-dir")
-                .arg(tmp.path().join("state"))
-                .output()
-                .unwrap()
-        },
+        move || kvmfs_mount(&mnt, &cfg, &tmp.path().join("state")),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -232,17 +223,7 @@ fn a_writable_replica_is_written_only_once_the_primary_is_gone() {
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = within(Duration::from_secs(30), "a mount on a dead primary", {
         let (mnt, cfg, st) = (mnt.clone(), cfg.clone(), tmp.path().join("state"));
-        move || {
-            std::process::Command::new(KVMFS)
-                .arg("mount")
-                .arg(&mnt)
-                .arg("--config")
-                .arg(&cfg)
-                .arg("--state-dir")
-                .arg(&st)
-                .output()
-                .unwrap()
-        }
+        move || kvmfs_mount(&mnt, &cfg, &st)
     });
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -258,4 +239,17 @@ fn a_writable_replica_is_written_only_once_the_primary_is_gone() {
     std::fs::remove_dir(m.path("instances/w3")).unwrap();
     assert_eq!(rows(&replica), "w2\tready\n");
     assert_eq!(replica.sql("SELECT COUNT(*) FROM kvmfs.db_failover"), "1\n");
+}
+
+/// `kvmfs mount MNT --config CFG --state-dir STATE` in the background, as a user runs it.
+fn kvmfs_mount(mnt: &Path, cfg: &Path, state: &Path) -> std::process::Output {
+    std::process::Command::new(KVMFS)
+        .arg("mount")
+        .arg(mnt)
+        .arg("--config")
+        .arg(cfg)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap()
 }

@@ -17,7 +17,7 @@ const IMAGE: &str = "base.qcow2";
 fn config(db: &MariaDb, nodes: &[(&str, &Libvirtd)], extra: &str) -> String {
     let mut s = format!(
         "[database]\nurl = '{}'\n\
-         [timing]\nrefresh_ms = 200\nlibvirt_timeout_ms = 800\nreconcile_ms = 500\n{extra}\n\
+         [timing]\nrefresh_ms = 200\nlibvirt_timeout_ms = 2000\nreconcile_ms = 500\n{extra}\n\
          [instances]\ndefault_image = '{IMAGE}'\n\
          [[network]]\nname = 'default'\ncidr = '192.168.122.0/24'\n\
          first = '192.168.122.10'\nlast = '192.168.122.60'\n",
@@ -30,6 +30,15 @@ fn config(db: &MariaDb, nodes: &[(&str, &Libvirtd)], extra: &str) -> String {
         ));
     }
     s
+}
+
+/// Mounts kvmfs on `nodes` and waits until it sees every one of them (a loaded machine can
+/// make a first poll miss its deadline).
+fn mount(db: &MariaDb, nodes: &[(&str, &Libvirtd)]) -> Mounted {
+    let m = Mounted::with_config(&config(db, nodes, ""));
+    let names: Vec<&str> = nodes.iter().map(|(n, _)| *n).collect();
+    wait_online(&m, &names);
+    m
 }
 
 const SMALL: &str = r#"{"vcpus":1,"ram_mb":128}"#;
@@ -64,7 +73,7 @@ fn a_killed_node_reads_offline_is_skipped_and_comes_back() {
     let db = MariaDb::start();
     let mut n1 = Libvirtd::start(IMAGE);
     let n2 = Libvirtd::start(IMAGE);
-    let m = Mounted::with_config(&config(&db, &[("n1", &n1), ("n2", &n2)], ""));
+    let m = mount(&db, &[("n1", &n1), ("n2", &n2)]);
     create(&m, "a1", r#"{"vcpus":1,"ram_mb":128,"node":"n1"}"#);
 
     n1.kill();
@@ -113,7 +122,7 @@ fn a_frozen_node_blocks_nothing_and_thaws_with_its_instances() {
     let db = MariaDb::start();
     let n1 = Libvirtd::start(IMAGE);
     let n2 = Libvirtd::start(IMAGE);
-    let m = Mounted::with_config(&config(&db, &[("n1", &n1), ("n2", &n2)], ""));
+    let m = mount(&db, &[("n1", &n1), ("n2", &n2)]);
     create(&m, "f1", r#"{"vcpus":1,"ram_mb":128,"node":"n1"}"#);
 
     n1.freeze();
@@ -165,7 +174,7 @@ fn sigterm_lets_a_build_under_way_end_and_leaves_no_mount() {
     let db = MariaDb::start();
     let n1 = Libvirtd::start(IMAGE);
     let silent = SilentServer::start();
-    let mut m = Mounted::with_config(&config(&db, &[("n1", &n1)], ""));
+    let mut m = mount(&db, &[("n1", &n1)]);
     std::fs::create_dir(m.path("instances/s1")).unwrap();
     let spec = format!(
         r#"{{"vcpus":1,"ram_mb":128,"purpose":"web","git":"{}"}}"#,
@@ -216,7 +225,7 @@ fn sigterm_lets_a_build_under_way_end_and_leaves_no_mount() {
 fn unmount_while_busy_is_refused_and_a_lazy_one_ends_the_daemon_cleanly() {
     let db = MariaDb::start();
     let n1 = Libvirtd::start(IMAGE);
-    let mut m = Mounted::with_config(&config(&db, &[("n1", &n1)], ""));
+    let mut m = mount(&db, &[("n1", &n1)]);
     create(&m, "u1", SMALL);
     let mut shell = Command::new("sleep")
         .arg("600")
@@ -247,6 +256,6 @@ fn unmount_while_busy_is_refused_and_a_lazy_one_ends_the_daemon_cleanly() {
     assert_eq!(st.code(), Some(0), "{st} after {:?}", start.elapsed());
     assert!(st.signal().is_none());
     // Nothing was lost: the instance is still there for the next mount.
-    let m2 = Mounted::with_config(&config(&db, &[("n1", &n1)], ""));
+    let m2 = mount(&db, &[("n1", &n1)]);
     assert_eq!(read(m2.path("instances/u1/status")), "running: booted\n");
 }

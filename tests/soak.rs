@@ -150,6 +150,7 @@ fn five_hundred_creates_and_deletes_with_nodes_failing_leave_everything_consiste
         ));
     }
     let m = Mounted::with_config(&cfg);
+    wait_online(&m, &["n1", "n2", "n3"]);
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
@@ -204,11 +205,7 @@ fn five_hundred_creates_and_deletes_with_nodes_failing_leave_everything_consiste
     );
 
     // Database, nodes and tree agree: nothing of the soak is left anywhere.
-    wait_for(Duration::from_secs(20), "every node online", || {
-        ["n1", "n2", "n3"]
-            .iter()
-            .all(|n| read(m.path(&format!("nodes/{n}/status"))) == "online\n")
-    });
+    wait_online(&m, &["n1", "n2", "n3"]);
     assert_eq!(db.sql("SELECT COUNT(*) FROM kvmfs.vm").trim(), "0");
     assert_eq!(db.sql("SELECT COUNT(*) FROM kvmfs.ip_alloc").trim(), "0");
     for (name, node) in [("n1", &n1), ("n2", &n2), ("n3", &n3)] {

@@ -738,10 +738,7 @@ impl Db {
                     .fetch_all(&self.pool),
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+        triples(&rows)
     }
 
     /// Records that daemon `id` is alive (its `worker` row, created on first use).
@@ -823,10 +820,7 @@ impl Db {
                 .fetch_all(&self.pool),
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+        triples(&rows)
     }
 
     /// Releases one stray address, unless its instance has meanwhile come to hold it (a
@@ -860,6 +854,14 @@ impl Db {
             f.close().await;
         }
     }
+}
+
+/// Rows of three text columns, as tuples.
+fn triples(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(String, String, String)>, DbError> {
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(DbError::from)
 }
 
 /// Releases every address held by instance `name`.

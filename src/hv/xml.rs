@@ -53,6 +53,9 @@ impl DomainDef {
             let _ = writeln!(x, "    <boot dev='hd'/>");
         }
         let _ = writeln!(x, "  </os>");
+        // Without ACPI the guest cannot see the power button (`ctl stop` would do nothing)
+        // nor power itself off, and without the APIC it gets one CPU.
+        let _ = writeln!(x, "  <features><acpi/><apic/></features>");
         let _ = writeln!(
             x,
             "  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
@@ -135,6 +138,17 @@ mod tests {
         let doc = roxmltree::Document::parse(&xml).unwrap();
         assert_eq!(doc.root_element().attribute("type"), Some("test"));
         assert!(xml.contains("web1&apos;.qcow2"));
+        let features: Vec<&str> = doc
+            .descendants()
+            .find(|n| n.has_tag_name("features"))
+            .map(|f| {
+                f.children()
+                    .filter(|c| c.is_element())
+                    .map(|c| c.tag_name().name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(features, ["acpi", "apic"]);
         let devs = super::super::libvirt::parse_domain_devices(&xml);
         assert_eq!(devs.disks.len(), 2);
         assert_eq!(devs.interfaces[0].mac.as_deref(), Some("52:54:00:00:00:01"));

@@ -103,16 +103,7 @@ impl Libvirtd {
             child,
             keeper: None,
         };
-        d.wait_ready();
-        d.virsh(&["destroy", "test"]);
-        d.virsh(&[
-            "vol-create-as",
-            "default-pool",
-            image,
-            "1G",
-            "--format",
-            "qcow2",
-        ]);
+        d.wait_ready(image);
         d
     }
 
@@ -123,7 +114,8 @@ impl Libvirtd {
         )
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits for the daemon, opens the keeper session and prepares the node (see `start`).
+    fn wait_ready(&mut self, image: &str) {
         let sock = self.dir.path().join("libvirt-sock");
         wait_for(Duration::from_secs(30), "libvirtd to listen", || {
             sock.exists()
@@ -144,6 +136,15 @@ impl Libvirtd {
         self.keeper = Some(keeper.spawn().expect("virsh session"));
         // The session must hold its connection before anything is changed.
         std::thread::sleep(Duration::from_millis(300));
+        self.virsh(&["destroy", "test"]);
+        self.virsh(&[
+            "vol-create-as",
+            "default-pool",
+            image,
+            "1G",
+            "--format",
+            "qcow2",
+        ]);
     }
 
     /// Runs `virsh` against the daemon; panics if it fails.
@@ -208,16 +209,7 @@ impl Libvirtd {
             let _ = std::fs::remove_file(self.dir.path().join(f));
         }
         self.child = spawn(self.dir.path());
-        self.wait_ready();
-        self.virsh(&["destroy", "test"]);
-        self.virsh(&[
-            "vol-create-as",
-            "default-pool",
-            image,
-            "1G",
-            "--format",
-            "qcow2",
-        ]);
+        self.wait_ready(image);
     }
 
     pub fn log(&self) -> PathBuf {

@@ -326,6 +326,8 @@ pub struct Mounted {
     child: Option<Child>,
     /// More `kvmfs mount` arguments, given again at every restart.
     args: Vec<String>,
+    /// The network namespace the daemon runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Mounted {
@@ -341,19 +343,32 @@ impl Mounted {
 
     /// Mounts with a config file holding `toml` and extra environment for the daemon.
     pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Mounted {
-        Self::start_with(Some(toml), &[], env)
+        Self::start_with(Some(toml), &[], env, None)
     }
 
     /// Mounts with a config file holding `toml` and more `kvmfs mount` arguments.
     pub fn with_config_args(toml: &str, args: &[&str]) -> Mounted {
-        Self::start_with(Some(toml), args, &[])
+        Self::start_with(Some(toml), args, &[], None)
+    }
+
+    /// Mounts with a config file holding `toml`, the daemon running in network namespace
+    /// `netns` (`/run/netns/NAME`). Only the network namespace is entered (`nsenter --net`,
+    /// which then execs kvmfs): `ip netns exec` would also give the daemon a mount namespace
+    /// of its own, and its FUSE mount would be invisible here.
+    pub fn with_config_in_netns(toml: &str, netns: &str) -> Mounted {
+        Self::start_with(Some(toml), &[], &[], Some(netns))
     }
 
     fn start(toml: Option<&str>) -> Mounted {
-        Self::start_with(toml, &[], &[])
+        Self::start_with(toml, &[], &[], None)
     }
 
-    fn start_with(toml: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+    fn start_with(
+        toml: Option<&str>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+    ) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -374,6 +389,7 @@ impl Mounted {
             state,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
         };
         m.spawn(env);
         m
@@ -381,7 +397,14 @@ impl Mounted {
 
     /// Starts the daemon on this mountpoint, state dir and config, and waits for the mount.
     fn spawn(&mut self, env: &[(&str, &str)]) {
-        let mut cmd = Command::new(KVMFS);
+        let mut cmd = match &self.netns {
+            None => Command::new(KVMFS),
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(KVMFS);
+                c
+            }
+        };
         cmd.arg("mount")
             .arg(self.mnt.path())
             .arg("--foreground")
@@ -633,4 +656,14 @@ pub fn wait_status(m: &Mounted, name: &str, prefix: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits (at most 20 s) until every node in `nodes` reads `online`: a first poll can miss its
+/// deadline on a loaded machine, and an operation refused for an offline node proves nothing.
+pub fn wait_online(m: &Mounted, nodes: &[&str]) {
+    wait_for(Duration::from_secs(20), "every node to read online", || {
+        nodes
+            .iter()
+            .all(|n| read(m.path(&format!("nodes/{n}/status"))) == "online\n")
+    });
 }

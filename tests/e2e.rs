@@ -1,0 +1,618 @@
+//! End to end on real parts: the lab of `scripts/lab.sh` (two libvirtd + QEMU nodes reached
+//! over qemu+tcp, MariaDB, a git daemon, bridges, all in network namespaces of its own) and
+//! the guest image of `scripts/lab-image.sh` (Debian with real cloud-init, built once and
+//! cached). kvmfs is mounted on the lab's configuration and driven with plain file calls;
+//! the guests are checked from the outside: HTTP, SSH, QEMU processes, pool folders, rows.
+//!
+//! The waits are hang detectors (guests boot under software emulation, slowly), never timing
+//! assertions. With `KVMFS_E2E_TIMINGS=FILE` the measured times are written to FILE as JSON
+//! (`scripts/bench-e2e.sh` does that for docs/BENCHMARKS.md). With `KVMFS_E2E_KEEP=1` a
+//! failed run leaves the lab up for a look (`scripts/lab.sh down --prefix …` removes it).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Bounds on the slow parts (hang detectors).
+const LAB_UP: Duration = Duration::from_secs(30 * 60);
+const BOOT_TO_HTTP: Duration = Duration::from_secs(8 * 60);
+const SSH_READY: Duration = Duration::from_secs(3 * 60);
+const POWER_OFF: Duration = Duration::from_secs(5 * 60);
+const SHORT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One lab per checkout: the prefix is a hash of the checkout's path, so two checkouts can
+/// run this test at once, and a lab left by a killed run of this one is replaced by `up`.
+fn lab_prefix() -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in repo().to_string_lossy().bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("e2e{h:08x}")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The lab, torn down when dropped (also when the test fails).
+struct Lab {
+    prefix: String,
+    env: HashMap<String, String>,
+}
+
+impl Lab {
+    fn up() -> Lab {
+        let prefix = lab_prefix();
+        let out = Command::new("timeout")
+            .arg(LAB_UP.as_secs().to_string())
+            .arg(repo().join("scripts/lab.sh"))
+            .args(["up", "--prefix", &prefix])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/lab.sh");
+        // From here on, whatever happens, the lab is torn down.
+        let mut lab = Lab {
+            prefix: prefix.clone(),
+            env: HashMap::new(),
+        };
+        assert!(
+            out.status.success(),
+            "scripts/lab.sh up failed:\n{}",
+            text(&out)
+        );
+        let env_file = format!("/var/tmp/kvmfs-lab-{prefix}/lab.env");
+        lab.env = read(&env_file)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        lab
+    }
+
+    fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .unwrap_or_else(|| panic!("lab.env has no {k}"))
+    }
+
+    /// `k=v k=v` values of lab.env.
+    fn map(&self, k: &str) -> HashMap<String, String> {
+        self.var(k)
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// A command run in the lab's control namespace (network only).
+    fn ctl(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.var("LAB_CTL_NETNS")))
+            .arg(program)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// SQL as root on the lab's MariaDB, rows tab-separated.
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B", "kvmfs"])
+            .arg(format!("--socket={}", self.var("LAB_DB_SOCKET")))
+            .arg("-e")
+            .arg(sql)
+            .output()
+            .expect("mariadb");
+        assert!(out.status.success(), "sql {sql}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// PIDs of QEMU processes running guest `name` in the lab's node namespaces.
+    fn qemu_pids(&self, name: &str) -> Vec<u32> {
+        let needle = format!("guest={name},");
+        let mut pids = Vec::new();
+        for ns in self.var("LAB_NODE_NETNS").split_whitespace() {
+            let out = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .expect("ip netns pids");
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+                    pids.push(pid.parse().expect("pid"));
+                }
+            }
+        }
+        pids
+    }
+
+    /// The files of node `node`'s storage pool.
+    fn pool_files(&self, node: &str) -> Vec<String> {
+        list(&self.map("LAB_POOLS")[node])
+    }
+
+    /// `virsh` against node `node` over qemu+tcp, from the control namespace.
+    fn virsh(&self, node: &str, args: &[&str]) -> String {
+        let uri = &self.map("LAB_NODE_URIS")[node];
+        let out = self
+            .ctl("virsh")
+            .args(["-q", "-c", uri])
+            .args(args)
+            .output()
+            .expect("virsh");
+        assert!(out.status.success(), "virsh {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// GET http://ip/ from the control namespace: (status, body), or None if nothing answered.
+    fn http_get(&self, ip: &str) -> Option<(u16, String)> {
+        let out = self
+            .ctl("curl")
+            .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://{ip}/"))
+            .output()
+            .expect("curl");
+        if !out.status.success() {
+            return None;
+        }
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = s.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
+    }
+
+    /// Runs `cmd` in the guest over SSH as `debian` with `key`.
+    fn ssh(&self, key: &Path, ip: &str, cmd: &str) -> Result<String, String> {
+        let out = self
+            .ctl("ssh")
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg(format!("debian@{ip}"))
+            .arg(cmd)
+            .output()
+            .expect("ssh");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(text(&out))
+        }
+    }
+
+    /// Best effort, for failure messages: the guest's cloud-init output, read from its disk
+    /// (qemu-img may read a disk in use with -U; debugfs reads ext4 without mounting).
+    fn guest_log(&self, node: &str, name: &str) -> String {
+        let pool = PathBuf::from(&self.map("LAB_POOLS")[node]);
+        let raw = tempfile::NamedTempFile::new().expect("temp file");
+        let conv = Command::new("qemu-img")
+            .args(["convert", "-U", "-O", "raw"])
+            .arg(pool.join(format!("{name}.disk.qcow2")))
+            .arg(raw.path())
+            .output();
+        match conv {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => return format!("(cannot read the disk: {})", text(&o)),
+            Err(e) => return format!("(cannot run qemu-img: {e})"),
+        }
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /var/log/cloud-init-output.log")
+            .arg(raw.path())
+            .output();
+        match out {
+            Ok(o) => {
+                let s = String::from_utf8_lossy(&o.stdout).into_owned();
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            }
+            Err(e) => format!("(cannot run debugfs: {e})"),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("KVMFS_E2E_KEEP").is_some() {
+            eprintln!(
+                "KVMFS_E2E_KEEP: the lab stays up; remove it with: scripts/lab.sh down --prefix {}",
+                self.prefix
+            );
+            return;
+        }
+        let out = Command::new(repo().join("scripts/lab.sh"))
+            .args(["down", "--prefix", &self.prefix])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            eprintln!("scripts/lab.sh down failed:\n{}", text(&o));
+        }
+    }
+}
+
+/// Polls `f` every 0.2 s (the resolution of the recorded timings) until it gives a value or
+/// `limit` passes; then panics with what `why` says about the state of things.
+fn wait_until<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    why: impl FnOnce() -> String,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", why());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A git repository with a unique `index.html`, served by the lab's git daemon.
+fn site(lab: &Lab, name: &str, body: &str) -> String {
+    let repo = Path::new(lab.var("LAB_GIT_DIR")).join(name);
+    std::fs::create_dir_all(&repo).expect("repo folder");
+    std::fs::write(repo.join("index.html"), body).expect("index.html");
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "index.html"],
+        vec![
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@kvmfs",
+            "commit",
+            "-qm",
+            "site",
+        ],
+    ] {
+        let out = Command::new("git")
+            .args(&args)
+            .current_dir(&repo)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    }
+    format!("{}/{name}", lab.var("LAB_GIT_URL"))
+}
+
+/// The node placement should choose: the best score, ties to the first name.
+fn best_node(m: &Mounted) -> (String, HashMap<String, f64>) {
+    let mut scores = HashMap::new();
+    let mut best: Option<(String, f64)> = None;
+    for n in list(m.path("nodes")) {
+        let s = read_json(m.path(&format!("nodes/{n}/info.json")))["score"]
+            .as_f64()
+            .expect("score");
+        scores.insert(n.clone(), s);
+        if best.as_ref().is_none_or(|(_, b)| s > *b) {
+            best = Some((n, s));
+        }
+    }
+    (best.expect("nodes").0, scores)
+}
+
+/// Writes a whole file with one write; `EINPROGRESS` (the work goes on) counts as done.
+fn write_file(p: PathBuf, content: &str) {
+    match std::fs::write(&p, content) {
+        Ok(()) => {}
+        Err(e) if errno(&e) == libc::EINPROGRESS => {}
+        Err(e) => panic!("write {}: {e}", p.display()),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// What a slow or failed instance looks like, for failure messages.
+fn describe(lab: &Lab, m: &Mounted, name: &str) -> String {
+    let f = |file: &str| std::fs::read_to_string(m.path(&format!("instances/{name}/{file}")));
+    let node = f("node").unwrap_or_default().trim().to_string();
+    let log = m.log();
+    let log: Vec<&str> = log.lines().collect();
+    format!(
+        "instance {name}: status {:?}, error {:?}, node {node:?}, ip {:?}\n\
+         kvmfs log (last lines):\n{}\nguest's cloud-init output:\n{}",
+        f("status"),
+        f("error"),
+        f("ip"),
+        log[log.len().saturating_sub(20)..].join("\n"),
+        if node.is_empty() {
+            "(no node)".to_string()
+        } else {
+            lab.guest_log(&node, name)
+        }
+    )
+}
+
+/// Timings of one instance, seconds from its `mkdir`.
+#[derive(Debug, serde::Serialize)]
+struct Timing {
+    node: String,
+    running_s: f64,
+    http_200_s: f64,
+}
+
+/// Creates web instance `name` serving `url`, waits for its page over HTTP and for SSH;
+/// returns its node, eth0 address and timings.
+fn create_web(
+    lab: &Lab,
+    m: &Mounted,
+    name: &str,
+    url: &str,
+    body: &str,
+) -> (String, String, Timing) {
+    let dir = m.path(&format!("instances/{name}"));
+    let t0 = Instant::now();
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {name}: {e}"));
+    write_file(
+        dir.join("spec.json"),
+        &format!(r#"{{"purpose":"web","git":"{url}","flavor":"m1.small"}}"#),
+    );
+    let status = |m: &Mounted| read(m.path(&format!("instances/{name}/status")));
+    wait_until(
+        SHORT,
+        &format!("{name} to be built"),
+        || {
+            let s = status(m);
+            assert!(!s.starts_with("failed"), "{}", describe(lab, m, name));
+            s.starts_with("running").then_some(())
+        },
+        || describe(lab, m, name),
+    );
+    let running_s = t0.elapsed().as_secs_f64();
+    let node = read(dir.join("node")).trim().to_string();
+    let ip = first_line(&read(dir.join("ip")));
+    assert!(!ip.is_empty(), "{name} has no address");
+    let (code, got) = wait_until(
+        BOOT_TO_HTTP,
+        &format!("{name}'s page at http://{ip}/"),
+        || lab.http_get(&ip).filter(|(c, _)| *c == 200),
+        || describe(lab, m, name),
+    );
+    let http_200_s = t0.elapsed().as_secs_f64();
+    assert_eq!(code, 200);
+    assert_eq!(got, body, "{name} serves another page");
+    // The instance's own key logs in as cloud-init's default user.
+    let key = dir.join("ssh_key");
+    let hostname = wait_until(
+        SSH_READY,
+        &format!("ssh -i {} debian@{ip}", key.display()),
+        || lab.ssh(&key, &ip, "hostname").ok(),
+        || format!("{:?}", lab.ssh(&key, &ip, "hostname")),
+    );
+    assert_eq!(hostname, name);
+    eprintln!(
+        "{name} on {node} ({ip}): running after {running_s:.1} s, HTTP 200 after {http_200_s:.1} s"
+    );
+    (
+        node.clone(),
+        ip,
+        Timing {
+            node,
+            running_s,
+            http_200_s,
+        },
+    )
+}
+
+#[test]
+fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
+    let lab = Lab::up();
+    let toml = read(lab.var("LAB_CONFIG"));
+    let m = Mounted::with_config_in_netns(&toml, lab.var("LAB_CTL_NETNS"));
+
+    // 1. Both real nodes online, with real CPU and memory figures and the base image.
+    assert_eq!(list(m.path("nodes")), ["kvm1", "kvm2"]);
+    for n in ["kvm1", "kvm2"] {
+        let info = read_json(m.path(&format!("nodes/{n}/info.json")));
+        assert_eq!(info["status"], "online", "{info}");
+        assert!(info["cpus"].as_u64().unwrap() >= 1, "{info}");
+        assert!(info["mhz"].as_u64().unwrap() > 0, "{info}");
+        assert!(info["memory_total_mb"].as_u64().unwrap() > 256, "{info}");
+        assert_eq!(info["memory_source"], "measured", "{info}");
+        assert!(info["memory_free_mb"].as_u64().unwrap() > 0, "{info}");
+        assert!(
+            info["uri"].as_str().unwrap().starts_with("qemu+tcp://"),
+            "{info}"
+        );
+        assert_eq!(
+            info["pool_volumes"],
+            serde_json::json!(["debian-12.qcow2"]),
+            "{info}"
+        );
+        assert_eq!(info["committed_vcpus"], 0, "{info}");
+    }
+    for net in ["external", "overlay"] {
+        assert_eq!(read(m.path(&format!("networks/{net}/status"))), "active\n");
+    }
+
+    // 2. + 3. A web instance on the better node serves its own page; its key logs in.
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let body1 = format!("<!doctype html><p>kvmfs e2e web1 {token}</p>\n");
+    let url1 = site(&lab, "site1", &body1);
+    let (expected1, scores1) = best_node(&m);
+    let (node1, ip1, t1) = create_web(&lab, &m, "web1", &url1, &body1);
+    assert_eq!(
+        node1, expected1,
+        "web1 did not go to the best node: {scores1:?}"
+    );
+    assert_eq!(lab.qemu_pids("web1").len(), 1, "one QEMU runs web1");
+
+    // 4. The first instance's vCPU and RAM now count on its node, so the second goes to
+    //    the other one; both have their own addresses from the database's pools.
+    let info1 = read_json(m.path(&format!("nodes/{node1}/info.json")));
+    assert_eq!(info1["committed_vcpus"], 1, "{info1}");
+    assert_eq!(info1["committed_ram_mb"], 1024, "{info1}");
+    let (expected2, scores2) = best_node(&m);
+    assert_ne!(expected2, node1, "scores after web1: {scores2:?}");
+    assert!(
+        scores2[&node1] < scores1[&node1],
+        "{scores1:?} then {scores2:?}"
+    );
+    let body2 = format!("<!doctype html><p>kvmfs e2e web2 {token}</p>\n");
+    let url2 = site(&lab, "site2", &body2);
+    let (node2, ip2, t2) = create_web(&lab, &m, "web2", &url2, &body2);
+    assert_eq!(
+        node2, expected2,
+        "web2 did not go to the best node: {scores2:?}"
+    );
+    assert_ne!(ip1, ip2);
+    let ips1 = read(m.path("instances/web1/ip"));
+    let ips2 = read(m.path("instances/web2/ip"));
+    assert_eq!(ips1.lines().count(), 2, "{ips1}");
+    assert_eq!(ips2.lines().count(), 2, "{ips2}");
+    assert!(
+        ips1.lines().all(|a| !ips2.lines().any(|b| a == b)),
+        "{ips1} / {ips2}"
+    );
+    let rows = lab.sql("SELECT vmname, hostname, vmip, ip_eth1 FROM vm ORDER BY vmname");
+    assert_eq!(
+        rows,
+        format!(
+            "web1\t{node1}\t{}\t{}\nweb2\t{node2}\t{}\t{}",
+            ip1,
+            ips1.lines().nth(1).unwrap(),
+            ip2,
+            ips2.lines().nth(1).unwrap()
+        )
+    );
+    assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "4");
+
+    // 5. ctl on the real domain: a graceful stop powers the guest off, start boots it again.
+    let qemu_before = lab.qemu_pids("web1");
+    write_file(m.path("instances/web1/ctl"), "stop\n");
+    wait_until(
+        POWER_OFF,
+        "web1 to power off after `stop`",
+        || {
+            read(m.path("instances/web1/status"))
+                .starts_with("shutoff")
+                .then_some(())
+        },
+        || describe(&lab, &m, "web1"),
+    );
+    assert!(
+        lab.qemu_pids("web1").is_empty(),
+        "QEMU still runs web1 after stop"
+    );
+    assert_eq!(lab.virsh(&node1, &["domstate", "web1"]), "shut off");
+    write_file(m.path("instances/web1/ctl"), "start\n");
+    wait_until(
+        SHORT,
+        "web1 to run after `start`",
+        || {
+            read(m.path("instances/web1/status"))
+                .starts_with("running")
+                .then_some(())
+        },
+        || describe(&lab, &m, "web1"),
+    );
+    let qemu_after = lab.qemu_pids("web1");
+    assert_eq!(qemu_after.len(), 1);
+    assert_ne!(qemu_after, qemu_before, "a new QEMU process runs web1");
+    // The restarted guest serves its page again (nginx was enabled at first boot).
+    let (_, again) = wait_until(
+        BOOT_TO_HTTP,
+        "web1's page after `start`",
+        || lab.http_get(&ip1).filter(|(c, _)| *c == 200),
+        || describe(&lab, &m, "web1"),
+    );
+    assert_eq!(again, body1);
+
+    // 6. rmdir: QEMU gone, volumes gone from the pools, rows and addresses gone.
+    for name in ["web1", "web2"] {
+        let dir = m.path(&format!("instances/{name}"));
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if errno(&e) == libc::EINPROGRESS => {}
+            Err(e) => panic!("rmdir {name}: {e}"),
+        }
+    }
+    wait_until(
+        SHORT,
+        "both instance folders to disappear",
+        || {
+            (!list(m.path("instances"))
+                .iter()
+                .any(|n| n.starts_with("web")))
+            .then_some(())
+        },
+        || format!("{:?}\n{}", list(m.path("instances")), m.log()),
+    );
+    for name in ["web1", "web2"] {
+        assert!(lab.qemu_pids(name).is_empty(), "QEMU still runs {name}");
+    }
+    for n in ["kvm1", "kvm2"] {
+        assert_eq!(lab.pool_files(n), ["debian-12.qcow2"], "pool of {n}");
+        assert_eq!(
+            lab.virsh(n, &["list", "--all", "--name"]),
+            "",
+            "domains on {n}"
+        );
+        assert_eq!(
+            lab.virsh(n, &["vol-list", "default"])
+                .lines()
+                .filter(|l| l.contains("web"))
+                .count(),
+            0,
+            "volumes on {n}"
+        );
+    }
+    wait_until(
+        SHORT,
+        "the pools' volumes in info.json",
+        || {
+            ["kvm1", "kvm2"]
+                .iter()
+                .all(|n| {
+                    read_json(m.path(&format!("nodes/{n}/info.json")))["pool_volumes"]
+                        == serde_json::json!(["debian-12.qcow2"])
+                })
+                .then_some(())
+        },
+        String::new,
+    );
+    assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
+    assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");
+
+    if let Some(out) = std::env::var_os("KVMFS_E2E_TIMINGS") {
+        let t = serde_json::json!({ "web1": t1, "web2": t2 });
+        std::fs::write(out, format!("{t:#}\n")).expect("write timings");
+    }
+    drop(m);
+}
