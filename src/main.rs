@@ -56,6 +56,19 @@ struct MountArgs {
 
 /// How long a stopping daemon waits for builds and deletes under way.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How often the daemon checks that its mount is still there (see `Stop::MountGone`).
+const MOUNT_WATCH: Duration = Duration::from_secs(1);
+
+/// Why the daemon stops.
+enum Stop {
+    /// The FUSE session ended: unmounted from outside.
+    SessionEnded,
+    /// The mount left this mount namespace, but the session goes on (a lazy unmount of a
+    /// busy mount, or a copy of it held by another mount namespace).
+    MountGone,
+    Signal(&'static str),
+}
+
 /// How long a stopping daemon waits for the FUSE session to end after unmounting.
 const SESSION_END_WAIT: Duration = Duration::from_secs(2);
 
@@ -213,30 +226,45 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     tracing::info!(mountpoint = %mp.display(), nodes = cfg.nodes.len(), "mounted");
     readiness.ready();
 
-    let unmounted_outside = rt.block_on(async {
-        tokio::select! {
-            _ = &mut done_rx => {
-                tracing::info!("unmounted from outside; exiting");
-                true
-            }
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: unmounting");
-                false
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: unmounting");
-                false
+    let stop = rt.block_on(async {
+        let mut watch = tokio::time::interval(MOUNT_WATCH);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut done_rx => return Stop::SessionEnded,
+                _ = term.recv() => return Stop::Signal("SIGTERM"),
+                _ = int.recv() => return Stop::Signal("SIGINT"),
+                _ = watch.tick() => {
+                    if !mount::is_mounted(&mp) {
+                        return Stop::MountGone;
+                    }
+                }
             }
         }
     });
-    let mut session_ended = unmounted_outside;
-    if !unmounted_outside {
-        if let Err(e) = unmounter.unmount() {
-            // Something still uses the mount (a shell's working directory, an open file):
-            // detach it so no dead mount outlives the daemon; users of it get ENOTCONN.
-            tracing::warn!(error = %e, "the mount is busy; detaching it (lazy unmount)");
-            mount::detach(&mp)?;
+    let mut session_ended = false;
+    match stop {
+        Stop::SessionEnded => {
+            tracing::info!("unmounted from outside; exiting");
+            session_ended = true;
         }
+        Stop::MountGone => {
+            // Detached from outside (`-z`) while in use, or unmounted here while another
+            // mount namespace still holds a copy: the session would run on unseen.
+            tracing::info!("the mount is gone from this namespace; exiting");
+        }
+        Stop::Signal(sig) => {
+            tracing::info!("{sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                // Something still uses the mount (a shell's working directory, an open
+                // file): detach it so no dead mount outlives the daemon; users of it get
+                // ENOTCONN.
+                tracing::warn!(error = %e, "the mount is busy; detaching it (lazy unmount)");
+                mount::detach(&mp)?;
+            }
+        }
+    }
+    if !session_ended {
         session_ended = rt
             .block_on(async { tokio::time::timeout(SESSION_END_WAIT, &mut done_rx).await })
             .is_ok();

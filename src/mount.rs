@@ -45,6 +45,11 @@ fn mounted_at(path: &Path) -> Option<String> {
     })
 }
 
+/// Whether a FUSE filesystem is mounted at `path` in this process's mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
+}
+
 fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")

@@ -259,3 +259,27 @@ fn unmount_while_busy_is_refused_and_a_lazy_one_ends_the_daemon_cleanly() {
     let m2 = mount(&db, &[("n1", &n1)]);
     assert_eq!(read(m2.path("instances/u1/status")), "running: booted\n");
 }
+
+#[test]
+fn a_copy_of_the_mount_in_another_namespace_does_not_keep_the_daemon_alive() {
+    // Any process that makes a mount namespace (a service with a private /tmp, a libvirtd of
+    // a test) copies every mount, this one too; the FUSE session then outlives an unmount
+    // here, and only the daemon's own watch tells it that its mount is gone.
+    let mut m = Mounted::demo();
+    let mut other_ns = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(m.mnt.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = m.wait_died(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(0), "{st}\n{}", m.log());
+    assert!(m.log().contains("the mount is gone"), "{}", m.log());
+    let _ = other_ns.kill();
+    let _ = other_ns.wait();
+}
