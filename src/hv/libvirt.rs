@@ -253,7 +253,12 @@ impl LibvirtNode {
         };
         let mut out = Vec::new();
         for v in pool.list_all_volumes(0)? {
-            let info = v.info()?;
+            let info = match v.info() {
+                Ok(i) => i,
+                // A volume deleted between the listing and this call is gone.
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => continue,
+                Err(e) => return Err(e),
+            };
             out.push(VolumeProbe {
                 name: v.name()?,
                 capacity_bytes: info.capacity,
