@@ -1204,53 +1204,13 @@ fn profile(opts: &Opts) -> Result<String, String> {
         walk(&d);
         read_all(&paths);
         let rounds = if opts.quick { 20 } else { 100 };
-        let mut rec = Command::new("perf")
-            .args(["record", "-F", "2999", "-g", "-o"])
-            .arg(&data)
-            .args(["-p", &m.pid().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("perf: {e}"))?;
-        std::thread::sleep(Duration::from_millis(500));
-        let c0 = cpu_ticks(m.pid());
-        for _ in 0..rounds {
-            walk(&d);
-            read_all(&paths);
-        }
-        let c1 = cpu_ticks(m.pid());
-        // SAFETY: SIGINT to our own perf child makes it write its data and exit.
-        unsafe {
-            libc::kill(rec.id() as i32, libc::SIGINT);
-        }
-        let _ = rec.wait();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let per_round = (c1 - c0) as f64 / hz / rounds as f64;
-        let report = Command::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--sort",
-                "dso,symbol",
-                "-g",
-                "none",
-                "-i",
-            ])
-            .arg(&data)
-            .output()
-            .map_err(|e| format!("perf report: {e}"))?;
-        let top: Vec<String> = String::from_utf8_lossy(&report.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .take(15)
-            .map(|l| {
-                let l = l.trim_end();
-                let cut: String = l.chars().take(110).collect();
-                cut.trim_end().to_string()
-            })
-            .collect();
+        let (cpu, top) = perf_sample(m.pid(), &data, || {
+            for _ in 0..rounds {
+                walk(&d);
+                read_all(&paths);
+            }
+        })?;
+        let per_round = cpu / rounds as f64;
         let _ = writeln!(
             out,
             "{label}: daemon CPU {:.2} ms per round (walk + read of 300 instances), {} per file\n\n```\n{}\n```\n",
@@ -1259,7 +1219,70 @@ fn profile(opts: &Opts) -> Result<String, String> {
             top.join("\n")
         );
     }
+    // Creates: the same run as the creates section, on SQLite, sampled as a whole.
+    let lab = Lab::new(5, 0);
+    let m = Mount::start(&lab.config(""));
+    let n = if opts.quick { 64 } else { 200 };
+    let (cpu, top) = perf_sample(m.pid(), &data, || {
+        create_run(&m, "SQLite", n);
+    })?;
+    let _ = writeln!(
+        out,
+        "creates (SQLite, 16 writers, {n} instances created and deleted): daemon CPU {:.2} ms \
+         per instance (create and delete)\n\n```\n{}\n```\n",
+        cpu * 1000.0 / n as f64,
+        top.join("\n")
+    );
     Ok(out)
+}
+
+/// Samples daemon `pid` with `perf record` while `work` runs; returns the daemon's CPU time
+/// (seconds, from `/proc`) over `work` and the top functions by their own share of samples.
+fn perf_sample(pid: u32, data: &Path, work: impl FnOnce()) -> Result<(f64, Vec<String>), String> {
+    let mut rec = Command::new("perf")
+        .args(["record", "-F", "2999", "-g", "-o"])
+        .arg(data)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("perf: {e}"))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let c0 = cpu_ticks(pid);
+    work();
+    let c1 = cpu_ticks(pid);
+    // SAFETY: SIGINT to our own perf child makes it write its data and exit.
+    unsafe {
+        libc::kill(rec.id() as i32, libc::SIGINT);
+    }
+    let _ = rec.wait();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let report = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "dso,symbol",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    let top: Vec<String> = String::from_utf8_lossy(&report.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(15)
+        .map(|l| {
+            let l = l.trim_end();
+            let cut: String = l.chars().take(110).collect();
+            cut.trim_end().to_string()
+        })
+        .collect();
+    Ok(((c1 - c0) as f64 / hz, top))
 }
 
 // ---------------------------------------------------------------------------------------

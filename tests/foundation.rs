@@ -125,6 +125,37 @@ fn stat_size_equals_bytes_read_for_every_file() {
 }
 
 #[test]
+fn a_folder_of_many_entries_lists_each_once_with_its_attributes() {
+    // 2,000 entries take dozens of READDIRPLUS replies: each must start where the last one
+    // ended, so every name comes once, with the attributes of its own folder.
+    let nodes = tempfile::tempdir().unwrap();
+    let mut node = SimNode::new(64, 1 << 20);
+    for i in 0..2000 {
+        node = node.domain(&format!("vm{i:04}"), 1, 64, i % 2 == 0);
+    }
+    let uri = sim_node(nodes.path(), "big", &node);
+    let m = Mounted::with_config(&format!("[[node]]\nname = 'big'\nuri = '{uri}'\n"));
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(m.path("instances")).unwrap() {
+        let e = e.unwrap();
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        assert!(meta.is_dir(), "{}", e.path().display());
+        names.push(e.file_name().into_string().unwrap());
+    }
+    let want: Vec<String> = (0..2000).map(|i| format!("vm{i:04}")).collect();
+    assert_eq!(names, want);
+    // `ls -l` through the kernel agrees: one line per instance plus the total.
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.path("instances"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2001);
+    assert_eq!(read(m.path("instances/vm1999/status")), "shutoff\n");
+}
+
+#[test]
 fn read_only_files_and_folders_refuse_changes() {
     let m = Mounted::demo();
     let status = m.path("nodes/kvm1/status");

@@ -19,6 +19,8 @@ use super::{CallError, Claim, Cluster};
 /// Deadline for one hypervisor call made by an action (creating a volume, starting a
 /// domain); longer than a poll's, since QEMU start-up takes real time.
 const ACTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an operation waits for another one on the same instance to end.
+const CLAIM_WAIT: Duration = Duration::from_secs(1);
 /// Deadline for the git reachability check.
 const GIT_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -218,7 +220,7 @@ impl Cluster {
             git: spec.git.as_ref().map(|g| g.as_str()),
             spec: &spec_text,
         };
-        let claim = self.claim_for(name)?;
+        let claim = self.claim_for(name).await?;
         let placed = {
             // Local creates queue here rather than on the database's placement lock.
             let _guard = self.place_lock.lock().await;
@@ -253,9 +255,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Claims instance `name` for an operation, or answers that another one is under way.
-    fn claim_for(&self, name: &str) -> Result<Claim, ActionError> {
-        self.claim(name).ok_or_else(|| {
+    /// Claims instance `name` for an operation. An operation that is just ending (a build
+    /// publishing its result, the reconciliation) is waited for, at most `CLAIM_WAIT`;
+    /// past that another one is under way.
+    async fn claim_for(&self, name: &str) -> Result<Claim, ActionError> {
+        self.claim_within(name, CLAIM_WAIT).await.ok_or_else(|| {
             ActionError::Busy(format!(
                 "instance {name} is busy: another operation on it is under way"
             ))
@@ -508,7 +512,7 @@ impl Cluster {
             Ok(row)
         };
         not_building(self.check_owner(name, uid)?)?;
-        let _claim = self.claim_for(name)?;
+        let _claim = self.claim_for(name).await?;
         // Read again under the claim: an operation that just ended may have changed it.
         let row = not_building(self.check_owner(name, uid)?)?;
         if let Some(node) = &row.hostname
@@ -571,7 +575,7 @@ impl Cluster {
     /// `ctl`: start, stop (graceful), destroy (hard) or reboot; the wrong state is `Busy`.
     pub async fn control(&self, name: &str, uid: u32, cmd: Control) -> Result<(), ActionError> {
         self.check_owner(name, uid)?;
-        let _claim = self.claim_for(name)?;
+        let _claim = self.claim_for(name).await?;
         let row = self.check_owner(name, uid)?;
         let busy = |m: String| Err(ActionError::Busy(m));
         if row.state != "ready" {

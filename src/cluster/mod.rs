@@ -198,6 +198,20 @@ impl Cluster {
         })
     }
 
+    /// Takes instance `name`, waiting at most `wait` for the operation holding it to end.
+    pub async fn claim_within(&self, name: &str, wait: Duration) -> Option<Claim> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.claims_changed.notified();
+            if let Some(c) = self.claim(name) {
+                return Some(c);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.claim(name);
+            }
+        }
+    }
+
     /// Instances operations are working on right now, sorted.
     pub fn claimed(&self) -> Vec<String> {
         let mut v: Vec<String> = self.claims.lock().iter().cloned().collect();

@@ -447,41 +447,40 @@ impl Filesystem for KvmFs {
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let entries = match self.tree.dir_entries_with_attrs(fh.0, start) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        for (i, e, attr) in entries {
-            let (ttl, attr) = match attr {
-                Some(a) => (self.ttl(&a), file_attr(&a)),
-                // `.` and `..`: the kernel skips their attributes.
-                None => (
-                    Duration::ZERO,
-                    file_attr(&Attr {
-                        ino: e.ino,
-                        kind: e.kind,
-                        size: 0,
-                        perm: 0o555,
-                        uid: 0,
-                        gid: 0,
-                        nlink: 2,
-                        mtime: std::time::UNIX_EPOCH,
-                        cacheable: false,
-                    }),
-                ),
-            };
-            if reply.add(
-                INodeNo(e.ino),
-                (i + 1) as u64,
-                &e.name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
+        let r = self
+            .tree
+            .visit_entries_with_attrs(fh.0, start, |i, e, attr| {
+                let (ttl, attr) = match attr {
+                    Some(a) => (self.ttl(a), file_attr(a)),
+                    // `.` and `..`: the kernel skips their attributes.
+                    None => (
+                        Duration::ZERO,
+                        file_attr(&Attr {
+                            ino: e.ino,
+                            kind: e.kind,
+                            size: 0,
+                            perm: 0o555,
+                            uid: 0,
+                            gid: 0,
+                            nlink: 2,
+                            mtime: std::time::UNIX_EPOCH,
+                            cacheable: false,
+                        }),
+                    ),
+                };
+                reply.add(
+                    INodeNo(e.ino),
+                    (i + 1) as u64,
+                    &e.name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                )
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -787,29 +787,37 @@ impl Tree {
         }
     }
 
-    /// The entries of a directory snapshot from `offset` on, each with its attributes in
-    /// the current view (for `readdirplus`); entries gone meanwhile are left out, and `.`
-    /// and `..` are not given attributes (the kernel does not want them).
-    pub fn dir_entries_with_attrs(
+    /// Hands `visit` the entries of a directory snapshot from `offset` on, each with its
+    /// attributes in the current view (for `readdirplus`), until it returns `true` (the
+    /// reply is full). Entries gone meanwhile are left out, and `.` and `..` are not given
+    /// attributes (the kernel does not want them). Only the entries the reply takes are
+    /// resolved, so listing a folder of n entries costs O(n), not O(n²/batch).
+    pub fn visit_entries_with_attrs(
         &self,
         fh: u64,
         offset: usize,
-    ) -> Result<Vec<(usize, DirEntry, Option<Attr>)>, TreeError> {
+        mut visit: impl FnMut(usize, &DirEntry, Option<&Attr>) -> bool,
+    ) -> Result<(), TreeError> {
         let entries = self.dir_entries(fh)?;
         let view = self.cluster.view();
-        Ok(entries
-            .iter()
-            .enumerate()
-            .skip(offset)
-            .filter_map(|(i, e)| {
-                if e.name == "." || e.name == ".." {
-                    return Some((i, e.clone(), None));
-                }
-                let r = self.resolve(e.ino, &view).ok()?;
-                let a = self.attr(&r).ok()?;
-                Some((i, e.clone(), Some(a)))
-            })
-            .collect())
+        for (i, e) in entries.iter().enumerate().skip(offset) {
+            let full = if e.name == "." || e.name == ".." {
+                visit(i, e, None)
+            } else {
+                let Some(a) = self
+                    .resolve(e.ino, &view)
+                    .ok()
+                    .and_then(|r| self.attr(&r).ok())
+                else {
+                    continue;
+                };
+                visit(i, e, Some(&a))
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// What the kernel may hold from view `old` that view `new` makes wrong: the inodes of
