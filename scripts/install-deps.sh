@@ -22,7 +22,7 @@ PACKAGES=(
     fuse3                       # fusermount3
     mariadb-server              # tests start throwaway MariaDB servers
     mariadb-client
-    genisoimage                 # cloud-init seed images
+    genisoimage                 # isoinfo: the tests read kvmfs's seed images back
     pkg-config
     vim                         # the editor tests edit spec.json with vim and nano
     nano

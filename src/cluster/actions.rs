@@ -415,10 +415,7 @@ impl Cluster {
         let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
         let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
         let netcfg = cloudinit::network_config(&nics);
-        let iso = tokio::task::spawn_blocking(move || cloudinit::build_iso(&meta, &user, &netcfg))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let iso = cloudinit::build_iso(&meta, &user, &netcfg).map_err(|e| e.to_string())?;
         let seed_name = seed_volume(name);
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
         let seed_path = self
