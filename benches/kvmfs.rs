@@ -295,6 +295,11 @@ impl Lab {
                         running: i % 3 != 0,
                     })
                     .collect();
+                // Each instance's disk and seed in the pool, as kvmfs's builds leave them.
+                for d in &n.domains {
+                    n.volumes.push((kvmfs::model::disk_volume(&d.name), 1));
+                    n.volumes.push((kvmfs::model::seed_volume(&d.name), 0));
+                }
                 n.write(&dir.path().join(format!("kvm{k}.xml")))
                     .expect("node xml")
             })

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use virt::connect::Connect;
@@ -33,6 +34,20 @@ struct Cached {
     sizes: (u32, u64, u64),
 }
 
+/// A pool volume's capacity and path as last read, and when.
+#[derive(Clone)]
+struct VolumeDetails {
+    capacity: u64,
+    path: Option<String>,
+    read_at: Instant,
+}
+
+/// A volume's details are read again once they are this old...
+const VOLUME_DETAILS_TTL: Duration = Duration::from_secs(60);
+/// ...at most this many per pool listing, so a pool of thousands of volumes costs one
+/// listing call per poll, not two calls per volume (the listing itself names them all).
+const VOLUME_REFRESH_PER_LISTING: usize = 64;
+
 /// An open connection and the id of its event callback, if one is registered.
 struct Conn {
     c: Connect,
@@ -50,6 +65,8 @@ pub struct LibvirtNode {
     /// Device lists (and sizes) by domain UUID, with the domain id they were read at: a
     /// restarted or redefined domain gets a new id and is read again; an event re-reads it.
     devices: Mutex<HashMap<String, Cached>>,
+    /// Capacity and path of every volume of the pool, by name (see `probe_volumes`).
+    volumes: Mutex<HashMap<String, VolumeDetails>>,
     /// Whether the driver answers `virConnectGetAllDomainStats`; cleared at its first refusal.
     bulk_stats: AtomicBool,
 }
@@ -69,6 +86,7 @@ impl LibvirtNode {
             conn: Mutex::new(None),
             sink: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(HashMap::new()),
             bulk_stats: AtomicBool::new(true),
         }
     }
@@ -246,25 +264,48 @@ impl LibvirtNode {
         Ok(out)
     }
 
+    /// The pool's volumes, from one listing call. A volume's capacity and path (a call each
+    /// on a remote node) are read when it is first seen, and again once they are
+    /// `VOLUME_DETAILS_TTL` old, at most `VOLUME_REFRESH_PER_LISTING` of those per listing.
     fn probe_volumes(&self, c: &Connect) -> Result<Option<Vec<VolumeProbe>>, virt::error::Error> {
         let pool = match c.lookup_storage_pool_by_name(&self.pool) {
             Ok(p) => p,
             Err(_) => return Ok(None),
         };
-        let mut out = Vec::new();
-        for v in pool.list_all_volumes(0)? {
-            let info = match v.info() {
-                Ok(i) => i,
-                // A volume deleted between the listing and this call is gone.
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => continue,
-                Err(e) => return Err(e),
+        let listed = pool.list_all_volumes(0)?;
+        // No lock is held across calls to the node: a wedged call must not block others.
+        let known = self.volumes.lock().clone();
+        let mut details = HashMap::with_capacity(listed.len());
+        let mut refreshes = 0;
+        let mut out = Vec::with_capacity(listed.len());
+        for v in listed {
+            let name = v.name()?;
+            let d = match known.get(&name) {
+                Some(d) if d.read_at.elapsed() < VOLUME_DETAILS_TTL => d.clone(),
+                Some(d) if refreshes >= VOLUME_REFRESH_PER_LISTING => d.clone(),
+                old => {
+                    refreshes += usize::from(old.is_some());
+                    let info = match v.info() {
+                        Ok(i) => i,
+                        // A volume deleted between the listing and this call is gone.
+                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => continue,
+                        Err(e) => return Err(e),
+                    };
+                    VolumeDetails {
+                        capacity: info.capacity,
+                        path: v.path().ok(),
+                        read_at: Instant::now(),
+                    }
+                }
             };
             out.push(VolumeProbe {
-                name: v.name()?,
-                capacity_bytes: info.capacity,
-                path: v.path().ok(),
+                name: name.clone(),
+                capacity_bytes: d.capacity,
+                path: d.path.clone(),
             });
+            details.insert(name, d);
         }
+        *self.volumes.lock() = details;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Some(out))
     }
@@ -366,6 +407,8 @@ impl NodeBackend for LibvirtNode {
     fn delete_volume(&self, name: &str) -> Result<bool, HvError> {
         self.with_conn(|c| {
             let pool = c.lookup_storage_pool_by_name(&self.pool)?;
+            // A volume made again under this name is read anew at the next listing.
+            self.volumes.lock().remove(name);
             match pool.lookup_storage_vol_by_name(name) {
                 Ok(v) => v.delete(0).map(|_| true),
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(false),
