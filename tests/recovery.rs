@@ -152,7 +152,7 @@ fn a_crash_at_every_step_of_a_create_is_finished_or_undone() {
     let rig = Rig::new();
     let cfg = rig.config("");
     let create = points("create");
-    assert_eq!(create.len(), 15);
+    assert_eq!(create.len(), 11);
     let mut m = Mounted::with_config_env(&cfg, &crash_env(create[0]));
     for (i, point) in create.iter().enumerate() {
         if i > 0 {

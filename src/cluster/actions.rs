@@ -155,7 +155,7 @@ impl Cluster {
             )));
         }
         match self.db.insert_draft(name.as_str(), uid).await {
-            Ok(()) => {}
+            Ok(row) => self.set_local_row(name.as_str(), Some(row)),
             Err(DbError::Conflict(_)) => {
                 return Err(ActionError::Exists(format!(
                     "instance {name} already exists"
@@ -164,7 +164,6 @@ impl Cluster {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(instance = %name, uid, "draft created");
-        self.refresh_row(name.as_str()).await;
         Ok(())
     }
 
@@ -233,10 +232,10 @@ impl Cluster {
                         .map_err(ActionError::from)
                 })
                 .await;
-            if placed.is_ok() {
+            if let Ok(node) = &placed {
                 self.clear_pending_error(name);
                 // Published before the lock is released, so the next placement sees it.
-                self.refresh_row(name).await;
+                self.patch_local_row(name, |r| build.apply(r, node, &self.worker_id));
             }
             placed
         };
@@ -290,24 +289,30 @@ impl Cluster {
             .map_err(|e: CallError| e.to_string())
     }
 
-    /// Makes one part of an instance on its node. The part is recorded in `vm.made` before
-    /// the call, so an undo, `rmdir` or reconciliation knows it may exist; a call the node
-    /// refused outright made nothing (say, a volume of that name was already there, which
-    /// is then left alone) and is unrecorded.
+    /// Makes one part of an instance on its node, in build step `step`. The part is recorded
+    /// in `vm.made` (with the step) before the call, so an undo, `rmdir` or reconciliation
+    /// knows it may exist; a call the node refused outright made nothing (say, a volume of
+    /// that name was already there, which is then left alone) and is unrecorded.
     async fn make_part<T: Send + 'static>(
         &self,
         name: &str,
         node: usize,
         made: &mut Made,
-        part: Part,
+        (part, step): (Part, &str),
         make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
     ) -> Result<T, String> {
         *made = made.with(part, true);
         self.db
-            .set_made(name, *made)
+            .set_step_and_made(name, step, *made)
             .await
             .map_err(|e| e.to_string())?;
         failpoint::hit(&format!("create:{} recorded", part.word()));
+        let m = *made;
+        self.patch_local_row(name, |r| {
+            r.step = step.to_string();
+            r.made = m;
+            r.updated_at = crate::db::unix_now();
+        });
         match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
             Ok(v) => {
                 failpoint::hit(&format!("create:{} made", part.word()));
@@ -315,8 +320,14 @@ impl Cluster {
             }
             Err(CallError::Hv(e)) => {
                 *made = made.with(part, false);
-                if let Err(de) = self.db.set_made(name, *made).await {
-                    tracing::warn!(instance = name, error = %de, "cannot unrecord a part");
+                match self.db.set_made(name, *made).await {
+                    Ok(()) => {
+                        let m = *made;
+                        self.patch_local_row(name, |r| r.made = m);
+                    }
+                    Err(de) => {
+                        tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
+                    }
                 }
                 Err(e.to_string())
             }
@@ -339,21 +350,29 @@ impl Cluster {
             self.refresh_after_action(ni, &name).await;
         }
         match r {
-            Ok(()) => {
-                if let Err(e) = self.db.finish_build(&name).await {
-                    tracing::error!(instance = %name, error = %e, "cannot record the finished build");
+            Ok(()) => match self.db.finish_build(&name).await {
+                Ok(()) => {
+                    tracing::info!(instance = %name, node = %node, "built and started");
+                    self.patch_local_row(&name, |r| {
+                        r.state = "ready".into();
+                        r.step = String::new();
+                        r.updated_at = crate::db::unix_now();
+                    });
                 }
-                tracing::info!(instance = %name, node = %node, "built and started");
-            }
+                Err(e) => {
+                    tracing::error!(instance = %name, error = %e, "cannot record the finished build");
+                    self.refresh_row(&name).await;
+                }
+            },
             Err(msg) => {
                 tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
                 let left = self.remove_parts(&name, &node, made, None).await;
                 if let Err(e) = self.db.fail_build(&name, &msg, left).await {
                     tracing::error!(instance = %name, error = %e, "cannot record the failed build");
                 }
+                self.refresh_row(&name).await;
             }
         }
-        self.refresh_row(&name).await;
     }
 
     async fn build_steps(
@@ -391,16 +410,30 @@ impl Cluster {
             });
         }
 
-        self.step(name, "generating key").await?;
+        // The key is made in memory; the step is recorded with it.
         let (public, private) = generate_key(name)?;
         let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
+        let (ip0, ip1) = (ip(0), ip(1));
         self.db
-            .set_addresses_and_keys(name, ip(0).as_deref(), ip(1).as_deref(), &public, &private)
+            .set_addresses_and_keys(
+                name,
+                "generating key",
+                ip0.as_deref(),
+                ip1.as_deref(),
+                &public,
+                &private,
+            )
             .await
             .map_err(|e| e.to_string())?;
         failpoint::hit("create:keys stored");
+        self.patch_local_row(name, |r| {
+            r.step = "generating key".into();
+            r.vmip = ip0;
+            r.ip_eth1 = ip1;
+            r.ssh_private_key = Some(private);
+            r.updated_at = crate::db::unix_now();
+        });
 
-        self.step(name, "creating disk").await?;
         let image = spec.image.clone();
         let base = self
             .action_call(ni, move |b| b.volume_path(&image))
@@ -408,10 +441,11 @@ impl Cluster {
             .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
         let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
         let disk_path = self
-            .make_part(name, ni, made, Part::Disk, move |b| b.create_volume(&xml))
+            .make_part(name, ni, made, (Part::Disk, "creating disk"), move |b| {
+                b.create_volume(&xml)
+            })
             .await?;
 
-        self.step(name, "writing seed").await?;
         let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
         let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
         let netcfg = cloudinit::network_config(&nics);
@@ -419,14 +453,13 @@ impl Cluster {
         let seed_name = seed_volume(name);
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
         let seed_path = self
-            .make_part(name, ni, made, Part::Seed, move |b| {
+            .make_part(name, ni, made, (Part::Seed, "writing seed"), move |b| {
                 let path = b.create_volume(&xml)?;
                 b.upload_volume(&seed_name, &iso)?;
                 Ok(path)
             })
             .await?;
 
-        self.step(name, "starting").await?;
         let inst = &self.cfg.instances;
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         let kernel = nonempty(&inst.kernel);
@@ -451,7 +484,7 @@ impl Cluster {
             owner_uid: uid,
         };
         let xml = def.to_xml();
-        self.make_part(name, ni, made, Part::Domain, move |b| {
+        self.make_part(name, ni, made, (Part::Domain, "starting"), move |b| {
             b.define_and_start(&xml)
         })
         .await?;

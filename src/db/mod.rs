@@ -195,6 +195,34 @@ macro_rules! select_vm {
     };
 }
 
+impl VmRow {
+    /// The row `insert_draft` writes.
+    fn draft(name: &str, owner: u32, now: i64) -> VmRow {
+        VmRow {
+            vmname: name.to_string(),
+            hostname: None,
+            vmip: None,
+            ram: None,
+            ip_eth1: None,
+            vcpus: None,
+            disk_gb: None,
+            image: None,
+            purpose: None,
+            git_url: None,
+            state: "draft".into(),
+            step: String::new(),
+            error: None,
+            owner_uid: i64::from(owner),
+            created_at: now,
+            updated_at: now,
+            spec: None,
+            ssh_private_key: None,
+            made: Made::default(),
+            worker: None,
+        }
+    }
+}
+
 /// What `begin_build` writes.
 pub struct BuildRow<'a> {
     pub vcpus: u32,
@@ -204,6 +232,28 @@ pub struct BuildRow<'a> {
     pub purpose: &'a str,
     pub git: Option<&'a str>,
     pub spec: &'a str,
+}
+
+impl BuildRow<'_> {
+    /// Changes `row` as `begin_build` changed it in the database, placed on `node` and
+    /// worked on by `worker`, so the caller need not read it back.
+    pub fn apply(&self, row: &mut VmRow, node: &str, worker: &str) {
+        let n = |v: u64| Some(i64::try_from(v).unwrap_or(i64::MAX));
+        row.state = "building".into();
+        row.step = "placed".into();
+        row.hostname = Some(node.to_string());
+        row.ram = n(self.ram_mb);
+        row.vcpus = Some(i64::from(self.vcpus));
+        row.disk_gb = n(self.disk_gb);
+        row.image = Some(self.image.to_string());
+        row.purpose = Some(self.purpose.to_string());
+        row.git_url = self.git.map(str::to_string);
+        row.spec = Some(self.spec.to_string());
+        row.error = None;
+        row.made = Made::default();
+        row.worker = Some(worker.to_string());
+        row.updated_at = unix_now();
+    }
 }
 
 /// A connection pool with a per-statement deadline.
@@ -438,8 +488,9 @@ impl Db {
             .map_err(DbError::from)
     }
 
-    /// Reserves `name` for `owner` as a draft. A taken name is `Conflict`.
-    pub async fn insert_draft(&self, name: &str, owner: u32) -> Result<(), DbError> {
+    /// Reserves `name` for `owner` as a draft, and returns the row as written. A taken name
+    /// is `Conflict`.
+    pub async fn insert_draft(&self, name: &str, owner: u32) -> Result<VmRow, DbError> {
         let now = unix_now();
         self.bounded(
             sqlx::query(
@@ -453,7 +504,7 @@ impl Db {
             .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| VmRow::draft(name, owner, now))
     }
 
     /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
@@ -546,6 +597,26 @@ impl Db {
         .map(|_| ())
     }
 
+    /// Records the step a build is in together with the parts it is about to make (one
+    /// statement for both: the step names the part).
+    pub async fn set_step_and_made(
+        &self,
+        name: &str,
+        step: &str,
+        made: Made,
+    ) -> Result<(), DbError> {
+        self.bounded(
+            sqlx::query("UPDATE vm SET step = ?, made = ?, updated_at = ? WHERE vmname = ?")
+                .bind(step)
+                .bind(made.to_string())
+                .bind(unix_now())
+                .bind(name)
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Records the step an operation is in, so a crash can be finished or undone.
     pub async fn set_step(&self, name: &str, step: &str) -> Result<(), DbError> {
         self.bounded(
@@ -609,10 +680,12 @@ impl Db {
         )))
     }
 
-    /// Stores the instance's addresses in the original columns and its key pair.
+    /// Stores the instance's addresses in the original columns and its key pair, with the
+    /// build's step.
     pub async fn set_addresses_and_keys(
         &self,
         name: &str,
+        step: &str,
         vmip: Option<&str>,
         ip_eth1: Option<&str>,
         public_key: &str,
@@ -620,9 +693,10 @@ impl Db {
     ) -> Result<(), DbError> {
         self.bounded(
             sqlx::query(
-                "UPDATE vm SET vmip = ?, ip_eth1 = ?, ssh_public_key = ?, ssh_private_key = ?, \
-                 updated_at = ? WHERE vmname = ?",
+                "UPDATE vm SET step = ?, vmip = ?, ip_eth1 = ?, ssh_public_key = ?, \
+                 ssh_private_key = ?, updated_at = ? WHERE vmname = ?",
             )
+            .bind(step)
             .bind(vmip)
             .bind(ip_eth1)
             .bind(public_key)
