@@ -35,6 +35,8 @@ struct Opts {
     only: Vec<String>,
     out: PathBuf,
     profile: bool,
+    /// Where `--profile` keeps its `perf.data` files (`--perf-dir DIR`), for `perf report`.
+    perf_dir: Option<PathBuf>,
     scales: Vec<usize>,
     creates: usize,
 }
@@ -62,6 +64,7 @@ impl Opts {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("docs/BENCHMARKS.md")),
             profile: args.iter().any(|a| a == "--profile"),
+            perf_dir: value("--perf-dir").map(PathBuf::from),
             scales: if quick {
                 vec![300, 1000]
             } else {
@@ -834,7 +837,9 @@ fn scale(opts: &Opts) -> Vec<ScaleRow> {
     rows
 }
 
-fn scale_row(opts: &Opts, n: usize, daemon: Option<&PrivateLibvirtd>) -> ScaleRow {
+/// A mount of `n` managed instances on 3 nodes, in the daemon or behind `daemon`; returns
+/// the lab (which must outlive the mount) and how long mounting and adopting took.
+fn scale_mount(n: usize, daemon: Option<&PrivateLibvirtd>) -> (Lab, Mount, f64) {
     let per_node = n / 3;
     let mut lab = Lab::new(3, per_node);
     let mut extra = String::new();
@@ -854,7 +859,12 @@ fn scale_row(opts: &Opts, n: usize, daemon: Option<&PrivateLibvirtd>) -> ScaleRo
     let t = Instant::now();
     let m = Mount::start(&lab.config(&extra));
     adopt_domains(&m, 3, per_node);
-    let mount_secs = t.elapsed().as_secs_f64();
+    (lab, m, t.elapsed().as_secs_f64())
+}
+
+fn scale_row(opts: &Opts, n: usize, daemon: Option<&PrivateLibvirtd>) -> ScaleRow {
+    let per_node = n / 3;
+    let (_lab, m, mount_secs) = scale_mount(n, daemon);
     let dir = m.path("instances");
     let paths = status_paths(&dir);
     let runs = if n >= 3000 { 5 } else { opts.runs() };
@@ -1103,11 +1113,11 @@ fn micro(opts: &Opts) -> Micro {
                 forward: Some("nat".into()),
                 addresses: vec!["10.0.0.1/24".into()],
             }],
-            volumes: Some(vec![kvmfs::hv::VolumeProbe {
+            volumes: Some(Arc::new(vec![kvmfs::hv::VolumeProbe {
                 name: "debian-12.qcow2".into(),
                 capacity_bytes: 2 << 30,
                 path: Some("/var/lib/libvirt/images/debian-12.qcow2".into()),
-            }]),
+            }])),
         })),
         domains: (0..domains)
             .map(|i| {
@@ -1196,8 +1206,9 @@ fn micro(opts: &Opts) -> Micro {
 /// time per operation.
 fn profile(opts: &Opts) -> Result<String, String> {
     let lab = Lab::new(3, 100);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let data = dir.path().join("perf.data");
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = opts.perf_dir.as_deref().unwrap_or(tmp.path());
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let mut out = String::new();
     for (label, extra) in [
         ("kernel cache on", ""),
@@ -1209,6 +1220,7 @@ fn profile(opts: &Opts) -> Result<String, String> {
         walk(&d);
         read_all(&paths);
         let rounds = if opts.quick { 20 } else { 100 };
+        let data = dir.join(format!("perf-{}.data", label.replace(' ', "-")));
         let (cpu, top) = perf_sample(m.pid(), &data, || {
             for _ in 0..rounds {
                 walk(&d);
@@ -1228,6 +1240,7 @@ fn profile(opts: &Opts) -> Result<String, String> {
     let lab = Lab::new(5, 0);
     let m = Mount::start(&lab.config(""));
     let n = if opts.quick { 64 } else { 200 };
+    let data = dir.join("perf-creates.data");
     let (cpu, top) = perf_sample(m.pid(), &data, || {
         create_run(&m, "SQLite", n);
     })?;
@@ -1236,6 +1249,23 @@ fn profile(opts: &Opts) -> Result<String, String> {
         "creates (SQLite, 16 writers, {n} instances created and deleted): daemon CPU {:.2} ms \
          per instance (create and delete)\n\n```\n{}\n```\n",
         cpu * 1000.0 / n as f64,
+        top.join("\n")
+    );
+    // Idle at scale: what the pollers cost with nothing changing, nodes behind a libvirtd.
+    let n = if opts.quick { 3000 } else { 9999 };
+    let d = PrivateLibvirtd::start()?;
+    let (_lab, m, _) = scale_mount(n, Some(&d));
+    std::thread::sleep(Duration::from_secs(2));
+    let secs = 5;
+    let data = dir.join("perf-idle.data");
+    let (cpu, top) = perf_sample(m.pid(), &data, || {
+        std::thread::sleep(Duration::from_secs(secs));
+    })?;
+    let _ = writeln!(
+        out,
+        "idle, {n} instances on 3 nodes behind a libvirtd: daemon CPU {:.0} % of a core\n\n\
+         ```\n{}\n```\n",
+        cpu * 100.0 / secs as f64,
         top.join("\n")
     );
     Ok(out)

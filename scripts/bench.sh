@@ -3,7 +3,7 @@
 # kvmfs on simulated nodes, compares it with tmpfs and virsh in the same run, and writes
 # docs/BENCHMARKS.md (machine, date, commit and every number). Needs root.
 #
-#   sudo scripts/bench.sh [--quick] [--profile] [--creates N] [--out FILE]
+#   sudo scripts/bench.sh [--quick] [--only SECTIONS] [--profile [--perf-dir DIR]] [--creates N] [--out FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -405,6 +405,12 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
         db.sql("SELECT vmname, hostname, vmip, ram, ip_eth1 FROM kvmfs.vm"),
         "old-web\tkvm-a\t211.183.3.7\t1024\t172.16.123.7\n"
     );
+    // An update by hand moves no stamp of kvmfs's: it shows at the next whole read, at most
+    // 10 polls (2 s here) later.
+    db.sql("UPDATE kvmfs.vm SET vmip = '211.183.3.8' WHERE vmname = 'old-web'");
+    wait_for(Duration::from_secs(5), "the changed row to show", || {
+        read(m.path("instances/old-web/ip")) == "211.183.3.8\n172.16.123.7\n"
+    });
     // The migration table says what ran.
     assert!(
         db.sql("SELECT version FROM kvmfs._sqlx_migrations")

@@ -20,13 +20,16 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::db::{Db, VmRow};
+use crate::db::{Db, VmFingerprint, VmRow};
 use crate::hv::libvirt::LibvirtNode;
 use crate::hv::{CpuTimes, DomainProbe, HvError, NodeBackend};
 use view::{NodeState, NodeStatus, RowMap, View};
 
 /// Calls per node allowed to hang past their deadline before polling that node pauses.
 const MAX_STUCK_CALLS: usize = 3;
+/// A database poll reads every row at least every this many polls, whatever the
+/// fingerprint says (see `poll_db`).
+const FULL_READ_EVERY: u32 = 10;
 /// After a timed-out call, wait this long before trying the node again.
 const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -49,6 +52,9 @@ struct Inputs {
     /// Bumped by every local row change; a database poll that started before a change
     /// is discarded instead of overwriting it with older rows.
     rows_epoch: u64,
+    /// `Db::vm_fingerprint` when the rows were last read, and when that was: a poll that
+    /// finds the same fingerprint skips reading the rows (see `poll_db`).
+    rows_read: Option<(VmFingerprint, Instant)>,
     db_error: Option<String>,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
@@ -154,6 +160,7 @@ impl Cluster {
                 rows: RowMap::new(),
                 instances_dirty: true,
                 rows_epoch: 0,
+                rows_read: None,
                 db_error: None,
                 pending_errors: HashMap::new(),
             }),
@@ -529,13 +536,33 @@ impl Cluster {
         backoff
     }
 
+    /// Reads the `vm` table, unless its fingerprint shows that nothing changed since the last
+    /// read (every write of every kvmfs moves it). Every `FULL_READ_EVERY` polls it reads
+    /// anyway: rows changed by hand, with SQL, move no stamp.
     async fn poll_db(&self) {
         let epoch = self.inputs.lock().rows_epoch;
-        let r = self.db.list_vms().await;
+        let fingerprint = self.db.vm_fingerprint().await;
+        if let Ok(fp) = &fingerprint {
+            let inputs = self.inputs.lock();
+            let full_due = self.cfg.timing.refresh() * FULL_READ_EVERY;
+            if inputs.db_error.is_none()
+                && inputs.rows_epoch == epoch
+                && inputs
+                    .rows_read
+                    .is_some_and(|(seen, at)| seen == *fp && at.elapsed() < full_due)
+            {
+                return;
+            }
+        }
+        let r = match fingerprint {
+            Ok(fp) => self.db.list_vms().await.map(|rows| (fp, rows)),
+            Err(e) => Err(e),
+        };
         let mut inputs = self.inputs.lock();
         match r {
             Ok(_) if inputs.rows_epoch != epoch => {}
-            Ok(rows) => {
+            Ok((fp, rows)) => {
+                inputs.rows_read = Some((fp, Instant::now()));
                 if inputs.db_error.is_some() {
                     tracing::info!("database reachable again");
                     inputs.db_error = None;

@@ -195,11 +195,11 @@ mod tests {
                     forward: None,
                     addresses: Vec::new(),
                 }],
-                volumes: Some(vec![VolumeProbe {
+                volumes: Some(Arc::new(vec![VolumeProbe {
                     name: "img".into(),
                     capacity_bytes: 1,
                     path: None,
-                }]),
+                }])),
             })),
             domains: Vec::new(),
             cpu_usage: None,

@@ -241,7 +241,7 @@ impl Cluster {
         let view = self.view();
         let named: HashSet<&str> = rows.iter().map(|r| r.vmname.as_str()).collect();
         for node in view.nodes.values().filter(|n| n.online) {
-            for v in node.volumes.iter().flatten() {
+            for v in node.volumes.iter().flat_map(|v| v.iter()) {
                 if let Some(i) = instance_of_volume(&v.name)
                     && !named.contains(i)
                 {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::PlacementConfig;
 use crate::db::VmRow;
-use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, VolumeProbe};
+use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, Volumes};
 
 /// Reachability of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +87,10 @@ pub struct NodeView {
     /// Placement score: cpu_weight × free_cpu_share + ram_weight × free_ram_share.
     pub score: f64,
     pub updated_at: Option<u64>,
-    /// Volumes in the node's storage pool (base images and instance disks).
-    pub pool_volumes: Vec<String>,
+    /// Volumes in the node's storage pool (base images and instance disks), shown by name
+    /// as `pool_volumes`; `None` when the pool is missing.
+    #[serde(rename = "pool_volumes", serialize_with = "volume_names")]
+    pub volumes: Option<Volumes>,
     #[serde(skip)]
     pub instance_names: Arc<Vec<String>>,
     /// Active domains kvmfs does not manage, with (vCPUs, RAM MB): placement counts them on
@@ -96,9 +98,12 @@ pub struct NodeView {
     #[serde(skip)]
     pub unmanaged_load: Vec<(String, u64, u64)>,
     #[serde(skip)]
-    pub volumes: Option<Vec<VolumeProbe>>,
-    #[serde(skip)]
     pub changed_at: SystemTime,
+}
+
+/// `pool_volumes` in a node's `info.json`: the names of its pool's volumes.
+fn volume_names<S: serde::Serializer>(v: &Option<Volumes>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().flat_map(|v| v.iter()).map(|v| v.name.as_str()))
 }
 
 impl NodeView {
@@ -740,10 +745,6 @@ fn node_view(n: &NodeState, held: Held, placement: &PlacementConfig, now: System
             .map(|d| d.as_secs()),
         instance_names: names,
         unmanaged_load,
-        pool_volumes: probe
-            .and_then(|p| p.volumes.as_ref())
-            .map(|v| v.iter().map(|v| v.name.clone()).collect())
-            .unwrap_or_default(),
         volumes: probe.and_then(|p| p.volumes.clone()),
         changed_at: now,
     }
@@ -796,7 +797,7 @@ fn images(
                 in_use.extend(d.devices.disks.iter().filter_map(|d| d.source.as_deref()));
             }
         }
-        for v in vols {
+        for v in vols.iter() {
             let own = crate::model::instance_of_volume(&v.name)
                 .is_some_and(|i| instances.contains_key(i));
             let used = v.path.as_deref().is_some_and(|p| in_use.contains(p));

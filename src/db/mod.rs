@@ -7,6 +7,7 @@ mod failover;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
@@ -223,6 +224,14 @@ impl VmRow {
     }
 }
 
+/// See `Db::vm_fingerprint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmFingerprint {
+    rows: i64,
+    max_rev: i64,
+    rev_sum: i64,
+}
+
 /// What `begin_build` writes.
 pub struct BuildRow<'a> {
     pub vcpus: u32,
@@ -269,6 +278,8 @@ pub struct Db {
     display_url: String,
     /// Set when a replica is configured (see `failover`).
     failover: Option<Arc<failover::Failover>>,
+    /// The last `vm.rev` stamp this daemon wrote or saw (see `next_rev`).
+    rev_clock: Arc<AtomicI64>,
 }
 
 impl Db {
@@ -324,6 +335,7 @@ impl Db {
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
             failover: None,
+            rev_clock: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -391,6 +403,7 @@ impl Db {
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
             failover: Some(fo),
+            rev_clock: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -466,6 +479,54 @@ impl Db {
         .await
     }
 
+    /// A stamp for a `vm` write: above every stamp this daemon wrote or saw, and otherwise
+    /// the clock in microseconds, so stamps grow across daemons too (see `vm_fingerprint`).
+    fn next_rev(&self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut last = self.rev_clock.load(AtomicOrdering::Relaxed);
+        loop {
+            let next = now.max(last.saturating_add(1));
+            match self.rev_clock.compare_exchange_weak(
+                last,
+                next,
+                AtomicOrdering::Relaxed,
+                AtomicOrdering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    /// A fingerprint of the `vm` table that moves with every write kvmfs makes to it, read
+    /// with one aggregate instead of every row: the row count (inserts, deletes), the highest
+    /// stamp, and a sum of every stamp modulo a prime (an update by any kvmfs gives its row a
+    /// new stamp, which moves the sum even where it is not the highest). Taking it also moves
+    /// this daemon's stamps above every one seen.
+    pub async fn vm_fingerprint(&self) -> Result<VmFingerprint, DbError> {
+        let row = self
+            .bounded(
+                sqlx::query(
+                    "SELECT COUNT(*), CAST(COALESCE(MAX(rev), 0) AS SIGNED), \
+                     CAST(COALESCE(SUM(rev % 1000003), 0) AS SIGNED) FROM vm",
+                )
+                .fetch_one(&self.pool),
+            )
+            .await?;
+        let get = |i: usize| row.try_get::<i64, _>(i).map_err(DbError::from);
+        let fp = VmFingerprint {
+            rows: get(0)?,
+            max_rev: get(1)?,
+            rev_sum: get(2)?,
+        };
+        self.rev_clock
+            .fetch_max(fp.max_rev, AtomicOrdering::Relaxed);
+        Ok(fp)
+    }
+
     /// Every `vm` row.
     pub async fn list_vms(&self) -> Result<Vec<VmRow>, DbError> {
         let rows = self
@@ -494,13 +555,14 @@ impl Db {
         let now = unix_now();
         self.bounded(
             sqlx::query(
-                "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at) \
-                 VALUES (?, 'draft', '', ?, ?, ?)",
+                "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at, rev) \
+                 VALUES (?, 'draft', '', ?, ?, ?, ?)",
             )
             .bind(name)
             .bind(i64::from(owner))
             .bind(now)
             .bind(now)
+            .bind(self.next_rev())
             .execute(&self.pool),
         )
         .await
@@ -549,11 +611,12 @@ impl Db {
                 .map_err(|e| self.sql_err(e))?;
             let node = choose(&loads)?;
             let n = sqlx::query(
-                "UPDATE vm SET state = 'building', step = 'placed', hostname = ?, ram = ?, \
+                "UPDATE vm SET rev = ?, state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
                  error = NULL, made = '', worker = ?, updated_at = ? \
                  WHERE vmname = ? AND state IN ('draft', 'failed')",
             )
+            .bind(self.next_rev())
             .bind(node.as_str())
             .bind(i64::try_from(b.ram_mb).unwrap_or(i64::MAX))
             .bind(i64::from(b.vcpus))
@@ -587,7 +650,8 @@ impl Db {
     /// is gone.
     pub async fn set_made(&self, name: &str, made: Made) -> Result<(), DbError> {
         self.bounded(
-            sqlx::query("UPDATE vm SET made = ?, updated_at = ? WHERE vmname = ?")
+            sqlx::query("UPDATE vm SET rev = ?, made = ?, updated_at = ? WHERE vmname = ?")
+                .bind(self.next_rev())
                 .bind(made.to_string())
                 .bind(unix_now())
                 .bind(name)
@@ -606,12 +670,15 @@ impl Db {
         made: Made,
     ) -> Result<(), DbError> {
         self.bounded(
-            sqlx::query("UPDATE vm SET step = ?, made = ?, updated_at = ? WHERE vmname = ?")
-                .bind(step)
-                .bind(made.to_string())
-                .bind(unix_now())
-                .bind(name)
-                .execute(&self.pool),
+            sqlx::query(
+                "UPDATE vm SET rev = ?, step = ?, made = ?, updated_at = ? WHERE vmname = ?",
+            )
+            .bind(self.next_rev())
+            .bind(step)
+            .bind(made.to_string())
+            .bind(unix_now())
+            .bind(name)
+            .execute(&self.pool),
         )
         .await
         .map(|_| ())
@@ -620,7 +687,8 @@ impl Db {
     /// Records the step an operation is in, so a crash can be finished or undone.
     pub async fn set_step(&self, name: &str, step: &str) -> Result<(), DbError> {
         self.bounded(
-            sqlx::query("UPDATE vm SET step = ?, updated_at = ? WHERE vmname = ?")
+            sqlx::query("UPDATE vm SET rev = ?, step = ?, updated_at = ? WHERE vmname = ?")
+                .bind(self.next_rev())
                 .bind(step)
                 .bind(unix_now())
                 .bind(name)
@@ -693,9 +761,10 @@ impl Db {
     ) -> Result<(), DbError> {
         self.bounded(
             sqlx::query(
-                "UPDATE vm SET step = ?, vmip = ?, ip_eth1 = ?, ssh_public_key = ?, \
+                "UPDATE vm SET rev = ?, step = ?, vmip = ?, ip_eth1 = ?, ssh_public_key = ?, \
                  ssh_private_key = ?, updated_at = ? WHERE vmname = ?",
             )
+            .bind(self.next_rev())
             .bind(step)
             .bind(vmip)
             .bind(ip_eth1)
@@ -712,8 +781,9 @@ impl Db {
     pub async fn finish_build(&self, name: &str) -> Result<(), DbError> {
         self.bounded(
             sqlx::query(
-                "UPDATE vm SET state = 'ready', step = '', updated_at = ? WHERE vmname = ?",
+                "UPDATE vm SET rev = ?, state = 'ready', step = '', updated_at = ? WHERE vmname = ?",
             )
+            .bind(self.next_rev())
             .bind(unix_now())
             .bind(name)
             .execute(&self.pool),
@@ -729,10 +799,11 @@ impl Db {
             let mut tx = self.pool.begin().await?;
             release_addresses(&mut tx, name).await?;
             sqlx::query(
-                "UPDATE vm SET state = 'failed', step = '', error = ?, made = ?, \
+                "UPDATE vm SET rev = ?, state = 'failed', step = '', error = ?, made = ?, \
                  hostname = CASE WHEN ? = '' THEN NULL ELSE hostname END, vmip = NULL, ip_eth1 = NULL, ssh_public_key = NULL, ssh_private_key = NULL, \
                  updated_at = ? WHERE vmname = ?",
             )
+            .bind(self.next_rev())
             .bind(error)
             .bind(left.to_string())
             .bind(left.to_string())
@@ -748,7 +819,8 @@ impl Db {
     /// Records a refused spec or command without changing the state.
     pub async fn set_error(&self, name: &str, error: Option<&str>) -> Result<(), DbError> {
         self.bounded(
-            sqlx::query("UPDATE vm SET error = ?, updated_at = ? WHERE vmname = ?")
+            sqlx::query("UPDATE vm SET rev = ?, error = ?, updated_at = ? WHERE vmname = ?")
+                .bind(self.next_rev())
                 .bind(error)
                 .bind(unix_now())
                 .bind(name)
@@ -763,10 +835,11 @@ impl Db {
         let n = self
             .bounded(
                 sqlx::query(
-                    "UPDATE vm SET state = 'deleting', step = 'deleting', worker = ?, \
+                    "UPDATE vm SET rev = ?, state = 'deleting', step = 'deleting', worker = ?, \
                      updated_at = ? \
                      WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
                 )
+                .bind(self.next_rev())
                 .bind(worker)
                 .bind(unix_now())
                 .bind(name)
@@ -867,9 +940,10 @@ impl Db {
         let n = self
             .bounded(
                 sqlx::query(
-                    "UPDATE vm SET worker = ? \
+                    "UPDATE vm SET rev = ?, worker = ? \
                      WHERE vmname = ? AND state = ? AND COALESCE(worker, '') = ?",
                 )
+                .bind(self.next_rev())
                 .bind(to)
                 .bind(name)
                 .bind(state)
@@ -1084,5 +1158,95 @@ mod tests {
             vec![("kvm1".to_string(), "10.0.0.2".to_string())]
         );
         assert!(db.list_vms().await.unwrap().is_empty());
+    }
+
+    /// The rows kvmfs puts in its picture without reading them back are the rows the
+    /// database holds, and every write moves the fingerprint away from the one the poller
+    /// last read.
+    #[tokio::test]
+    async fn rows_as_written_match_the_database_and_every_write_moves_the_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db", dir.path().display());
+        let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
+        db.migrate().await.unwrap();
+        let first = db.vm_fingerprint().await.unwrap();
+        // The fingerprint alone, with no write, stays.
+        assert_eq!(db.vm_fingerprint().await.unwrap(), first);
+        let mut last = first;
+        let mut moved = |fp: VmFingerprint, what: &str| {
+            assert_ne!(fp, last, "{what} did not move the fingerprint");
+            last = fp;
+        };
+
+        let draft = db.insert_draft("web1", 1000).await.unwrap();
+        assert_eq!(Some(&draft), db.get_vm("web1").await.unwrap().as_ref());
+        moved(db.vm_fingerprint().await.unwrap(), "insert_draft");
+
+        let b = BuildRow {
+            vcpus: 2,
+            ram_mb: 2048,
+            disk_gb: 10,
+            image: "debian-12.qcow2",
+            purpose: "web",
+            git: Some("https://example.org/site.git"),
+            spec: "{}",
+        };
+        let node = db
+            .begin_build("web1", "w1", &b, |_| Ok::<_, DbError>("kvm1".to_string()))
+            .await
+            .unwrap();
+        let mut built = draft.clone();
+        b.apply(&mut built, &node, "w1");
+        let mut stored = db.get_vm("web1").await.unwrap().unwrap();
+        stored.updated_at = built.updated_at;
+        assert_eq!(built, stored);
+        moved(db.vm_fingerprint().await.unwrap(), "begin_build");
+
+        db.set_step("web1", "allocating addresses").await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "set_step");
+        db.set_addresses_and_keys(
+            "web1",
+            "generating key",
+            Some("10.0.0.5"),
+            None,
+            "pub",
+            "priv",
+        )
+        .await
+        .unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "set_addresses_and_keys");
+        let made = Made::default().with(Part::Disk, true);
+        db.set_step_and_made("web1", "creating disk", made)
+            .await
+            .unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "set_step_and_made");
+        db.set_made("web1", Made::default()).await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "set_made");
+        db.finish_build("web1").await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "finish_build");
+        db.set_error("web1", Some("refused")).await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "set_error");
+        db.begin_delete("web1", "w1").await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "begin_delete");
+        assert!(
+            db.take_over("web1", "deleting", Some("w1"), "w2")
+                .await
+                .unwrap()
+        );
+        moved(db.vm_fingerprint().await.unwrap(), "take_over");
+        db.delete_vm("web1").await.unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "delete_vm");
+
+        db.insert_draft("web2", 0).await.unwrap();
+        let node = db
+            .begin_build("web2", "w1", &b, |_| Ok::<_, DbError>("kvm1".to_string()))
+            .await
+            .unwrap();
+        assert_eq!(node, "kvm1");
+        moved(db.vm_fingerprint().await.unwrap(), "a second build");
+        db.fail_build("web2", "it broke", Made::default())
+            .await
+            .unwrap();
+        moved(db.vm_fingerprint().await.unwrap(), "fail_build");
     }
 }

@@ -22,7 +22,7 @@ use virt::sys;
 
 use super::{
     CpuTimes, DiskInfo, DomainDevices, DomainEvent, DomainOp, DomainProbe, DomainState, EventSink,
-    HvError, InterfaceInfo, NetworkProbe, NodeBackend, NodeProbe, VolumeProbe,
+    HvError, InterfaceInfo, NetworkProbe, NodeBackend, NodeProbe, VolumeProbe, Volumes,
 };
 
 /// What is read once per domain definition: at the domain id it was read at, the device
@@ -40,6 +40,14 @@ struct VolumeDetails {
     capacity: u64,
     path: Option<String>,
     read_at: Instant,
+}
+
+/// What `probe_volumes` knows of the pool between listings.
+#[derive(Default)]
+struct VolumeCache {
+    details: HashMap<String, VolumeDetails>,
+    /// The last listing returned; returned again while nothing in it changed.
+    last: Option<Volumes>,
 }
 
 /// A volume's details are read again once they are this old...
@@ -65,8 +73,9 @@ pub struct LibvirtNode {
     /// Device lists (and sizes) by domain UUID, with the domain id they were read at: a
     /// restarted or redefined domain gets a new id and is read again; an event re-reads it.
     devices: Mutex<HashMap<String, Cached>>,
-    /// Capacity and path of every volume of the pool, by name (see `probe_volumes`).
-    volumes: Mutex<HashMap<String, VolumeDetails>>,
+    /// Capacity and path of every volume of the pool, by name, and the last listing built
+    /// from them (see `probe_volumes`).
+    volumes: Mutex<VolumeCache>,
     /// Whether the driver answers `virConnectGetAllDomainStats`; cleared at its first refusal.
     bulk_stats: AtomicBool,
 }
@@ -86,7 +95,7 @@ impl LibvirtNode {
             conn: Mutex::new(None),
             sink: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
-            volumes: Mutex::new(HashMap::new()),
+            volumes: Mutex::new(VolumeCache::default()),
             bulk_stats: AtomicBool::new(true),
         }
     }
@@ -267,47 +276,82 @@ impl LibvirtNode {
     /// The pool's volumes, from one listing call. A volume's capacity and path (a call each
     /// on a remote node) are read when it is first seen, and again once they are
     /// `VOLUME_DETAILS_TTL` old, at most `VOLUME_REFRESH_PER_LISTING` of those per listing.
-    fn probe_volumes(&self, c: &Connect) -> Result<Option<Vec<VolumeProbe>>, virt::error::Error> {
+    /// When nothing changed, the previous listing's `Arc` is returned.
+    fn probe_volumes(&self, c: &Connect) -> Result<Option<Volumes>, virt::error::Error> {
         let pool = match c.lookup_storage_pool_by_name(&self.pool) {
             Ok(p) => p,
             Err(_) => return Ok(None),
         };
-        let listed = pool.list_all_volumes(0)?;
-        // No lock is held across calls to the node: a wedged call must not block others.
-        let known = self.volumes.lock().clone();
-        let mut details = HashMap::with_capacity(listed.len());
-        let mut refreshes = 0;
-        let mut out = Vec::with_capacity(listed.len());
-        for v in listed {
-            let name = v.name()?;
-            let d = match known.get(&name) {
-                Some(d) if d.read_at.elapsed() < VOLUME_DETAILS_TTL => d.clone(),
-                Some(d) if refreshes >= VOLUME_REFRESH_PER_LISTING => d.clone(),
-                old => {
-                    refreshes += usize::from(old.is_some());
-                    let info = match v.info() {
-                        Ok(i) => i,
-                        // A volume deleted between the listing and this call is gone.
-                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => continue,
-                        Err(e) => return Err(e),
-                    };
-                    VolumeDetails {
-                        capacity: info.capacity,
-                        path: v.path().ok(),
-                        read_at: Instant::now(),
+        let mut listed = Vec::new();
+        for v in pool.list_all_volumes(0)? {
+            listed.push((v.name()?, v));
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        // Which volumes need their details read; no lock is held across calls to the node,
+        // so a wedged call cannot block the others.
+        let mut due: Vec<usize> = Vec::new();
+        {
+            let cache = self.volumes.lock();
+            let mut refreshes = 0;
+            for (i, (name, _)) in listed.iter().enumerate() {
+                match cache.details.get(name) {
+                    Some(d) if d.read_at.elapsed() < VOLUME_DETAILS_TTL => {}
+                    Some(_) if refreshes >= VOLUME_REFRESH_PER_LISTING => {}
+                    Some(_) => {
+                        refreshes += 1;
+                        due.push(i);
                     }
+                    None => due.push(i),
                 }
+            }
+        }
+        let mut read: HashMap<usize, Option<VolumeDetails>> = HashMap::with_capacity(due.len());
+        for i in due {
+            let v = &listed[i].1;
+            let d = match v.info() {
+                Ok(info) => Some(VolumeDetails {
+                    capacity: info.capacity,
+                    path: v.path().ok(),
+                    read_at: Instant::now(),
+                }),
+                // A volume deleted between the listing and this call is gone.
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
+                Err(e) => return Err(e),
+            };
+            read.insert(i, d);
+        }
+        let mut cache = self.volumes.lock();
+        let mut out = Vec::with_capacity(listed.len());
+        for (i, (name, _)) in listed.into_iter().enumerate() {
+            let d = match read.remove(&i) {
+                Some(Some(d)) => {
+                    cache.details.insert(name.clone(), d.clone());
+                    d
+                }
+                Some(None) => continue,
+                None => match cache.details.get(&name) {
+                    Some(d) => d.clone(),
+                    // Dropped meanwhile (a delete through kvmfs): read at the next listing.
+                    None => continue,
+                },
             };
             out.push(VolumeProbe {
-                name: name.clone(),
+                name,
                 capacity_bytes: d.capacity,
-                path: d.path.clone(),
+                path: d.path,
             });
-            details.insert(name, d);
         }
-        *self.volumes.lock() = details;
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Some(out))
+        if cache.details.len() > out.len() {
+            let names: std::collections::HashSet<&str> =
+                out.iter().map(|v| v.name.as_str()).collect();
+            cache.details.retain(|n, _| names.contains(n.as_str()));
+        }
+        let volumes = match &cache.last {
+            Some(last) if **last == out => last.clone(),
+            _ => Arc::new(out),
+        };
+        cache.last = Some(volumes.clone());
+        Ok(Some(volumes))
     }
 }
 
@@ -408,7 +452,7 @@ impl NodeBackend for LibvirtNode {
         self.with_conn(|c| {
             let pool = c.lookup_storage_pool_by_name(&self.pool)?;
             // A volume made again under this name is read anew at the next listing.
-            self.volumes.lock().remove(name);
+            self.volumes.lock().details.remove(name);
             match pool.lookup_storage_vol_by_name(name) {
                 Ok(v) => v.delete(0).map(|_| true),
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(false),
@@ -518,7 +562,7 @@ impl NodeBackend for LibvirtNode {
         })
     }
 
-    fn probe_pool(&self) -> Result<Option<Vec<VolumeProbe>>, HvError> {
+    fn probe_pool(&self) -> Result<Option<Volumes>, HvError> {
         self.with_conn(|c| self.probe_volumes(c))
     }
 

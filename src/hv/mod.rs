@@ -209,8 +209,12 @@ pub struct NodeProbe {
     pub domains: Vec<DomainProbe>,
     pub networks: Vec<NetworkProbe>,
     /// Volumes of the node's configured storage pool; `None` if the pool is missing.
-    pub volumes: Option<Vec<VolumeProbe>>,
+    pub volumes: Option<Volumes>,
 }
+
+/// The volumes of a pool, in name order. Shared: a listing that finds the same volumes as
+/// the last one returns the same `Arc`, so everything built from it is shared too.
+pub type Volumes = Arc<Vec<VolumeProbe>>;
 
 /// A change of a domain's run state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +244,7 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// Reads the named domains only; `None` for a name with no domain on the node.
     fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError>;
     /// Reads the volumes of the node's storage pool (`None` if the pool is missing).
-    fn probe_pool(&self) -> Result<Option<Vec<VolumeProbe>>, HvError>;
+    fn probe_pool(&self) -> Result<Option<Volumes>, HvError>;
     /// Asks the node to report every change of a domain to `sink`, on every connection it
     /// opens from now on. Without events (or if registering fails) nothing is reported and
     /// the periodic polls alone keep the picture fresh.
