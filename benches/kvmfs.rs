@@ -1083,11 +1083,13 @@ struct Micro {
     place_100: Duration,
     build_10k: Duration,
     rebuild_10k_nodes_only: Duration,
+    rebuild_10k_one_changed: Duration,
+    rebuild_10k_all_changed: Duration,
 }
 
 fn micro(opts: &Opts) -> Micro {
     use kvmfs::cluster::placement::{Committed, Need, choose};
-    use kvmfs::cluster::view::{NodeState, NodeStatus, RowMap, View, build};
+    use kvmfs::cluster::view::{Changed, NodeState, NodeStatus, RowMap, View, build};
     use kvmfs::hv::{DomainDevices, DomainProbe, DomainState, NetworkProbe, NodeProbe};
     let placement = kvmfs::config::PlacementConfig::default();
     let node = |k: usize, domains: usize| NodeState {
@@ -1146,7 +1148,7 @@ fn micro(opts: &Opts) -> Micro {
         &placement,
         &View::default(),
         SystemTime::now(),
-        false,
+        &Changed::all(),
     );
     let networks = ["default"];
     let need = Need {
@@ -1168,7 +1170,7 @@ fn micro(opts: &Opts) -> Micro {
         &placement,
         &View::default(),
         SystemTime::now(),
-        false,
+        &Changed::all(),
     );
     let r = if opts.quick { 3 } else { 11 };
     let build_10k = median(r, || {
@@ -1179,7 +1181,7 @@ fn micro(opts: &Opts) -> Micro {
             &placement,
             &View::default(),
             SystemTime::now(),
-            false,
+            &Changed::all(),
         );
     });
     let rebuild_10k_nodes_only = median(r, || {
@@ -1190,13 +1192,46 @@ fn micro(opts: &Opts) -> Micro {
             &placement,
             &first,
             SystemTime::now(),
-            true,
+            &Changed::default(),
+        );
+    });
+    // One domain changed its state (an event, a build step): only it is built again.
+    let mut one = big.clone();
+    let d = one[0].domains[17].clone();
+    one[0].domains[17] = Arc::new(DomainProbe {
+        state: DomainState::Shutoff,
+        ..DomainProbe::clone(&d)
+    });
+    let mut changed = Changed::default();
+    changed.name(&d.name);
+    let rebuild_10k_one_changed = median(r, || {
+        build(
+            &one,
+            &RowMap::new(),
+            None,
+            &placement,
+            &first,
+            SystemTime::now(),
+            &changed,
+        );
+    });
+    let rebuild_10k_all_changed = median(r, || {
+        build(
+            &one,
+            &RowMap::new(),
+            None,
+            &placement,
+            &first,
+            SystemTime::now(),
+            &Changed::all(),
         );
     });
     Micro {
         place_100,
         build_10k,
         rebuild_10k_nodes_only,
+        rebuild_10k_one_changed,
+        rebuild_10k_all_changed,
     }
 }
 
@@ -1625,7 +1660,17 @@ impl Doc {
             let _ = writeln!(
                 s,
                 "| Rebuilding it when only node numbers moved | {} |",
-                ms(m.rebuild_10k_nodes_only)
+                us(m.rebuild_10k_nodes_only)
+            );
+            let _ = writeln!(
+                s,
+                "| Rebuilding it when one domain changed: that instance alone | {} |",
+                us(m.rebuild_10k_one_changed)
+            );
+            let _ = writeln!(
+                s,
+                "| Rebuilding it when one domain changed, every instance (the way before) | {} |",
+                ms(m.rebuild_10k_all_changed)
             );
             let _ = writeln!(s);
         }

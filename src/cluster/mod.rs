@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::db::{Db, VmFingerprint, VmRow};
 use crate::hv::libvirt::LibvirtNode;
 use crate::hv::{CpuTimes, DomainProbe, HvError, NodeBackend};
-use view::{NodeState, NodeStatus, RowMap, View};
+use view::{Changed, NodeState, NodeStatus, RowMap, View};
 
 /// Calls per node allowed to hang past their deadline before polling that node pauses.
 const MAX_STUCK_CALLS: usize = 3;
@@ -46,9 +46,9 @@ struct Inputs {
     nodes: Vec<NodeState>,
     prev_cpu: Vec<Option<CpuTimes>>,
     rows: RowMap,
-    /// Something an instance shows (a row, a domain, a node's reachability) changed since
-    /// the last build; otherwise a build only recomputes the nodes.
-    instances_dirty: bool,
+    /// Which instances may show something new (a row, a domain, a node's reachability)
+    /// since the last build; with none, a build only recomputes the nodes.
+    changed: Changed,
     /// Bumped by every local row change; a database poll that started before a change
     /// is discarded instead of overwriting it with older rows.
     rows_epoch: u64,
@@ -158,7 +158,7 @@ impl Cluster {
                 prev_cpu: vec![None; nodes.len()],
                 nodes: states,
                 rows: RowMap::new(),
-                instances_dirty: true,
+                changed: Changed::all(),
                 rows_epoch: 0,
                 rows_read: None,
                 db_error: None,
@@ -331,7 +331,7 @@ impl Cluster {
                     let mut p = crate::hv::NodeProbe::clone(p);
                     p.volumes = volumes;
                     st.probe = Some(Arc::new(p));
-                    self.mark_dirty(&mut inputs, false);
+                    self.mark_dirty(&mut inputs);
                 }
             }
             Err(e) => tracing::debug!(node = i, error = %e, "cannot re-read the pool"),
@@ -351,31 +351,27 @@ impl Cluster {
             }
         };
         let mut inputs = self.inputs.lock();
+        let inputs = &mut *inputs;
         let st = &mut inputs.nodes[i];
         let mut changed = false;
         for (name, probe) in found {
-            let pos = st.domains.iter().position(|d| d.name == name);
+            // The list is in name order.
+            let pos = st.domains.binary_search_by(|d| d.name.as_str().cmp(&name));
             match (pos, probe) {
-                (Some(p), Some(d)) if *st.domains[p] != d => {
-                    st.domains[p] = Arc::new(d);
-                    changed = true;
-                }
-                (Some(_), Some(_)) | (None, None) => {}
-                (Some(p), None) => {
+                (Ok(p), Some(d)) if *st.domains[p] != d => st.domains[p] = Arc::new(d),
+                (Ok(_), Some(_)) | (Err(_), None) => continue,
+                (Ok(p), None) => {
                     st.domains.remove(p);
-                    changed = true;
                 }
-                (None, Some(d)) => {
-                    let at = st.domains.partition_point(|x| x.name < d.name);
-                    st.domains.insert(at, Arc::new(d));
-                    changed = true;
-                }
+                (Err(at), Some(d)) => st.domains.insert(at, Arc::new(d)),
             }
+            inputs.changed.name(&name);
+            changed = true;
         }
         if changed {
             // A poll that began before this re-read must not put older domains back.
             st.domains_epoch += 1;
-            self.mark_dirty(&mut inputs, true);
+            self.mark_dirty(inputs);
         }
     }
 
@@ -480,13 +476,15 @@ impl Cluster {
         let mut backoff = None;
         {
             let mut inputs = self.inputs.lock();
+            let inputs = &mut *inputs;
             let prev_cpu = inputs.prev_cpu[i];
             let st = &mut inputs.nodes[i];
-            let mut instances_changed = false;
+            // Every instance shows its node's reachability.
+            let mut reachability_changed = false;
             let mut node_changed = false;
             match result {
                 Ok(mut probe) => {
-                    instances_changed |= st.status != NodeStatus::Online;
+                    reachability_changed |= st.status != NodeStatus::Online;
                     st.status = NodeStatus::Online;
                     st.cpu_usage = match (prev_cpu, probe.cpu_times) {
                         (Some(a), Some(b)) if b.total > a.total => Some(
@@ -508,7 +506,10 @@ impl Cluster {
                     // Domains re-read while this poll ran are newer than its list: keep them;
                     // the next poll brings a list from after them.
                     if st.domains_epoch == epoch {
-                        instances_changed |= merge_domains(&mut st.domains, domains);
+                        for name in merge_domains(&mut st.domains, domains) {
+                            inputs.changed.name(&name);
+                            node_changed = true;
+                        }
                     }
                     st.probe = Some(Arc::new(probe));
                     st.updated_at = Some(now);
@@ -521,15 +522,18 @@ impl Cluster {
                     let msg = e.to_string();
                     if st.status != NodeStatus::Offline(msg.clone()) {
                         tracing::warn!(node = %st.name, error = %msg, "node offline");
-                        instances_changed |= st.status.is_online();
+                        reachability_changed |= st.status.is_online();
                     }
                     node_changed |= st.last_error.as_deref() != Some(msg.as_str());
                     st.last_error = Some(msg.clone());
                     st.status = NodeStatus::Offline(msg);
                 }
             }
-            if instances_changed || node_changed {
-                self.mark_dirty(&mut inputs, instances_changed);
+            if reachability_changed {
+                inputs.changed.everything();
+            }
+            if reachability_changed || node_changed {
+                self.mark_dirty(inputs);
             }
         }
         tracing::trace!(node = i, elapsed = ?started.elapsed(), "polled");
@@ -563,30 +567,40 @@ impl Cluster {
             Ok(_) if inputs.rows_epoch != epoch => {}
             Ok((fp, rows)) => {
                 inputs.rows_read = Some((fp, Instant::now()));
+                let inputs = &mut *inputs;
                 if inputs.db_error.is_some() {
                     tracing::info!("database reachable again");
                     inputs.db_error = None;
-                    self.mark_dirty(&mut inputs, false);
+                    self.mark_dirty(inputs);
                 }
-                let mut changed = rows.len() != inputs.rows.len();
-                let mut fresh = RowMap::new();
-                for mut r in rows {
+                let mut rows = rows;
+                for r in &mut rows {
                     if let Some(e) = inputs.pending_errors.get(&r.vmname) {
                         r.error = Some(e.clone());
                     }
-                    // An unchanged row stays the same object, so nothing downstream moves.
-                    let row = match inputs.rows.get(&r.vmname) {
-                        Some(old) if **old == r => old.clone(),
-                        _ => {
-                            changed = true;
-                            Arc::new(r)
-                        }
-                    };
-                    fresh.insert(row.vmname.clone(), row);
                 }
-                if changed {
-                    inputs.rows = fresh;
-                    self.mark_dirty(&mut inputs, true);
+                let unchanged = rows.len() == inputs.rows.len()
+                    && rows
+                        .iter()
+                        .all(|r| inputs.rows.get(&r.vmname).is_some_and(|old| **old == *r));
+                if !unchanged {
+                    let mut fresh = RowMap::new();
+                    for r in rows {
+                        // An unchanged row stays the same object, so nothing downstream moves.
+                        let row = match inputs.rows.remove(&r.vmname) {
+                            Some(old) if *old == r => old,
+                            _ => {
+                                inputs.changed.name(&r.vmname);
+                                Arc::new(r)
+                            }
+                        };
+                        fresh.insert(row.vmname.clone(), row);
+                    }
+                    // What is left of the old rows is gone from the table.
+                    for gone in std::mem::replace(&mut inputs.rows, fresh).into_keys() {
+                        inputs.changed.name(&gone);
+                    }
+                    self.mark_dirty(inputs);
                 }
             }
             Err(e) => {
@@ -596,7 +610,7 @@ impl Cluster {
                 let msg = Some(e.to_string());
                 if inputs.db_error != msg {
                     inputs.db_error = msg;
-                    self.mark_dirty(&mut inputs, false);
+                    self.mark_dirty(&mut inputs);
                 }
             }
         }
@@ -619,7 +633,8 @@ impl Cluster {
                 inputs.pending_errors.remove(name);
             }
         }
-        self.mark_dirty(&mut inputs, true);
+        inputs.changed.name(name);
+        self.mark_dirty(&mut inputs);
     }
 
     /// Changes one row in the inputs in place (when the caller knows exactly what it wrote
@@ -633,13 +648,14 @@ impl Cluster {
         patch(&mut r);
         inputs.rows_epoch += 1;
         inputs.rows.insert(name.to_string(), Arc::new(r));
-        self.mark_dirty(&mut inputs, true);
+        inputs.changed.name(name);
+        self.mark_dirty(&mut inputs);
     }
 
-    /// Notes that the inputs changed (`instances`: in a way instances may show), so the next
-    /// `view()` builds anew, and tells the followers of `subscribe`.
-    fn mark_dirty(&self, inputs: &mut Inputs, instances: bool) {
-        inputs.instances_dirty |= instances;
+    /// Notes that the inputs changed (what instances show, in `Inputs::changed`), so the next
+    /// `view()` builds anew, and tells the followers of `subscribe`. Takes the inputs to
+    /// show that it is called under their lock.
+    fn mark_dirty(&self, _inputs: &mut Inputs) {
         self.input_seq.fetch_add(1, Ordering::AcqRel);
         self.changes.send_modify(|n| *n += 1);
     }
@@ -659,7 +675,8 @@ impl Cluster {
             inputs
                 .pending_errors
                 .insert(name.to_string(), error.to_string());
-            self.mark_dirty(&mut inputs, true);
+            inputs.changed.name(name);
+            self.mark_dirty(&mut inputs);
         }
         let _ = self.errors_tx.send((name.to_string(), error.to_string()));
     }
@@ -687,32 +704,46 @@ impl Cluster {
             &self.cfg.placement,
             &prev,
             SystemTime::now(),
-            !inputs.instances_dirty,
+            &inputs.changed,
         );
-        inputs.instances_dirty = false;
+        inputs.changed = Changed::default();
         *self.view.write() = Arc::new(v);
         self.built_seq.store(seq, Ordering::Release);
     }
 }
 
 /// Takes a new probe's domains into `current`, keeping the `Arc` of every domain that did not
-/// change (so views built from it share their instances). Returns whether any changed. Both
-/// lists are in name order, so unchanged domains are found at the same position.
-fn merge_domains(current: &mut Vec<Arc<DomainProbe>>, new: Vec<DomainProbe>) -> bool {
+/// change (so views built from it share their instances). Returns the names of the domains
+/// that changed, came or went. Both lists are in name order, so when nothing changed the
+/// domains are found at the same positions.
+fn merge_domains(current: &mut Vec<Arc<DomainProbe>>, new: Vec<DomainProbe>) -> Vec<String> {
     if current.len() == new.len() && current.iter().zip(&new).all(|(a, b)| **a == *b) {
-        return false;
+        return Vec::new();
     }
     let old: HashMap<&str, &Arc<DomainProbe>> =
         current.iter().map(|d| (d.uuid.as_str(), d)).collect();
+    let mut changed: Vec<String> = Vec::new();
     let merged: Vec<Arc<DomainProbe>> = new
         .into_iter()
         .map(|d| match old.get(d.uuid.as_str()) {
             Some(o) if ***o == d => Arc::clone(o),
-            _ => Arc::new(d),
+            _ => {
+                changed.push(d.name.clone());
+                Arc::new(d)
+            }
         })
         .collect();
+    // Gone: in the old list, not kept in the new one.
+    let kept: std::collections::HashSet<*const DomainProbe> =
+        merged.iter().map(Arc::as_ptr).collect();
+    changed.extend(
+        current
+            .iter()
+            .filter(|d| !kept.contains(&Arc::as_ptr(d)))
+            .map(|d| d.name.clone()),
+    );
     *current = merged;
-    true
+    changed
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

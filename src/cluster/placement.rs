@@ -69,10 +69,13 @@ impl<'a> Committed<'a> {
             .get(node.name.as_str())
             .copied()
             .unwrap_or_default();
-        for (name, dv, dr) in &node.unmanaged_load {
-            if !self.managed.contains(&(node.name.as_str(), name.as_str())) {
-                v += dv;
-                r += dr;
+        for u in node.unmanaged_load.iter() {
+            if !self
+                .managed
+                .contains(&(node.name.as_str(), u.domain.as_str()))
+            {
+                v += u.vcpus;
+                r += u.ram_mb;
             }
         }
         (v, r)
@@ -168,7 +171,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::cluster::view::{NodeState, NodeStatus, build};
+    use crate::cluster::view::{Changed, NodeState, NodeStatus, build};
     use crate::hv::{NetworkProbe, NodeProbe, VolumeProbe};
 
     fn node(name: &str, cpus: u32, mib: u64, net_active: bool) -> NodeState {
@@ -227,7 +230,7 @@ mod tests {
             &p,
             &View::default(),
             SystemTime::now(),
-            false,
+            &Changed::all(),
         )
     }
 

@@ -5,11 +5,13 @@
 //!
 //! Views share what did not change: every node, instance, network and image is an `Arc`, and
 //! `build` reuses the previous view's `Arc` when its inputs are the same objects (rows and
-//! domain probes are `Arc`s too, reused by the pollers when equal). So a rebuild costs one pass
-//! over the names, and "did this instance change?" is a pointer comparison — which is how the
-//! tree decides what to invalidate in the kernel's caches.
+//! domain probes are `Arc`s too, reused by the pollers when equal). The instances are a
+//! persistent map, and the pollers say which names changed (`Changed`), so a rebuild builds
+//! those instances again and adjusts the nodes' totals by them: its cost follows what changed,
+//! not the number of instances. "Did this instance change?" is a pointer comparison — which is
+//! how the tree decides what to invalidate in the kernel's caches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -17,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::PlacementConfig;
 use crate::db::VmRow;
-use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, Volumes};
+use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, VolumeProbe, Volumes};
 
 /// Reachability of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,12 +93,16 @@ pub struct NodeView {
     /// as `pool_volumes`; `None` when the pool is missing.
     #[serde(rename = "pool_volumes", serialize_with = "volume_names")]
     pub volumes: Option<Volumes>,
+    /// The names of the node's instances (shared with the previous view while they stay).
     #[serde(skip)]
-    pub instance_names: Arc<Vec<String>>,
-    /// Active domains kvmfs does not manage, with (vCPUs, RAM MB): placement counts them on
-    /// top of what the database says kvmfs instances hold.
+    pub instance_names: imbl::OrdSet<String>,
+    /// Active domains kvmfs does not manage, in instance name order: placement counts them
+    /// on top of what the database says kvmfs instances hold.
     #[serde(skip)]
-    pub unmanaged_load: Vec<(String, u64, u64)>,
+    pub unmanaged_load: Arc<Vec<UnmanagedLoad>>,
+    /// The volumes of the pool that are images (see `node_images`).
+    #[serde(skip)]
+    pub images: Arc<Vec<VolumeProbe>>,
     #[serde(skip)]
     pub changed_at: SystemTime,
 }
@@ -127,10 +133,22 @@ impl NodeView {
             && self.instances == other.instances
             && self.active_instances == other.active_instances
             && self.score == other.score
-            && self.instance_names == other.instance_names
+            && (self.instance_names.ptr_eq(&other.instance_names)
+                || self.instance_names == other.instance_names)
             && self.unmanaged_load == other.unmanaged_load
             && self.volumes == other.volumes
     }
+}
+
+/// An active domain on a node that kvmfs does not manage, and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmanagedLoad {
+    /// Its name under `/instances` (`name`, or `name@node` when the name is taken).
+    pub instance: String,
+    /// Its domain's name on the node.
+    pub domain: String,
+    pub vcpus: u64,
+    pub ram_mb: u64,
 }
 
 /// An instance as shown under `/instances`: a domain, a `vm` row, or both.
@@ -143,6 +161,22 @@ pub struct InstanceView {
     pub row: Option<Arc<VmRow>>,
     pub changed_at: SystemTime,
 }
+
+/// Two instances are equal when they were built from the very same row and domain objects
+/// (the pollers keep an unchanged row or domain as the same `Arc`), for the same node and
+/// reachability, with the same change time: what views compare to tell what changed.
+impl PartialEq for InstanceView {
+    fn eq(&self, other: &InstanceView) -> bool {
+        self.name == other.name
+            && self.node == other.node
+            && self.node_online == other.node_online
+            && same_row(&self.row, &other.row)
+            && same_domain(&self.domain, &other.domain)
+            && self.changed_at == other.changed_at
+    }
+}
+
+impl Eq for InstanceView {}
 
 impl InstanceView {
     pub fn managed(&self) -> bool {
@@ -312,8 +346,45 @@ impl ImageView {
     }
 }
 
-/// The instances of a view, by name; shared between views when no instance changed.
-pub type InstanceMap = BTreeMap<String, Arc<InstanceView>>;
+/// The instances of a view, by name: a persistent map, so a view that changes a few
+/// instances shares the rest of the map with the previous view (clone and update cost
+/// O(log n), and diffing two views skips the parts they share).
+pub type InstanceMap = imbl::OrdMap<String, Arc<InstanceView>>;
+
+/// What changed in the poller inputs since the last build, as far as instances go.
+#[derive(Debug, Clone, Default)]
+pub struct Changed {
+    /// Anything may have changed (the first build, a node's reachability): every instance
+    /// is built again.
+    pub all: bool,
+    /// The names whose row or domain (on any node) changed.
+    pub names: BTreeSet<String>,
+}
+
+impl Changed {
+    /// Everything changed.
+    pub fn all() -> Changed {
+        Changed {
+            all: true,
+            names: BTreeSet::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.names.is_empty()
+    }
+
+    pub fn name(&mut self, name: &str) {
+        if !self.all && !self.names.contains(name) {
+            self.names.insert(name.to_string());
+        }
+    }
+
+    pub fn everything(&mut self) {
+        self.all = true;
+        self.names.clear();
+    }
+}
 
 /// One consistent picture of the cluster.
 #[derive(Debug, Clone)]
@@ -321,7 +392,7 @@ pub struct View {
     /// Counts the views a cluster built, from 0: a later view has a higher number.
     pub version: u64,
     pub nodes: BTreeMap<String, Arc<NodeView>>,
-    pub instances: Arc<InstanceMap>,
+    pub instances: InstanceMap,
     pub networks: BTreeMap<String, Arc<NetworkView>>,
     pub images: BTreeMap<String, Arc<ImageView>>,
     /// Whether the last database poll succeeded, and why not.
@@ -341,7 +412,7 @@ impl Default for View {
         View {
             version: 0,
             nodes: BTreeMap::new(),
-            instances: Arc::new(BTreeMap::new()),
+            instances: InstanceMap::new(),
             networks: BTreeMap::new(),
             images: BTreeMap::new(),
             db_error: None,
@@ -371,8 +442,10 @@ fn share_free(used: f64, capacity: f64) -> f64 {
 
 /// Builds a view from node states and `vm` rows. `previous` carries change times forward so
 /// a file's mtime moves only when its content does, and lends its `Arc`s to whatever did not
-/// change. With `instances_unchanged` (only node numbers moved: a poll time, CPU counters) the
-/// previous instances are taken as they are.
+/// change. `changed` says which instances may differ from `previous`: with none, the previous
+/// instances are taken as they are (only node numbers moved: a poll time, CPU counters); with
+/// a few names, only those are built again, and the nodes' totals are adjusted by what they
+/// changed (see `update_instances`), so a build costs what changed, not the cluster's size.
 pub fn build(
     nodes: &[NodeState],
     rows: &RowMap,
@@ -380,23 +453,33 @@ pub fn build(
     placement: &PlacementConfig,
     previous: &View,
     now: SystemTime,
-    instances_unchanged: bool,
+    changed: &Changed,
 ) -> View {
-    let instances = if instances_unchanged {
-        previous.instances.clone()
+    let instances_unchanged = changed.is_empty();
+    // The instances, and, when they were updated in place, what changed: (before, after).
+    let in_place = if instances_unchanged {
+        Some((previous.instances.clone(), Vec::new()))
+    } else if changed.all || previous.version == 0 {
+        None
     } else {
-        build_instances(nodes, rows, &previous.instances, now)
+        update_instances(nodes, rows, &previous.instances, &changed.names, now)
     };
-    let instances_changed_at = if instances_unchanged || same_keys(&instances, &previous.instances)
-    {
-        previous.instances_changed_at
-    } else {
-        now
+    let (instances, updates) = match in_place {
+        Some((map, updates)) => (map, Some(updates)),
+        None => (build_instances(nodes, rows, &previous.instances, now), None),
+    };
+    let instances_changed_at = match &updates {
+        Some(u) if u.iter().all(|(b, a)| b.is_some() == a.is_some()) => {
+            previous.instances_changed_at
+        }
+        Some(_) => now,
+        None if same_keys(&instances, &previous.instances) => previous.instances_changed_at,
+        None => now,
     };
 
-    // Each node's instances, in name order, in one pass (unless they are the previous ones).
+    // Each node's instances, in name order, in one pass (unless they are updated in place).
     let mut by_node: HashMap<&str, Vec<&InstanceView>> = HashMap::new();
-    if !instances_unchanged {
+    if updates.is_none() {
         for i in instances.values() {
             if let Some(n) = i.node.as_deref() {
                 by_node.entry(n).or_default().push(i);
@@ -407,8 +490,14 @@ pub fn build(
     let mut node_views = BTreeMap::new();
     let mut networks: BTreeMap<String, NetworkView> = BTreeMap::new();
     for n in nodes {
-        let held = match previous.nodes.get(&n.name) {
-            Some(prev) if instances_unchanged => Held::of_view(prev),
+        let held = match (previous.nodes.get(&n.name), &updates) {
+            (Some(prev), Some(updates)) => {
+                let mut held = Held::of_view(prev);
+                for (before, after) in updates {
+                    held.update(&n.name, before.as_deref(), after.as_deref());
+                }
+                held
+            }
             _ => Held::of(
                 by_node
                     .get(n.name.as_str())
@@ -416,10 +505,20 @@ pub fn build(
                     .unwrap_or(&[]),
             ),
         };
-        let nv = node_view(n, held, placement, now);
+        let mut nv = node_view(n, held, placement, now);
+        nv.images = match previous.nodes.get(&n.name) {
+            Some(prev) if !images_stale(prev, &nv, updates.as_deref()) => prev.images.clone(),
+            _ => Arc::new(node_images(&nv, &instances)),
+        };
         let nv = match previous.nodes.get(&n.name) {
             // Same content and poll time: the same object, so nothing to invalidate.
-            Some(prev) if prev.same_as(&nv) && prev.updated_at == nv.updated_at => prev.clone(),
+            Some(prev)
+                if prev.same_as(&nv)
+                    && Arc::ptr_eq(&prev.images, &nv.images)
+                    && prev.updated_at == nv.updated_at =>
+            {
+                prev.clone()
+            }
             // The poll time alone is no change of mtime.
             Some(prev) if prev.same_as(&nv) => Arc::new(NodeView {
                 changed_at: prev.changed_at,
@@ -453,18 +552,31 @@ pub fn build(
             (name, nv)
         })
         .collect();
-    // Images follow the pools and the instances' disks: when neither moved, they are the same.
-    let pools_unchanged = node_views.iter().all(|(name, nv)| {
-        previous
-            .nodes
-            .get(name)
-            .is_some_and(|p| p.volumes == nv.volumes)
-    }) && node_views.len() == previous.nodes.len();
-    let images: BTreeMap<String, Arc<ImageView>> = if instances_unchanged && pools_unchanged {
+    // Images: each node's own list, kept while nothing it depends on moved.
+    let images_unchanged = node_views.len() == previous.nodes.len()
+        && node_views.iter().all(|(name, nv)| {
+            previous
+                .nodes
+                .get(name)
+                .is_some_and(|p| Arc::ptr_eq(&p.images, &nv.images))
+        });
+    let images: BTreeMap<String, Arc<ImageView>> = if images_unchanged {
         previous.images.clone()
     } else {
-        images(&node_views, &instances, now)
-            .into_iter()
+        let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
+        for nv in node_views.values() {
+            for v in nv.images.iter() {
+                out.entry(v.name.clone())
+                    .or_insert_with(|| ImageView {
+                        name: v.name.clone(),
+                        per_node: Vec::new(),
+                        changed_at: now,
+                    })
+                    .per_node
+                    .push((nv.name.clone(), v.capacity_bytes, v.path.clone()));
+            }
+        }
+        out.into_iter()
             .map(|(name, iv)| {
                 let iv = match previous.images.get(&name) {
                     Some(prev) if prev.per_node == iv.per_node => prev.clone(),
@@ -477,12 +589,12 @@ pub fn build(
 
     let mut v = View {
         version: previous.version + 1,
-        networks_changed_at: if same_keys(&networks, &previous.networks) {
+        networks_changed_at: if same_keys_btree(&networks, &previous.networks) {
             previous.networks_changed_at
         } else {
             now
         },
-        images_changed_at: if same_keys(&images, &previous.images) {
+        images_changed_at: if same_keys_btree(&images, &previous.images) {
             previous.images_changed_at
         } else {
             now
@@ -533,8 +645,86 @@ impl View {
     }
 }
 
-fn same_keys<V>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> bool {
+fn same_keys(a: &InstanceMap, b: &InstanceMap) -> bool {
+    a.ptr_eq(b) || (a.len() == b.len() && a.keys().eq(b.keys()))
+}
+
+fn same_keys_btree<V>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> bool {
     a.len() == b.len() && a.keys().eq(b.keys())
+}
+
+fn same_row(a: &Option<Arc<VmRow>>, b: &Option<Arc<VmRow>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn same_domain(a: &Option<Arc<DomainProbe>>, b: &Option<Arc<DomainProbe>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Turns a freshly assembled instance into the view's `Arc`: the previous one when it was
+/// built from the very same row, domain and node reachability, otherwise a new one whose
+/// change time moves only if what its files show changed.
+fn settle(previous: Option<&Arc<InstanceView>>, mut iv: InstanceView) -> Arc<InstanceView> {
+    let Some(prev) = previous else {
+        return Arc::new(iv);
+    };
+    if same_row(&prev.row, &iv.row)
+        && same_domain(&prev.domain, &iv.domain)
+        && prev.node == iv.node
+        && prev.node_online == iv.node_online
+    {
+        return prev.clone();
+    }
+    let key = |i: &InstanceView| {
+        i.domain
+            .as_ref()
+            .map(|d| (d.uuid.clone(), d.vcpus, d.max_memory_kib, d.devices.clone()))
+    };
+    if prev.status() == iv.status()
+        && prev.node == iv.node
+        && prev.row == iv.row
+        && key(prev) == key(&iv)
+    {
+        iv.changed_at = prev.changed_at;
+    }
+    Arc::new(iv)
+}
+
+/// Whether node `name` is online (unknown nodes are not).
+fn node_online(nodes: &[NodeState], name: &str) -> bool {
+    nodes
+        .iter()
+        .find(|n| n.name == name)
+        .is_some_and(|n| n.status.is_online())
+}
+
+/// A managed instance: its row, and its domain if the row's node has one.
+fn managed(
+    nodes: &[NodeState],
+    row: &Arc<VmRow>,
+    domain: Option<Arc<DomainProbe>>,
+    now: SystemTime,
+) -> InstanceView {
+    InstanceView {
+        name: row.vmname.clone(),
+        node: row.hostname.clone(),
+        node_online: row
+            .hostname
+            .as_deref()
+            .map(|h| node_online(nodes, h))
+            .unwrap_or(true),
+        domain,
+        row: Some(row.clone()),
+        changed_at: now,
+    }
 }
 
 /// The instances: rows first (managed), then every domain no row claims (unmanaged). An
@@ -545,30 +735,10 @@ fn build_instances(
     rows: &RowMap,
     previous: &InstanceMap,
     now: SystemTime,
-) -> Arc<InstanceMap> {
-    let online: HashMap<&str, bool> = nodes
-        .iter()
-        .map(|n| (n.name.as_str(), n.status.is_online()))
-        .collect();
+) -> InstanceMap {
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
-
     for r in rows.values() {
-        let node_online = r
-            .hostname
-            .as_deref()
-            .map(|h| online.get(h).copied().unwrap_or(false))
-            .unwrap_or(true);
-        instances.insert(
-            r.vmname.clone(),
-            InstanceView {
-                name: r.vmname.clone(),
-                node: r.hostname.clone(),
-                node_online,
-                domain: None,
-                row: Some(r.clone()),
-                changed_at: now,
-            },
-        );
+        instances.insert(r.vmname.clone(), managed(nodes, r, None, now));
     }
     for n in nodes {
         for d in n.domains.iter() {
@@ -602,65 +772,124 @@ fn build_instances(
             );
         }
     }
-    let same_ptr = |a: &Option<Arc<VmRow>>, b: &Option<Arc<VmRow>>| match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    };
-    let same_dom = |a: &Option<Arc<DomainProbe>>, b: &Option<Arc<DomainProbe>>| match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    };
-    let map = instances
+    instances
         .into_iter()
         .map(|(name, iv)| {
-            let shared = match previous.get(&name) {
-                Some(prev)
-                    if same_ptr(&prev.row, &iv.row)
-                        && same_dom(&prev.domain, &iv.domain)
-                        && prev.node == iv.node
-                        && prev.node_online == iv.node_online =>
-                {
-                    prev.clone()
-                }
-                Some(prev) => {
-                    let mut iv = iv;
-                    let key = |i: &InstanceView| {
-                        i.domain
-                            .as_ref()
-                            .map(|d| (d.uuid.clone(), d.vcpus, d.max_memory_kib, d.devices.clone()))
-                    };
-                    if prev.status() == iv.status()
-                        && prev.node == iv.node
-                        && prev.row == iv.row
-                        && key(prev) == key(&iv)
-                    {
-                        iv.changed_at = prev.changed_at;
-                    }
-                    Arc::new(iv)
-                }
-                None => Arc::new(iv),
-            };
+            let shared = settle(previous.get(&name), iv);
             (name, shared)
         })
-        .collect();
-    Arc::new(map)
+        .collect()
+}
+
+/// Before and after of one instance that an in-place update changed (`None`: absent).
+type Update = (Option<Arc<InstanceView>>, Option<Arc<InstanceView>>);
+
+/// `previous` with the instances named in `names` built again, and what changed; `None` when
+/// a name cannot be built on its own and everything must be built again (`build_instances`):
+/// where a name is shared — a row and a domain of that name on another node, the same
+/// domain name on two nodes, a name with `@` — which instance gets which name depends on the
+/// others. Otherwise a name's instance depends only on its own row and domains, found by
+/// binary search in each node's domain list (kept in name order).
+fn update_instances(
+    nodes: &[NodeState],
+    rows: &RowMap,
+    previous: &InstanceMap,
+    names: &BTreeSet<String>,
+    now: SystemTime,
+) -> Option<(InstanceMap, Vec<Update>)> {
+    let mut map = previous.clone();
+    let mut updates = Vec::new();
+    for name in names {
+        let suffixed = format!("{name}@");
+        if name.contains('@')
+            || map
+                .range(suffixed.clone()..)
+                .next()
+                .is_some_and(|(k, _)| k.starts_with(&suffixed))
+        {
+            return None;
+        }
+        let mut domains = nodes.iter().filter_map(|n| {
+            n.domains
+                .binary_search_by(|d| d.name.as_str().cmp(name))
+                .ok()
+                .map(|i| (n, &n.domains[i]))
+        });
+        let iv = match rows.get(name.as_str()) {
+            Some(row) => {
+                let mut domain = None;
+                for (n, d) in domains {
+                    if row.hostname.as_deref() != Some(n.name.as_str()) {
+                        return None;
+                    }
+                    domain = Some(d.clone());
+                }
+                Some(managed(nodes, row, domain, now))
+            }
+            None => match (domains.next(), domains.next()) {
+                (None, _) => None,
+                (Some((n, d)), None) if is_listable(name) => Some(InstanceView {
+                    name: name.clone(),
+                    node: Some(n.name.clone()),
+                    node_online: n.status.is_online(),
+                    domain: Some(d.clone()),
+                    row: None,
+                    changed_at: now,
+                }),
+                _ => return None,
+            },
+        };
+        let before = map.get(name.as_str()).cloned();
+        let after = iv.map(|iv| settle(before.as_ref(), iv));
+        let same = match (&before, &after) {
+            (Some(b), Some(a)) => Arc::ptr_eq(b, a),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        match &after {
+            Some(a) => map.insert(name.clone(), a.clone()),
+            None => map.remove(name.as_str()),
+        };
+        updates.push((before, after));
+    }
+    Some((map, updates))
 }
 
 /// What a node's instances hold and show, for its `NodeView`.
+#[derive(Debug, Clone, PartialEq)]
 struct Held {
-    names: Arc<Vec<String>>,
+    names: imbl::OrdSet<String>,
     committed: (u64, u64),
     active: usize,
-    unmanaged_load: Vec<(String, u64, u64)>,
+    unmanaged_load: Arc<Vec<UnmanagedLoad>>,
+}
+
+fn is_active(i: &InstanceView) -> bool {
+    i.domain.as_ref().is_some_and(|d| d.state.is_active())
+}
+
+/// What an unmanaged instance that counts against its node adds to its `unmanaged_load`.
+fn unmanaged_load(i: &InstanceView) -> Option<UnmanagedLoad> {
+    if i.row.is_some() || !counts_against_node(i) {
+        return None;
+    }
+    let (vcpus, ram_mb) = instance_resources(i);
+    i.domain.as_ref().map(|d| UnmanagedLoad {
+        instance: i.name.clone(),
+        domain: d.name.clone(),
+        vcpus,
+        ram_mb,
+    })
 }
 
 impl Held {
     /// From the node's instances (in name order).
     fn of(instances: &[&InstanceView]) -> Held {
         Held {
-            names: Arc::new(instances.iter().map(|i| i.name.clone()).collect()),
+            names: instances.iter().map(|i| i.name.clone()).collect(),
             committed: instances.iter().filter(|i| counts_against_node(i)).fold(
                 (0u64, 0u64),
                 |(c, m), i| {
@@ -668,28 +897,57 @@ impl Held {
                     (c + v, m + r)
                 },
             ),
-            active: instances
-                .iter()
-                .filter(|i| i.domain.as_ref().is_some_and(|d| d.state.is_active()))
-                .count(),
-            unmanaged_load: instances
-                .iter()
-                .filter(|i| i.row.is_none() && counts_against_node(i))
-                .filter_map(|i| {
-                    let (v, r) = instance_resources(i);
-                    i.domain.as_ref().map(|d| (d.name.clone(), v, r))
-                })
-                .collect(),
+            active: instances.iter().filter(|i| is_active(i)).count(),
+            unmanaged_load: Arc::new(instances.iter().filter_map(|i| unmanaged_load(i)).collect()),
         }
     }
 
-    /// As the previous view had it, when the instances did not change.
+    /// As the previous view had it.
     fn of_view(prev: &NodeView) -> Held {
         Held {
             names: prev.instance_names.clone(),
             committed: (prev.committed_vcpus, prev.committed_ram_mb),
             active: prev.active_instances,
             unmanaged_load: prev.unmanaged_load.clone(),
+        }
+    }
+
+    /// Takes an instance of node `node` that changed from `before` to `after` into account.
+    fn update<'a>(
+        &mut self,
+        node: &str,
+        before: Option<&'a InstanceView>,
+        after: Option<&'a InstanceView>,
+    ) {
+        let on = |i: Option<&'a InstanceView>| i.filter(|i| i.node.as_deref() == Some(node));
+        if let Some(b) = on(before) {
+            self.names.remove(&b.name);
+            if counts_against_node(b) {
+                let (v, r) = instance_resources(b);
+                self.committed = (self.committed.0 - v, self.committed.1 - r);
+            }
+            self.active -= usize::from(is_active(b));
+            if unmanaged_load(b).is_some()
+                && let Ok(at) = self
+                    .unmanaged_load
+                    .binary_search_by(|u| u.instance.as_str().cmp(&b.name))
+            {
+                Arc::make_mut(&mut self.unmanaged_load).remove(at);
+            }
+        }
+        if let Some(a) = on(after) {
+            self.names.insert(a.name.clone());
+            if counts_against_node(a) {
+                let (v, r) = instance_resources(a);
+                self.committed = (self.committed.0 + v, self.committed.1 + r);
+            }
+            self.active += usize::from(is_active(a));
+            if let Some(u) = unmanaged_load(a) {
+                let at = self
+                    .unmanaged_load
+                    .partition_point(|x| x.instance.as_str() < u.instance.as_str());
+                Arc::make_mut(&mut self.unmanaged_load).insert(at, u);
+            }
         }
     }
 }
@@ -746,6 +1004,7 @@ fn node_view(n: &NodeState, held: Held, placement: &PlacementConfig, now: System
         instance_names: names,
         unmanaged_load,
         volumes: probe.and_then(|p| p.volumes.clone()),
+        images: Arc::new(Vec::new()),
         changed_at: now,
     }
 }
@@ -778,43 +1037,67 @@ impl Room {
     }
 }
 
-/// The volumes of every pool that are not an instance's own: not a kvmfs instance's disk or
-/// seed, and not a disk any domain on that node uses.
-fn images(
-    nodes: &BTreeMap<String, Arc<NodeView>>,
-    instances: &InstanceMap,
-    now: SystemTime,
-) -> BTreeMap<String, ImageView> {
-    let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
-    for n in nodes.values() {
-        let Some(vols) = &n.volumes else { continue };
-        let mut in_use: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        for iname in n.instance_names.iter() {
-            let Some(i) = instances.get(iname) else {
-                continue;
-            };
-            if let Some(d) = &i.domain {
-                in_use.extend(d.devices.disks.iter().filter_map(|d| d.source.as_deref()));
-            }
+/// The volumes of a node's pool that are images: not a kvmfs instance's disk or seed (of an
+/// instance on any node), and not a disk any domain on that node uses.
+fn node_images(nv: &NodeView, instances: &InstanceMap) -> Vec<VolumeProbe> {
+    let Some(vols) = &nv.volumes else {
+        return Vec::new();
+    };
+    let mut in_use: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for iname in nv.instance_names.iter() {
+        if let Some(d) = instances.get(iname).and_then(|i| i.domain.as_ref()) {
+            in_use.extend(d.devices.disks.iter().filter_map(|d| d.source.as_deref()));
         }
-        for v in vols.iter() {
+    }
+    vols.iter()
+        .filter(|v| {
             let own = crate::model::instance_of_volume(&v.name)
                 .is_some_and(|i| instances.contains_key(i));
             let used = v.path.as_deref().is_some_and(|p| in_use.contains(p));
-            if own || used || !is_listable(&v.name) {
-                continue;
-            }
-            out.entry(v.name.clone())
-                .or_insert_with(|| ImageView {
-                    name: v.name.clone(),
-                    per_node: Vec::new(),
-                    changed_at: now,
-                })
-                .per_node
-                .push((n.name.clone(), v.capacity_bytes, v.path.clone()));
-        }
-    }
-    out
+            !own && !used && is_listable(&v.name)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Whether node `node`'s images may differ from `prev`'s: its pool changed, an instance of it
+/// came, went or changed its domain (whose disks are not images), or an instance whose disk
+/// or seed is in its pool came or went.
+fn images_stale(prev: &NodeView, nv: &NodeView, updates: Option<&[Update]>) -> bool {
+    let Some(updates) = updates else {
+        return true;
+    };
+    let same_pool = match (&prev.volumes, &nv.volumes) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => true,
+        _ => false,
+    };
+    let in_pool = |name: String| {
+        nv.volumes
+            .as_ref()
+            .is_some_and(|v| v.binary_search_by(|x| x.name.as_str().cmp(&name)).is_ok())
+    };
+    !same_pool
+        || updates.iter().any(|(b, a)| {
+            let here = |i: &Option<Arc<InstanceView>>| {
+                i.as_ref()
+                    .is_some_and(|i| i.node.as_deref() == Some(nv.name.as_str()))
+            };
+            let same = match (b, a) {
+                (Some(b), Some(a)) => same_domain(&b.domain, &a.domain),
+                _ => false,
+            };
+            let came_or_went = b.is_some() != a.is_some();
+            let name = b
+                .as_ref()
+                .or(a.as_ref())
+                .map(|i| i.name.as_str())
+                .unwrap_or("");
+            ((here(b) || here(a)) && !same)
+                || (came_or_went
+                    && (in_pool(crate::model::disk_volume(name))
+                        || in_pool(crate::model::seed_volume(name))))
+        })
 }
 
 fn round4(x: f64) -> f64 {
@@ -908,7 +1191,7 @@ mod tests {
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
-            false,
+            &Changed::all(),
         );
         let a = &v.nodes["a"];
         // 8 of 16 vCPUs, 2048 of 4096 MB committed.
@@ -933,11 +1216,14 @@ mod tests {
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
-            false,
+            &Changed::all(),
         );
         assert!(v.instances.contains_key("x"));
         assert!(v.instances.contains_key("x@b"));
-        assert_eq!(*v.nodes["b"].instance_names, vec!["x@b".to_string()]);
+        assert_eq!(
+            v.nodes["b"].instance_names.iter().collect::<Vec<_>>(),
+            vec!["x@b"]
+        );
     }
 
     #[test]
@@ -951,10 +1237,214 @@ mod tests {
             &PlacementConfig::default(),
             &View::default(),
             SystemTime::now(),
-            false,
+            &Changed::all(),
         );
         assert_eq!(v.instances["x"].status(), "unknown: node a is offline");
         assert_eq!(v.nodes["a"].status, "offline: no answer");
         assert_eq!(v.nodes["a"].score, 0.0);
+    }
+
+    /// A change to the inputs, as the pollers and the actions make them.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Row {
+            name: usize,
+            node: Option<usize>,
+            state: usize,
+            vcpus: i64,
+        },
+        NoRow(usize),
+        Domain {
+            node: usize,
+            name: usize,
+            running: bool,
+            vcpus: u32,
+        },
+        NoDomain {
+            node: usize,
+            name: usize,
+        },
+        Online {
+            node: usize,
+            online: bool,
+        },
+        Volume {
+            node: usize,
+            volume: usize,
+            present: bool,
+        },
+    }
+
+    // Volumes, in name order as pools list them: instance parts (of names above), a base
+    // image, and a disk domain `c` uses.
+    const VOLUMES: [&str; 5] = [
+        "a.disk.qcow2",
+        "b.seed.iso",
+        "c-root.qcow2",
+        "c.disk.qcow2",
+        "img.qcow2",
+    ];
+
+    fn volume(name: &str) -> VolumeProbe {
+        VolumeProbe {
+            name: name.into(),
+            capacity_bytes: 1 << 30,
+            path: Some(format!("/pool/{name}")),
+        }
+    }
+
+    // Names that collide across nodes and with rows, and one with `@`, so every way a name
+    // can depend on others comes up.
+    const NAMES: [&str; 5] = ["a", "b", "c", "d", "a@n1"];
+    const STATES: [&str; 5] = ["draft", "building", "ready", "deleting", "failed"];
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..NAMES.len(), proptest::option::of(0..2usize), 0..STATES.len(), 1..4i64)
+                .prop_map(|(name, node, state, vcpus)| Op::Row { name, node, state, vcpus }),
+            1 => (0..NAMES.len()).prop_map(Op::NoRow),
+            4 => (0..2usize, 0..NAMES.len(), any::<bool>(), 1..4u32)
+                .prop_map(|(node, name, running, vcpus)| Op::Domain { node, name, running, vcpus }),
+            2 => (0..2usize, 0..NAMES.len()).prop_map(|(node, name)| Op::NoDomain { node, name }),
+            1 => (0..2usize, any::<bool>()).prop_map(|(node, online)| Op::Online { node, online }),
+            2 => (0..2usize, 0..VOLUMES.len(), any::<bool>())
+                .prop_map(|(node, volume, present)| Op::Volume { node, volume, present }),
+        ]
+    }
+
+    fn row(name: &str, node: Option<&str>, state: &str, vcpus: i64) -> VmRow {
+        VmRow {
+            vmname: name.into(),
+            hostname: node.map(str::to_string),
+            vmip: None,
+            ram: Some(256),
+            ip_eth1: None,
+            vcpus: Some(vcpus),
+            disk_gb: None,
+            image: None,
+            purpose: None,
+            git_url: None,
+            state: state.into(),
+            step: String::new(),
+            error: None,
+            owner_uid: 0,
+            created_at: 0,
+            updated_at: 0,
+            spec: None,
+            ssh_private_key: None,
+            made: crate::db::Made::default(),
+            worker: None,
+        }
+    }
+
+    /// What a node view holds of its instances.
+    fn held_of(n: &NodeView) -> Held {
+        Held::of_view(n)
+    }
+
+    proptest::proptest! {
+        /// Building only the instances that changed gives the view building all of them
+        /// gives, step after step (each step starting from the last in-place build, so any
+        /// drift in the nodes' totals would add up and show).
+        #[test]
+        fn building_what_changed_equals_building_everything(
+            ops in proptest::collection::vec(op(), 1..60)
+        ) {
+            let placement = PlacementConfig::default();
+            let mut nodes = vec![node("n1", 8, 8192, Vec::new()), node("n2", 8, 8192, Vec::new())];
+            for n in &mut nodes {
+                let mut p = NodeProbe::clone(n.probe.as_deref().unwrap());
+                p.volumes = Some(Arc::new(VOLUMES.iter().map(|v| volume(v)).collect()));
+                n.probe = Some(Arc::new(p));
+            }
+            let mut rows = RowMap::new();
+            let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+            let mut prev = build(&nodes, &rows, None, &placement, &View::default(), t0, &Changed::all());
+            for (step, op) in ops.into_iter().enumerate() {
+                let mut changed = Changed::default();
+                match op {
+                    Op::Row { name, node, state, vcpus } => {
+                        let node = node.map(|i| nodes[i].name.clone());
+                        let r = row(NAMES[name], node.as_deref(), STATES[state], vcpus);
+                        rows.insert(NAMES[name].to_string(), Arc::new(r));
+                        changed.name(NAMES[name]);
+                    }
+                    Op::NoRow(name) => {
+                        rows.remove(NAMES[name]);
+                        changed.name(NAMES[name]);
+                    }
+                    Op::Domain { node, name, running, vcpus } => {
+                        let state = if running { DomainState::Running } else { DomainState::Shutoff };
+                        let mut d = DomainProbe::clone(&dom(NAMES[name], vcpus, 128, state));
+                        d.uuid = format!("{node}-{name}-{step}");
+                        if NAMES[name] == "c" {
+                            d.devices = Arc::new(crate::hv::DomainDevices {
+                                disks: vec![crate::hv::DiskInfo {
+                                    target: "vda".into(),
+                                    device: "disk".into(),
+                                    source: Some("/pool/c-root.qcow2".into()),
+                                }],
+                                ..DomainDevices::default()
+                            });
+                        }
+                        let list = &mut nodes[node].domains;
+                        match list.binary_search_by(|x| x.name.as_str().cmp(NAMES[name])) {
+                            Ok(i) => list[i] = Arc::new(d),
+                            Err(i) => list.insert(i, Arc::new(d)),
+                        }
+                        changed.name(NAMES[name]);
+                    }
+                    Op::NoDomain { node, name } => {
+                        let list = &mut nodes[node].domains;
+                        if let Ok(i) = list.binary_search_by(|x| x.name.as_str().cmp(NAMES[name])) {
+                            list.remove(i);
+                        }
+                        changed.name(NAMES[name]);
+                    }
+                    Op::Online { node, online } => {
+                        nodes[node].status = if online {
+                            NodeStatus::Online
+                        } else {
+                            NodeStatus::Offline("gone".into())
+                        };
+                        changed.everything();
+                    }
+                    Op::Volume { node, volume: v, present } => {
+                        let n = &mut nodes[node];
+                        let mut p = NodeProbe::clone(n.probe.as_deref().unwrap());
+                        let mut vols: Vec<VolumeProbe> = p.volumes.as_deref().unwrap().clone();
+                        vols.retain(|x| x.name != VOLUMES[v]);
+                        if present {
+                            vols.push(volume(VOLUMES[v]));
+                        }
+                        vols.sort_by(|a, b| a.name.cmp(&b.name));
+                        p.volumes = Some(Arc::new(vols));
+                        n.probe = Some(Arc::new(p));
+                    }
+                }
+                let now = t0 + std::time::Duration::from_secs(step as u64 + 1);
+                let part = build(&nodes, &rows, None, &placement, &prev, now, &changed);
+                let whole = build(&nodes, &rows, None, &placement, &prev, now, &Changed::all());
+                proptest::prop_assert_eq!(
+                    part.instances.iter().collect::<Vec<_>>(),
+                    whole.instances.iter().collect::<Vec<_>>()
+                );
+                proptest::prop_assert_eq!(part.instances_changed_at, whole.instances_changed_at);
+                for (name, w) in &whole.nodes {
+                    let p = &part.nodes[name];
+                    proptest::prop_assert_eq!(held_of(p), held_of(w), "node {}", name);
+                    proptest::prop_assert_eq!(p.score, w.score);
+                }
+                let images = |v: &View| {
+                    v.images
+                        .values()
+                        .map(|i| (i.name.clone(), i.per_node.clone()))
+                        .collect::<Vec<_>>()
+                };
+                proptest::prop_assert_eq!(images(&part), images(&whole));
+                prev = part;
+            }
+        }
     }
 }

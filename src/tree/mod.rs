@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::cluster::Cluster;
 use crate::cluster::actions::{ActionError, Control};
-use crate::cluster::view::View;
+use crate::cluster::view::{InstanceMap, InstanceView, View};
 use crate::spec::{MAX_SPEC_BYTES, is_incomplete};
 
 pub use render::FileKind;
@@ -478,9 +478,8 @@ impl Tree {
             }
             Ino::NodeInstances(_) => {
                 let node = r.name.as_deref().and_then(|n| v.nodes.get(n));
-                node.map(|n| n.instance_names.as_slice())
-                    .unwrap_or_default()
-                    .iter()
+                node.iter()
+                    .flat_map(|n| n.instance_names.iter())
                     .map(|i| DirEntry {
                         ino: Ino::InstanceLink(names.instances.id(i)).encode(),
                         kind: EntryKind::Symlink,
@@ -574,11 +573,10 @@ impl Tree {
             Ino::Node(id) if name == "instances" => Ino::NodeInstances(id),
             Ino::Node(id) => Ino::NodeFile(id, file_in(render::NODE_FILES)?),
             Ino::NodeInstances(_) => {
-                let listed = v.nodes.get(own).is_some_and(|n| {
-                    n.instance_names
-                        .binary_search_by(|i| i.as_str().cmp(name))
-                        .is_ok()
-                });
+                let listed = v
+                    .nodes
+                    .get(own)
+                    .is_some_and(|n| n.instance_names.contains(name));
                 if !listed {
                     return Err(TreeError::NotFound);
                 }
@@ -833,8 +831,8 @@ impl Tree {
         if old.status_changed_at != new.status_changed_at {
             out.inodes.push(Ino::RootStatus.encode());
         }
-        if !Arc::ptr_eq(&old.instances, &new.instances) {
-            for (name, change) in diff(&old.instances, &new.instances) {
+        if !old.instances.ptr_eq(&new.instances) {
+            for (name, change) in diff_instances(&old.instances, &new.instances) {
                 let Some(id) = names.instances.get(name) else {
                     continue;
                 };
@@ -874,10 +872,20 @@ impl Tree {
                 }
                 Change::Changed(before, _) => before,
             };
-            let after = new.nodes.get(name).map(|n| n.instance_names.as_slice());
-            for i in before.instance_names.iter() {
-                if after.is_none_or(|a| a.binary_search(i).is_err()) {
-                    out.entries.push((links, i.clone()));
+            let after = new.nodes.get(name).map(|n| &n.instance_names);
+            match after {
+                Some(a) if a.ptr_eq(&before.instance_names) => {}
+                Some(a) => {
+                    for item in before.instance_names.diff(a) {
+                        if let imbl::ordset::DiffItem::Remove(i) = item {
+                            out.entries.push((links, i.clone()));
+                        }
+                    }
+                }
+                None => {
+                    for i in before.instance_names.iter() {
+                        out.entries.push((links, i.clone()));
+                    }
                 }
             }
         }
@@ -1521,6 +1529,24 @@ fn diff<'a, T>(
             None => Some((name.as_str(), Change::Gone)),
             Some(n) if !Arc::ptr_eq(o, n) => Some((name.as_str(), Change::Changed(&**o, &**n))),
             Some(_) => None,
+        })
+        .collect()
+}
+
+/// What changed between two views' instances, by name: those gone, and those whose `Arc`
+/// changed. The maps share what did not change, and the diff skips it.
+fn diff_instances<'a>(
+    old: &'a InstanceMap,
+    new: &'a InstanceMap,
+) -> Vec<(&'a str, Change<'a, InstanceView>)> {
+    old.diff(new)
+        .filter_map(|item| match item {
+            imbl::ordmap::DiffItem::Remove(name, _) => Some((name.as_str(), Change::Gone)),
+            imbl::ordmap::DiffItem::Update {
+                old: (name, o),
+                new: (_, n),
+            } if !Arc::ptr_eq(o, n) => Some((name.as_str(), Change::Changed(&**o, &**n))),
+            _ => None,
         })
         .collect()
 }
