@@ -226,11 +226,17 @@ impl Cluster {
             let view = self.view();
             let placed = self
                 .db
-                .begin_build(name, &self.worker_id, &build, |loads| {
-                    let held = Committed::from_loads(loads);
-                    placement::choose(&view, &need, &held, &self.cfg.placement)
-                        .map_err(ActionError::from)
-                })
+                .begin_build(
+                    name,
+                    &self.worker_id,
+                    &build,
+                    &Committed::domains_to_check(&view),
+                    |loads| {
+                        let held = Committed::from_loads(loads);
+                        placement::choose(&view, &need, &held, &self.cfg.placement)
+                            .map_err(ActionError::from)
+                    },
+                )
                 .await;
             if let Ok(node) = &placed {
                 self.clear_pending_error(name);

@@ -318,23 +318,49 @@ impl Cluster {
     }
 
     /// After an action made or removed things on node `i`: re-reads the instance's domain
-    /// and the node's pool (its volumes), without the cost of a whole poll.
+    /// and its two volumes (disk and seed), without the cost of a whole poll or even of a
+    /// listing of the pool, whose size grows with the number of instances.
     pub(crate) async fn refresh_after_action(&self, i: usize, name: &str) {
         self.refresh_domains(i, vec![name.to_string()]).await;
-        match self.node_call(i, |b| b.probe_pool()).await {
-            Ok(volumes) => {
+        let names = vec![
+            crate::model::disk_volume(name),
+            crate::model::seed_volume(name),
+        ];
+        match self
+            .node_call(i, move |b| b.probe_volumes_named(&names))
+            .await
+        {
+            Ok(found) => {
                 let mut inputs = self.inputs.lock();
                 let st = &mut inputs.nodes[i];
-                if let Some(p) = &st.probe
-                    && p.volumes != volumes
-                {
+                let Some(p) = &st.probe else { return };
+                let Some(old) = &p.volumes else { return };
+                let mut volumes: Option<Vec<crate::hv::VolumeProbe>> = None;
+                for (name, probe) in found {
+                    let list = volumes.as_ref().unwrap_or(old);
+                    // The list is in name order.
+                    let pos = list.binary_search_by(|v| v.name.as_str().cmp(&name));
+                    match (pos, probe) {
+                        (Ok(at), Some(v)) if list[at] != v => {
+                            volumes.get_or_insert_with(|| old.to_vec())[at] = v
+                        }
+                        (Ok(_), Some(_)) | (Err(_), None) => {}
+                        (Ok(at), None) => {
+                            volumes.get_or_insert_with(|| old.to_vec()).remove(at);
+                        }
+                        (Err(at), Some(v)) => {
+                            volumes.get_or_insert_with(|| old.to_vec()).insert(at, v)
+                        }
+                    }
+                }
+                if let Some(v) = volumes {
                     let mut p = crate::hv::NodeProbe::clone(p);
-                    p.volumes = volumes;
+                    p.volumes = Some(Arc::new(v));
                     st.probe = Some(Arc::new(p));
                     self.mark_dirty(&mut inputs);
                 }
             }
-            Err(e) => tracing::debug!(node = i, error = %e, "cannot re-read the pool"),
+            Err(e) => tracing::debug!(node = i, error = %e, "cannot re-read the volumes"),
         }
     }
 

@@ -3,14 +3,13 @@
 //! original `getresource.sh` rule — the best score, 0.7 × free-CPU share + 0.3 × free-RAM
 //! share — with ties going to the node named first.
 //!
-//! What an instance holds is counted from the database's rows at the moment of placement
-//! (`Load`, read under the placement lock, so other kvmfs mounts' instances count too), plus
-//! the active domains on each node that kvmfs does not manage.
-
-use std::collections::{HashMap, HashSet};
+//! What an instance holds is counted from the database at the moment of placement (`Loads`:
+//! the sums per node, read under the placement lock, so other kvmfs mounts' instances count
+//! too), plus the active domains on each node that kvmfs does not manage (unless the
+//! database, asked about each of them under the same lock, says it is an instance).
 
 use crate::config::PlacementConfig;
-use crate::db::Load;
+use crate::db::Loads;
 
 use super::view::{NodeView, Room, View};
 
@@ -44,35 +43,41 @@ impl From<PlaceError> for super::actions::ActionError {
 
 /// (vCPUs, RAM MB) held on each node.
 pub struct Committed<'a> {
-    by_node: HashMap<&'a str, (u64, u64)>,
-    managed: HashSet<(&'a str, &'a str)>,
+    loads: &'a Loads,
 }
 
 impl<'a> Committed<'a> {
-    /// From the database's rows: every kvmfs instance that holds resources, on any mount.
-    pub fn from_loads(loads: &'a [Load]) -> Committed<'a> {
-        let mut by_node: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut managed = HashSet::new();
-        for l in loads {
-            let e = by_node.entry(l.hostname.as_str()).or_default();
-            e.0 += l.vcpus;
-            e.1 += l.ram_mb;
-            managed.insert((l.hostname.as_str(), l.vmname.as_str()));
-        }
-        Committed { by_node, managed }
+    /// From the database: every kvmfs instance that holds resources, on any mount.
+    pub fn from_loads(loads: &'a Loads) -> Committed<'a> {
+        Committed { loads }
+    }
+
+    /// The active domains of `view` that placement counts on top of the database's
+    /// instances unless the database says they are instances: (node, domain name).
+    pub fn domains_to_check(view: &View) -> Vec<(&str, &str)> {
+        view.nodes
+            .values()
+            .flat_map(|n| {
+                n.unmanaged_load
+                    .iter()
+                    .map(move |u| (n.name.as_str(), u.domain.as_str()))
+            })
+            .collect()
     }
 
     /// What `node` holds: its kvmfs instances, and its active domains that are not one.
     fn of(&self, node: &NodeView) -> (u64, u64) {
         let (mut v, mut r) = self
+            .loads
             .by_node
             .get(node.name.as_str())
             .copied()
             .unwrap_or_default();
         for u in node.unmanaged_load.iter() {
             if !self
+                .loads
                 .managed
-                .contains(&(node.name.as_str(), u.domain.as_str()))
+                .contains(&(node.name.clone(), u.domain.clone()))
             {
                 v += u.vcpus;
                 r += u.ram_mb;
@@ -234,12 +239,14 @@ mod tests {
         )
     }
 
-    fn load(node: &str, name: &str, vcpus: u64, ram_mb: u64) -> Load {
-        Load {
-            vmname: name.into(),
-            hostname: node.into(),
-            vcpus,
-            ram_mb,
+    /// What the database says the nodes hold: (node, vCPUs, RAM MB).
+    fn loads(held: &[(&str, u64, u64)]) -> Loads {
+        Loads {
+            by_node: held
+                .iter()
+                .map(|(n, v, r)| (n.to_string(), (*v, *r)))
+                .collect(),
+            managed: Default::default(),
         }
     }
 
@@ -247,20 +254,20 @@ mod tests {
     fn the_best_score_wins_on_what_the_database_says_is_held() {
         let v = view(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
         let p = PlacementConfig::default();
-        let none = [];
+        let none = loads(&[]);
         assert_eq!(
             choose(&v, &need(None), &Committed::from_loads(&none), &p),
             Ok("a".into())
         );
         // Another mount's instances on `a` (which this view has not seen) count.
-        let loads = [load("a", "x", 8, 2048)];
+        let held = loads(&[("a", 8, 2048)]);
         assert_eq!(
-            choose(&v, &need(None), &Committed::from_loads(&loads), &p),
+            choose(&v, &need(None), &Committed::from_loads(&held), &p),
             Ok("b".into())
         );
         // Full: 4096 MB of RAM held on both.
-        let loads = [load("a", "x", 1, 4096), load("b", "y", 1, 4096)];
-        let e = choose(&v, &need(None), &Committed::from_loads(&loads), &p).unwrap_err();
+        let held = loads(&[("a", 1, 4096), ("b", 1, 4096)]);
+        let e = choose(&v, &need(None), &Committed::from_loads(&held), &p).unwrap_err();
         assert!(
             matches!(e, PlaceError::NoRoom(ref m) if m.contains("MB RAM free")),
             "{e}"
@@ -271,7 +278,7 @@ mod tests {
     fn an_inactive_network_filters_the_node_out() {
         let v = view(&[node("a", 8, 8192, false), node("b", 2, 4096, true)]);
         let p = PlacementConfig::default();
-        let none = [];
+        let none = loads(&[]);
         let held = Committed::from_loads(&none);
         assert_eq!(choose(&v, &need(None), &held, &p), Ok("b".into()));
         let e = choose(&v, &need(Some("a")), &held, &p).unwrap_err();

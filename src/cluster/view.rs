@@ -507,7 +507,17 @@ pub fn build(
         };
         let mut nv = node_view(n, held, placement, now);
         nv.images = match previous.nodes.get(&n.name) {
-            Some(prev) if !images_stale(prev, &nv, updates.as_deref()) => prev.images.clone(),
+            Some(prev)
+                if !images_stale(
+                    prev,
+                    &nv,
+                    &previous.instances,
+                    &instances,
+                    updates.as_deref(),
+                ) =>
+            {
+                prev.images.clone()
+            }
             _ => Arc::new(node_images(&nv, &instances)),
         };
         let nv = match previous.nodes.get(&n.name) {
@@ -1060,18 +1070,68 @@ fn node_images(nv: &NodeView, instances: &InstanceMap) -> Vec<VolumeProbe> {
         .collect()
 }
 
-/// Whether node `node`'s images may differ from `prev`'s: its pool changed, an instance of it
+/// Whether a node's pool changed only in volumes that are instances' disks or seeds, before
+/// and after (which are never images): the volumes added are of instances in `now`, those
+/// removed were of instances in `before`, those changed of both.
+fn only_instance_parts_changed(
+    before: &Option<Volumes>,
+    after: &Option<Volumes>,
+    old: &InstanceMap,
+    now: &InstanceMap,
+) -> bool {
+    let (a, b) = match (before, after) {
+        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => return true,
+        (Some(a), Some(b)) => (a, b),
+        (None, None) => return true,
+        _ => return false,
+    };
+    let own = |v: &VolumeProbe, map: &InstanceMap| {
+        crate::model::instance_of_volume(&v.name).is_some_and(|i| map.contains_key(i))
+    };
+    // Both lists are in name order.
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (a.get(i), b.get(j)) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x.name == y.name => {
+                if x != y && !(own(x, old) && own(y, now)) {
+                    return false;
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(x), y) if y.is_none_or(|y| x.name < y.name) => {
+                if !own(x, old) {
+                    return false;
+                }
+                i += 1;
+            }
+            (_, Some(y)) => {
+                if !own(y, now) {
+                    return false;
+                }
+                j += 1;
+            }
+            (Some(_), None) => unreachable!("the arm above takes a volume with nothing after it"),
+        }
+    }
+}
+
+/// Whether a node's images may differ from `prev`'s (whose instances were `old`; they are
+/// `now`): its pool changed in a volume that is not an instance's part, an instance of it
 /// came, went or changed its domain (whose disks are not images), or an instance whose disk
 /// or seed is in its pool came or went.
-fn images_stale(prev: &NodeView, nv: &NodeView, updates: Option<&[Update]>) -> bool {
+fn images_stale(
+    prev: &NodeView,
+    nv: &NodeView,
+    old: &InstanceMap,
+    now: &InstanceMap,
+    updates: Option<&[Update]>,
+) -> bool {
     let Some(updates) = updates else {
         return true;
     };
-    let same_pool = match (&prev.volumes, &nv.volumes) {
-        (Some(a), Some(b)) => a == b,
-        (None, None) => true,
-        _ => false,
-    };
+    let same_pool = only_instance_parts_changed(&prev.volumes, &nv.volumes, old, now);
     let in_pool = |name: String| {
         nv.volumes
             .as_ref()

@@ -156,13 +156,13 @@ impl std::fmt::Display for Made {
     }
 }
 
-/// Resources an instance holds on its node, as the database records them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Load {
-    pub vmname: String,
-    pub hostname: String,
-    pub vcpus: u64,
-    pub ram_mb: u64,
+/// What the instances of every kvmfs on the database hold, read under the placement lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loads {
+    /// (vCPUs, RAM MB) that instances in `building`, `ready` or `deleting` hold, per node.
+    pub by_node: std::collections::HashMap<String, (u64, u64)>,
+    /// Of the (node, domain) pairs asked about, those that are such an instance.
+    pub managed: std::collections::HashSet<(String, String)>,
 }
 
 impl std::fmt::Debug for VmRow {
@@ -571,13 +571,17 @@ impl Db {
 
     /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
     /// transaction that holds the placement lock: `choose` sees the resources every instance
-    /// in the database holds (including those of other kvmfs mounts) and names the node.
+    /// in the database holds (including those of other kvmfs mounts), per node, and which of
+    /// the `domains` (node, domain name: the active domains this mount does not know as
+    /// instances) are instances after all, and names the node. The lock is held for two
+    /// aggregate reads and a lookup per such domain, not for a read of every row.
     pub async fn begin_build<E: From<DbError>>(
         &self,
         name: &str,
         worker: &str,
         b: &BuildRow<'_>,
-        choose: impl FnOnce(&[Load]) -> Result<String, E>,
+        domains: &[(&str, &str)],
+        choose: impl FnOnce(&Loads) -> Result<String, E>,
     ) -> Result<String, E> {
         let work = async {
             let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
@@ -586,29 +590,38 @@ impl Db {
                 .await
                 .map_err(|e| self.sql_err(e))?;
             let rows = sqlx::query(
-                "SELECT vmname, hostname, vcpus, ram FROM vm WHERE hostname IS NOT NULL \
-                 AND state IN ('building', 'ready', 'deleting')",
+                "SELECT hostname, CAST(SUM(COALESCE(vcpus, 0)) AS SIGNED), \
+                 CAST(SUM(COALESCE(ram, 0)) AS SIGNED) FROM vm WHERE hostname IS NOT NULL \
+                 AND state IN ('building', 'ready', 'deleting') GROUP BY hostname",
             )
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.sql_err(e))?;
-            let loads = rows
-                .iter()
-                .map(|r| {
-                    let n = |c: &str| -> Result<u64, sqlx::Error> {
-                        Ok(r.try_get::<Option<i64>, _>(c)?
-                            .and_then(|v| u64::try_from(v).ok())
-                            .unwrap_or(0))
-                    };
-                    Ok(Load {
-                        vmname: r.try_get("vmname")?,
-                        hostname: r.try_get("hostname")?,
-                        vcpus: n("vcpus")?,
-                        ram_mb: n("ram")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
+            let mut loads = Loads::default();
+            for r in &rows {
+                let n = |i: usize| -> Result<u64, DbError> {
+                    Ok(
+                        u64::try_from(r.try_get::<i64, _>(i).map_err(|e| self.sql_err(e))?)
+                            .unwrap_or(0),
+                    )
+                };
+                let node: String = r.try_get(0).map_err(|e| self.sql_err(e))?;
+                loads.by_node.insert(node, (n(1)?, n(2)?));
+            }
+            for (node, domain) in domains {
+                let found = sqlx::query(
+                    "SELECT 1 FROM vm WHERE vmname = ? AND hostname = ? \
+                     AND state IN ('building', 'ready', 'deleting')",
+                )
+                .bind(*domain)
+                .bind(*node)
+                .fetch_optional(&mut *tx)
+                .await
                 .map_err(|e| self.sql_err(e))?;
+                if found.is_some() {
+                    loads.managed.insert((node.to_string(), domain.to_string()));
+                }
+            }
             let node = choose(&loads)?;
             let n = sqlx::query(
                 "UPDATE vm SET rev = ?, state = 'building', step = 'placed', hostname = ?, ram = ?, \
@@ -1192,7 +1205,9 @@ mod tests {
             spec: "{}",
         };
         let node = db
-            .begin_build("web1", "w1", &b, |_| Ok::<_, DbError>("kvm1".to_string()))
+            .begin_build("web1", "w1", &b, &[], |_| {
+                Ok::<_, DbError>("kvm1".to_string())
+            })
             .await
             .unwrap();
         let mut built = draft.clone();
@@ -1238,8 +1253,28 @@ mod tests {
         moved(db.vm_fingerprint().await.unwrap(), "delete_vm");
 
         db.insert_draft("web2", 0).await.unwrap();
+        // Placement sees what every instance holds, and which domains are instances.
+        db.insert_draft("web3", 0).await.unwrap();
+        db.begin_build("web3", "w1", &b, &[], |_| {
+            Ok::<_, DbError>("kvm2".to_string())
+        })
+        .await
+        .unwrap();
+        let asked = [("kvm2", "web3"), ("kvm1", "web3"), ("kvm2", "legacy")];
         let node = db
-            .begin_build("web2", "w1", &b, |_| Ok::<_, DbError>("kvm1".to_string()))
+            .begin_build("web2", "w1", &b, &asked, |loads| {
+                assert_eq!(
+                    loads.by_node,
+                    [("kvm2".to_string(), (2, 2048))].into_iter().collect()
+                );
+                assert_eq!(
+                    loads.managed,
+                    [("kvm2".to_string(), "web3".to_string())]
+                        .into_iter()
+                        .collect()
+                );
+                Ok::<_, DbError>("kvm1".to_string())
+            })
             .await
             .unwrap();
         assert_eq!(node, "kvm1");

@@ -566,6 +566,47 @@ impl NodeBackend for LibvirtNode {
         self.with_conn(|c| self.probe_volumes(c))
     }
 
+    fn probe_volumes_named(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<VolumeProbe>)>, HvError> {
+        self.with_conn(|c| {
+            let Ok(pool) = c.lookup_storage_pool_by_name(&self.pool) else {
+                return Ok(names.iter().map(|n| (n.clone(), None)).collect());
+            };
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let found = match pool.lookup_storage_vol_by_name(name) {
+                    Ok(v) => match v.info() {
+                        Ok(info) => Some(VolumeDetails {
+                            capacity: info.capacity,
+                            path: v.path().ok(),
+                            read_at: Instant::now(),
+                        }),
+                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
+                    Err(e) => return Err(e),
+                };
+                let mut cache = self.volumes.lock();
+                match &found {
+                    Some(d) => cache.details.insert(name.clone(), d.clone()),
+                    None => cache.details.remove(name),
+                };
+                out.push((
+                    name.clone(),
+                    found.map(|d| VolumeProbe {
+                        name: name.clone(),
+                        capacity_bytes: d.capacity,
+                        path: d.path,
+                    }),
+                ));
+            }
+            Ok(out)
+        })
+    }
+
     fn watch(&self, sink: EventSink) {
         if !start_event_loop() {
             return;

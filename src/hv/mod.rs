@@ -245,6 +245,12 @@ pub trait NodeBackend: Send + Sync + 'static {
     fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError>;
     /// Reads the volumes of the node's storage pool (`None` if the pool is missing).
     fn probe_pool(&self) -> Result<Option<Volumes>, HvError>;
+    /// Reads the named volumes of the pool only; `None` for a name with no volume (or no
+    /// pool).
+    fn probe_volumes_named(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<VolumeProbe>)>, HvError>;
     /// Asks the node to report every change of a domain to `sink`, on every connection it
     /// opens from now on. Without events (or if registering fails) nothing is reported and
     /// the periodic polls alone keep the picture fresh.
