@@ -1161,6 +1161,7 @@ fn micro(opts: &Opts) -> Micro {
         cpu_usage: None,
         updated_at: Some(SystemTime::now()),
         domains_epoch: 0,
+        polls: 0,
     };
     let runs = if opts.quick { 200 } else { 2000 };
     let nodes: Vec<NodeState> = (0..100).map(|k| node(k, 10)).collect();

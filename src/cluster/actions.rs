@@ -238,15 +238,15 @@ impl Cluster {
                     },
                 )
                 .await;
-            if let Ok(node) = &placed {
+            if let Ok((node, rev)) = &placed {
                 self.clear_pending_error(name);
                 // Published before the lock is released, so the next placement sees it.
-                self.patch_local_row(name, |r| build.apply(r, node, &self.worker_id));
+                self.patch_local_row(name, |r| build.apply(r, node, &self.worker_id, *rev));
             }
             placed
         };
         let node = match placed {
-            Ok(n) => n,
+            Ok((n, _)) => n,
             Err(e) => {
                 self.record_error(name, &e);
                 return Err(e);
@@ -272,7 +272,8 @@ impl Cluster {
     }
 
     async fn step(&self, name: &str, step: &str) -> Result<(), String> {
-        self.db
+        let rev = self
+            .db
             .set_step(name, step)
             .await
             .map_err(|e| e.to_string())?;
@@ -281,6 +282,7 @@ impl Cluster {
         self.patch_local_row(name, |r| {
             r.step = step.to_string();
             r.updated_at = crate::db::unix_now();
+            r.rev = rev;
         });
         Ok(())
     }
@@ -308,7 +310,8 @@ impl Cluster {
         make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
     ) -> Result<T, String> {
         *made = made.with(part, true);
-        self.db
+        let rev = self
+            .db
             .set_step_and_made(name, step, *made)
             .await
             .map_err(|e| e.to_string())?;
@@ -318,6 +321,7 @@ impl Cluster {
             r.step = step.to_string();
             r.made = m;
             r.updated_at = crate::db::unix_now();
+            r.rev = rev;
         });
         match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
             Ok(v) => {
@@ -327,9 +331,12 @@ impl Cluster {
             Err(CallError::Hv(e)) => {
                 *made = made.with(part, false);
                 match self.db.set_made(name, *made).await {
-                    Ok(()) => {
+                    Ok(rev) => {
                         let m = *made;
-                        self.patch_local_row(name, |r| r.made = m);
+                        self.patch_local_row(name, |r| {
+                            r.made = m;
+                            r.rev = rev;
+                        });
                     }
                     Err(de) => {
                         tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
@@ -357,12 +364,13 @@ impl Cluster {
         }
         match r {
             Ok(()) => match self.db.finish_build(&name).await {
-                Ok(()) => {
+                Ok(rev) => {
                     tracing::info!(instance = %name, node = %node, "built and started");
                     self.patch_local_row(&name, |r| {
                         r.state = "ready".into();
                         r.step = String::new();
                         r.updated_at = crate::db::unix_now();
+                        r.rev = rev;
                     });
                 }
                 Err(e) => {
@@ -420,7 +428,8 @@ impl Cluster {
         let (public, private) = generate_key(name)?;
         let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
         let (ip0, ip1) = (ip(0), ip(1));
-        self.db
+        let rev = self
+            .db
             .set_addresses_and_keys(
                 name,
                 "generating key",
@@ -438,6 +447,7 @@ impl Cluster {
             r.ip_eth1 = ip1;
             r.ssh_private_key = Some(private);
             r.updated_at = crate::db::unix_now();
+            r.rev = rev;
         });
 
         let image = spec.image.clone();

@@ -30,6 +30,10 @@ const MAX_STUCK_CALLS: usize = 3;
 /// A database poll reads every row at least every this many polls, whatever the
 /// fingerprint says (see `poll_db`).
 const FULL_READ_EVERY: u32 = 10;
+/// A node poll lists the storage pool every this many polls (and the first time); actions
+/// re-read the volumes they make or remove by name, so the listing only has to catch what
+/// others did to the pool.
+const POOL_EVERY: u64 = 10;
 /// After a timed-out call, wait this long before trying the node again.
 const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -52,9 +56,8 @@ struct Inputs {
     /// Bumped by every local row change; a database poll that started before a change
     /// is discarded instead of overwriting it with older rows.
     rows_epoch: u64,
-    /// `Db::vm_fingerprint` when the rows were last read, and when that was: a poll that
-    /// finds the same fingerprint skips reading the rows (see `poll_db`).
-    rows_read: Option<(VmFingerprint, Instant)>,
+    /// When the rows were last read whole (see `poll_db`).
+    rows_read: Option<Instant>,
     db_error: Option<String>,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
@@ -149,6 +152,7 @@ impl Cluster {
                 cpu_usage: None,
                 updated_at: None,
                 domains_epoch: 0,
+                polls: 0,
             })
             .collect();
         let (changes, _) = watch::channel(0);
@@ -412,10 +416,14 @@ impl Cluster {
                 continue;
             }
             match self.db.set_error(&name, Some(&msg)).await {
-                Ok(()) => {
+                Ok(rev) => {
                     let mut inputs = self.inputs.lock();
                     if inputs.pending_errors.get(&name) == Some(&msg) {
                         inputs.pending_errors.remove(&name);
+                    }
+                    // The row shows the error already; only its stamp moved.
+                    if let Some(row) = inputs.rows.get_mut(&name) {
+                        Arc::make_mut(row).rev = rev;
                     }
                 }
                 Err(e) => tracing::warn!(instance = %name, error = %e, "cannot store the error"),
@@ -497,8 +505,13 @@ impl Cluster {
     /// Polls node `i` once; returns how long to back off when the node timed out.
     pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {
         let started = Instant::now();
-        let epoch = self.inputs.lock().nodes[i].domains_epoch;
-        let result = self.node_call(i, |b| b.probe()).await;
+        let (epoch, with_pool) = {
+            let inputs = self.inputs.lock();
+            let st = &inputs.nodes[i];
+            let listed = st.probe.as_ref().is_some_and(|p| p.volumes.is_some());
+            (st.domains_epoch, !listed || st.polls.is_multiple_of(POOL_EVERY))
+        };
+        let result = self.node_call(i, move |b| b.probe(with_pool)).await;
         let mut backoff = None;
         {
             let mut inputs = self.inputs.lock();
@@ -510,6 +523,10 @@ impl Cluster {
             let mut node_changed = false;
             match result {
                 Ok(mut probe) => {
+                    if !with_pool {
+                        probe.volumes = st.probe.as_ref().and_then(|p| p.volumes.clone());
+                    }
+                    st.polls += 1;
                     reachability_changed |= st.status != NodeStatus::Online;
                     st.status = NodeStatus::Online;
                     st.cpu_usage = match (prev_cpu, probe.cpu_times) {
@@ -566,9 +583,11 @@ impl Cluster {
         backoff
     }
 
-    /// Reads the `vm` table, unless its fingerprint shows that nothing changed since the last
-    /// read (every write of every kvmfs moves it). Every `FULL_READ_EVERY` polls it reads
-    /// anyway: rows changed by hand, with SQL, move no stamp.
+    /// Reads the `vm` table, unless its fingerprint is the one the rows this daemon holds
+    /// give (`VmFingerprint::of`): every write of every kvmfs moves it, and this daemon's
+    /// own writes move the rows it holds alike (they keep the stamp written), so only
+    /// another daemon's writes make it read. Every `FULL_READ_EVERY` polls it reads anyway:
+    /// rows changed by hand, with SQL, move no stamp.
     async fn poll_db(&self) {
         let epoch = self.inputs.lock().rows_epoch;
         let fingerprint = self.db.vm_fingerprint().await;
@@ -577,22 +596,21 @@ impl Cluster {
             let full_due = self.cfg.timing.refresh() * FULL_READ_EVERY;
             if inputs.db_error.is_none()
                 && inputs.rows_epoch == epoch
-                && inputs
-                    .rows_read
-                    .is_some_and(|(seen, at)| seen == *fp && at.elapsed() < full_due)
+                && inputs.rows_read.is_some_and(|at| at.elapsed() < full_due)
+                && VmFingerprint::of(inputs.rows.values().map(|r| &**r)) == *fp
             {
                 return;
             }
         }
         let r = match fingerprint {
-            Ok(fp) => self.db.list_vms().await.map(|rows| (fp, rows)),
+            Ok(_) => self.db.list_vms().await,
             Err(e) => Err(e),
         };
         let mut inputs = self.inputs.lock();
         match r {
             Ok(_) if inputs.rows_epoch != epoch => {}
-            Ok((fp, rows)) => {
-                inputs.rows_read = Some((fp, Instant::now()));
+            Ok(rows) => {
+                inputs.rows_read = Some(Instant::now());
                 let inputs = &mut *inputs;
                 if inputs.db_error.is_some() {
                     tracing::info!("database reachable again");

@@ -213,6 +213,7 @@ mod tests {
             cpu_usage: None,
             updated_at: None,
             domains_epoch: 0,
+            polls: 0,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct NodeState {
     /// Bumped when some domains were re-read on their own (events, actions): a full poll
     /// that started before must not replace them with its older list.
     pub domains_epoch: u64,
+    /// Successful polls so far (the pool is listed every `POOL_EVERY` of them).
+    pub polls: u64,
 }
 
 /// A node as shown under `/nodes`.
@@ -1235,6 +1237,7 @@ mod tests {
             cpu_usage: None,
             updated_at: None,
             domains_epoch: 0,
+            polls: 0,
         }
     }
 
@@ -1395,6 +1398,7 @@ mod tests {
             ssh_private_key: None,
             made: crate::db::Made::default(),
             worker: None,
+            rev: 0,
         }
     }
 

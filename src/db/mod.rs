@@ -80,6 +80,8 @@ pub struct VmRow {
     pub made: Made,
     /// The daemon running the row's build or delete (see `Cluster::worker_id`).
     pub worker: Option<String>,
+    /// The stamp of the row's last write (see `Db::next_rev`).
+    pub rev: i64,
 }
 
 /// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
@@ -190,7 +192,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key, made, worker FROM vm",
+            "ssh_private_key, made, worker, rev FROM vm",
             $tail
         )
     };
@@ -198,7 +200,7 @@ macro_rules! select_vm {
 
 impl VmRow {
     /// The row `insert_draft` writes.
-    fn draft(name: &str, owner: u32, now: i64) -> VmRow {
+    fn draft(name: &str, owner: u32, now: i64, rev: i64) -> VmRow {
         VmRow {
             vmname: name.to_string(),
             hostname: None,
@@ -220,6 +222,7 @@ impl VmRow {
             ssh_private_key: None,
             made: Made::default(),
             worker: None,
+            rev,
         }
     }
 }
@@ -230,6 +233,27 @@ pub struct VmFingerprint {
     rows: i64,
     max_rev: i64,
     rev_sum: i64,
+}
+
+/// The prime `vm_fingerprint` sums the stamps modulo.
+const REV_MODULUS: i64 = 1_000_003;
+
+impl VmFingerprint {
+    /// The fingerprint the table would have if it held exactly `rows`: compared with the
+    /// database's, it tells whether a picture of the table is still whole.
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a VmRow>) -> VmFingerprint {
+        let mut fp = VmFingerprint {
+            rows: 0,
+            max_rev: 0,
+            rev_sum: 0,
+        };
+        for r in rows {
+            fp.rows += 1;
+            fp.max_rev = fp.max_rev.max(r.rev);
+            fp.rev_sum += r.rev % REV_MODULUS;
+        }
+        fp
+    }
 }
 
 /// What `begin_build` writes.
@@ -246,7 +270,8 @@ pub struct BuildRow<'a> {
 impl BuildRow<'_> {
     /// Changes `row` as `begin_build` changed it in the database, placed on `node` and
     /// worked on by `worker`, so the caller need not read it back.
-    pub fn apply(&self, row: &mut VmRow, node: &str, worker: &str) {
+    pub fn apply(&self, row: &mut VmRow, node: &str, worker: &str, rev: i64) {
+        row.rev = rev;
         let n = |v: u64| Some(i64::try_from(v).unwrap_or(i64::MAX));
         row.state = "building".into();
         row.step = "placed".into();
@@ -553,6 +578,7 @@ impl Db {
     /// is `Conflict`.
     pub async fn insert_draft(&self, name: &str, owner: u32) -> Result<VmRow, DbError> {
         let now = unix_now();
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query(
                 "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at, rev) \
@@ -562,11 +588,11 @@ impl Db {
             .bind(i64::from(owner))
             .bind(now)
             .bind(now)
-            .bind(self.next_rev())
+            .bind(rev)
             .execute(&self.pool),
         )
         .await
-        .map(|_| VmRow::draft(name, owner, now))
+        .map(|_| VmRow::draft(name, owner, now, rev))
     }
 
     /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
@@ -582,7 +608,7 @@ impl Db {
         b: &BuildRow<'_>,
         domains: &[(&str, &str)],
         choose: impl FnOnce(&Loads) -> Result<String, E>,
-    ) -> Result<String, E> {
+    ) -> Result<(String, i64), E> {
         let work = async {
             let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
@@ -623,13 +649,14 @@ impl Db {
                 }
             }
             let node = choose(&loads)?;
+            let rev = self.next_rev();
             let n = sqlx::query(
                 "UPDATE vm SET rev = ?, state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
                  error = NULL, made = '', worker = ?, updated_at = ? \
                  WHERE vmname = ? AND state IN ('draft', 'failed')",
             )
-            .bind(self.next_rev())
+            .bind(rev)
             .bind(node.as_str())
             .bind(i64::try_from(b.ram_mb).unwrap_or(i64::MAX))
             .bind(i64::from(b.vcpus))
@@ -651,7 +678,7 @@ impl Db {
                 .into());
             }
             tx.commit().await.map_err(|e| self.sql_err(e))?;
-            Ok(node)
+            Ok((node, rev))
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
@@ -661,17 +688,18 @@ impl Db {
 
     /// Records that `part` of instance `name` exists (or may exist) on its node, or that it
     /// is gone.
-    pub async fn set_made(&self, name: &str, made: Made) -> Result<(), DbError> {
+    pub async fn set_made(&self, name: &str, made: Made) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query("UPDATE vm SET rev = ?, made = ?, updated_at = ? WHERE vmname = ?")
-                .bind(self.next_rev())
+                .bind(rev)
                 .bind(made.to_string())
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
     /// Records the step a build is in together with the parts it is about to make (one
@@ -681,12 +709,13 @@ impl Db {
         name: &str,
         step: &str,
         made: Made,
-    ) -> Result<(), DbError> {
+    ) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query(
                 "UPDATE vm SET rev = ?, step = ?, made = ?, updated_at = ? WHERE vmname = ?",
             )
-            .bind(self.next_rev())
+            .bind(rev)
             .bind(step)
             .bind(made.to_string())
             .bind(unix_now())
@@ -694,21 +723,22 @@ impl Db {
             .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
     /// Records the step an operation is in, so a crash can be finished or undone.
-    pub async fn set_step(&self, name: &str, step: &str) -> Result<(), DbError> {
+    pub async fn set_step(&self, name: &str, step: &str) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query("UPDATE vm SET rev = ?, step = ?, updated_at = ? WHERE vmname = ?")
-                .bind(self.next_rev())
+                .bind(rev)
                 .bind(step)
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
     /// Allocates the lowest free address of `pool` in `first..=last` to `name`. The primary
@@ -771,13 +801,14 @@ impl Db {
         ip_eth1: Option<&str>,
         public_key: &str,
         private_key: &str,
-    ) -> Result<(), DbError> {
+    ) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query(
                 "UPDATE vm SET rev = ?, step = ?, vmip = ?, ip_eth1 = ?, ssh_public_key = ?, \
                  ssh_private_key = ?, updated_at = ? WHERE vmname = ?",
             )
-            .bind(self.next_rev())
+            .bind(rev)
             .bind(step)
             .bind(vmip)
             .bind(ip_eth1)
@@ -788,21 +819,22 @@ impl Db {
             .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
-    pub async fn finish_build(&self, name: &str) -> Result<(), DbError> {
+    pub async fn finish_build(&self, name: &str) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query(
                 "UPDATE vm SET rev = ?, state = 'ready', step = '', updated_at = ? WHERE vmname = ?",
             )
-            .bind(self.next_rev())
+            .bind(rev)
             .bind(unix_now())
             .bind(name)
             .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
     /// Undoes a failed build in the database: addresses released, node and keys cleared,
@@ -830,17 +862,18 @@ impl Db {
     }
 
     /// Records a refused spec or command without changing the state.
-    pub async fn set_error(&self, name: &str, error: Option<&str>) -> Result<(), DbError> {
+    pub async fn set_error(&self, name: &str, error: Option<&str>) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         self.bounded(
             sqlx::query("UPDATE vm SET rev = ?, error = ?, updated_at = ? WHERE vmname = ?")
-                .bind(self.next_rev())
+                .bind(rev)
                 .bind(error)
                 .bind(unix_now())
                 .bind(name)
                 .execute(&self.pool),
         )
         .await
-        .map(|_| ())
+        .map(|_| rev)
     }
 
     /// Marks an instance as being deleted; refused while it is being built.
@@ -1060,6 +1093,7 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             ssh_private_key: r.try_get("ssh_private_key")?,
             made: Made::parse(&r.try_get::<String, _>("made")?),
             worker: r.try_get("worker")?,
+            rev: r.try_get("rev")?,
         })
     };
     f().map_err(DbError::from)
@@ -1186,14 +1220,17 @@ mod tests {
         // The fingerprint alone, with no write, stays.
         assert_eq!(db.vm_fingerprint().await.unwrap(), first);
         let mut last = first;
-        let mut moved = |fp: VmFingerprint, what: &str| {
+        let mut moved = async |fp: VmFingerprint, what: &str| {
             assert_ne!(fp, last, "{what} did not move the fingerprint");
             last = fp;
+            // The table's fingerprint is the one its rows give.
+            let rows = db.list_vms().await.unwrap();
+            assert_eq!(VmFingerprint::of(&rows), fp, "after {what}");
         };
 
         let draft = db.insert_draft("web1", 1000).await.unwrap();
         assert_eq!(Some(&draft), db.get_vm("web1").await.unwrap().as_ref());
-        moved(db.vm_fingerprint().await.unwrap(), "insert_draft");
+        moved(db.vm_fingerprint().await.unwrap(), "insert_draft").await;
 
         let b = BuildRow {
             vcpus: 2,
@@ -1204,21 +1241,21 @@ mod tests {
             git: Some("https://example.org/site.git"),
             spec: "{}",
         };
-        let node = db
+        let (node, rev) = db
             .begin_build("web1", "w1", &b, &[], |_| {
                 Ok::<_, DbError>("kvm1".to_string())
             })
             .await
             .unwrap();
         let mut built = draft.clone();
-        b.apply(&mut built, &node, "w1");
+        b.apply(&mut built, &node, "w1", rev);
         let mut stored = db.get_vm("web1").await.unwrap().unwrap();
         stored.updated_at = built.updated_at;
         assert_eq!(built, stored);
-        moved(db.vm_fingerprint().await.unwrap(), "begin_build");
+        moved(db.vm_fingerprint().await.unwrap(), "begin_build").await;
 
         db.set_step("web1", "allocating addresses").await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "set_step");
+        moved(db.vm_fingerprint().await.unwrap(), "set_step").await;
         db.set_addresses_and_keys(
             "web1",
             "generating key",
@@ -1229,28 +1266,28 @@ mod tests {
         )
         .await
         .unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "set_addresses_and_keys");
+        moved(db.vm_fingerprint().await.unwrap(), "set_addresses_and_keys").await;
         let made = Made::default().with(Part::Disk, true);
         db.set_step_and_made("web1", "creating disk", made)
             .await
             .unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "set_step_and_made");
+        moved(db.vm_fingerprint().await.unwrap(), "set_step_and_made").await;
         db.set_made("web1", Made::default()).await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "set_made");
+        moved(db.vm_fingerprint().await.unwrap(), "set_made").await;
         db.finish_build("web1").await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "finish_build");
+        moved(db.vm_fingerprint().await.unwrap(), "finish_build").await;
         db.set_error("web1", Some("refused")).await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "set_error");
+        moved(db.vm_fingerprint().await.unwrap(), "set_error").await;
         db.begin_delete("web1", "w1").await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "begin_delete");
+        moved(db.vm_fingerprint().await.unwrap(), "begin_delete").await;
         assert!(
             db.take_over("web1", "deleting", Some("w1"), "w2")
                 .await
                 .unwrap()
         );
-        moved(db.vm_fingerprint().await.unwrap(), "take_over");
+        moved(db.vm_fingerprint().await.unwrap(), "take_over").await;
         db.delete_vm("web1").await.unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "delete_vm");
+        moved(db.vm_fingerprint().await.unwrap(), "delete_vm").await;
 
         db.insert_draft("web2", 0).await.unwrap();
         // Placement sees what every instance holds, and which domains are instances.
@@ -1277,11 +1314,11 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(node, "kvm1");
-        moved(db.vm_fingerprint().await.unwrap(), "a second build");
+        assert_eq!(node.0, "kvm1");
+        moved(db.vm_fingerprint().await.unwrap(), "a second build").await;
         db.fail_build("web2", "it broke", Made::default())
             .await
             .unwrap();
-        moved(db.vm_fingerprint().await.unwrap(), "fail_build");
+        moved(db.vm_fingerprint().await.unwrap(), "fail_build").await;
     }
 }

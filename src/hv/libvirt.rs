@@ -356,7 +356,7 @@ impl LibvirtNode {
 }
 
 impl NodeBackend for LibvirtNode {
-    fn probe(&self) -> Result<NodeProbe, HvError> {
+    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError> {
         self.with_conn(|c| {
             let info = c.node_info()?;
             let hostname = c.hostname().ok();
@@ -391,7 +391,11 @@ impl NodeBackend for LibvirtNode {
                 free_memory_kib: node_free_memory(c),
                 cpu_times: node_cpu_times(c),
                 networks: self.probe_networks(c)?,
-                volumes: self.probe_volumes(c)?,
+                volumes: if with_pool {
+                    self.probe_volumes(c)?
+                } else {
+                    None
+                },
                 domains: probes,
             })
         })
@@ -1069,7 +1073,7 @@ mod tests {
             .write(&dir.path().join("n.xml"))
             .unwrap();
         let node = LibvirtNode::new("n", &uri, "default");
-        let p = node.probe().unwrap();
+        let p = node.probe(true).unwrap();
         assert_eq!(p.cpus, 4);
         assert_eq!(p.memory_kib, 4096 * 1024);
         assert_eq!(p.domains.len(), 2);

@@ -239,8 +239,9 @@ pub type EventSink = Arc<dyn Fn(DomainEvent) + Send + Sync>;
 
 /// What the controller needs from one KVM node. Blocking; see the module note.
 pub trait NodeBackend: Send + Sync + 'static {
-    /// Reads the node's capacity, domains, networks and pool volumes.
-    fn probe(&self) -> Result<NodeProbe, HvError>;
+    /// Reads the node's capacity, domains and networks, and with `with_pool` its pool's
+    /// volumes (without it, `volumes` is `None`: the caller keeps what it read before).
+    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError>;
     /// Reads the named domains only; `None` for a name with no domain on the node.
     fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError>;
     /// Reads the volumes of the node's storage pool (`None` if the pool is missing).
