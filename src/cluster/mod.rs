@@ -509,7 +509,10 @@ impl Cluster {
             let inputs = self.inputs.lock();
             let st = &inputs.nodes[i];
             let listed = st.probe.as_ref().is_some_and(|p| p.volumes.is_some());
-            (st.domains_epoch, !listed || st.polls.is_multiple_of(POOL_EVERY))
+            (
+                st.domains_epoch,
+                !listed || st.polls.is_multiple_of(POOL_EVERY),
+            )
         };
         let result = self.node_call(i, move |b| b.probe(with_pool)).await;
         let mut backoff = None;

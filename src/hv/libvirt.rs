@@ -227,8 +227,8 @@ impl LibvirtNode {
             }
             Err(e) => return Err(e),
         };
-        let mut out = Vec::with_capacity(records.len());
-        for (d, st) in records {
+        let mut out = Vec::with_capacity(records.n);
+        for (d, st) in records.iter() {
             let name = d.name()?;
             let uuid = uuid_of(&d)?;
             let id = d.id();
@@ -795,57 +795,97 @@ struct BulkStats {
     mem_kib: Option<u64>,
 }
 
-/// Calls `virConnectGetAllDomainStats` for state, balloon and vCPU stats of every domain.
-fn all_domain_stats(c: &Connect) -> Result<Vec<(Domain, BulkStats)>, virt::error::Error> {
+/// The records of one `virConnectGetAllDomainStats` call, freed (with the references to
+/// their domains the list holds) when dropped.
+struct StatsRecords {
+    records: *mut sys::virDomainStatsRecordPtr,
+    n: usize,
+}
+
+impl Drop for StatsRecords {
+    fn drop(&mut self) {
+        // SAFETY: `records` is the list libvirt allocated in `all_domain_stats`, freed once.
+        unsafe { sys::virDomainStatsRecordListFree(self.records) };
+    }
+}
+
+/// A domain of a `StatsRecords` list, borrowed: no reference of its own is taken or dropped
+/// (each `virDomainRef` and `virDomainFree` formats the domain's UUID for libvirt's debug
+/// log, which at thousands of domains per poll was a good part of a poll's cost).
+struct RecordDomain<'a> {
+    d: std::mem::ManuallyDrop<Domain>,
+    _list: std::marker::PhantomData<&'a StatsRecords>,
+}
+
+impl std::ops::Deref for RecordDomain<'_> {
+    type Target = Domain;
+    fn deref(&self) -> &Domain {
+        &self.d
+    }
+}
+
+impl StatsRecords {
+    fn iter(&self) -> impl Iterator<Item = (RecordDomain<'_>, BulkStats)> + '_ {
+        (0..self.n).map(move |i| {
+            // SAFETY: `records` holds `n` valid record pointers; each record's `params` array
+            // holds `nparams` initialised typed parameters and its `dom` a domain the list
+            // holds a reference to, all valid until the list is freed (after `self`'s
+            // borrow, which `RecordDomain` carries, ends). `ManuallyDrop` keeps the borrowed
+            // domain from being freed by `Domain`'s drop.
+            unsafe {
+                let r = &**self.records.add(i);
+                let mut st = BulkStats::default();
+                for j in 0..usize::try_from(r.nparams).unwrap_or(0) {
+                    let p = &*r.params.add(j);
+                    let field = CStr::from_ptr(p.field.as_ptr()).to_bytes();
+                    let uint = |p: &sys::virTypedParameter| -> Option<u64> {
+                        match p.type_ as u32 {
+                            sys::VIR_TYPED_PARAM_INT => u64::try_from(p.value.i).ok(),
+                            sys::VIR_TYPED_PARAM_UINT => Some(u64::from(p.value.ui)),
+                            sys::VIR_TYPED_PARAM_LLONG => u64::try_from(p.value.l).ok(),
+                            sys::VIR_TYPED_PARAM_ULLONG => Some(p.value.ul),
+                            _ => None,
+                        }
+                    };
+                    let v = uint(p);
+                    match field {
+                        b"state.state" => {
+                            st.state = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
+                        }
+                        b"state.reason" => {
+                            st.reason = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
+                        }
+                        b"balloon.maximum" => st.max_mem_kib = v,
+                        b"balloon.current" => st.mem_kib = v,
+                        b"vcpu.current" => st.vcpus = v.and_then(|v| u32::try_from(v).ok()),
+                        _ => {}
+                    }
+                }
+                let d = RecordDomain {
+                    d: std::mem::ManuallyDrop::new(Domain::from_ptr(r.dom)),
+                    _list: std::marker::PhantomData,
+                };
+                (d, st)
+            }
+        })
+    }
+}
+
+/// State, vCPUs and memory of every domain of the node, in one call.
+fn all_domain_stats(c: &Connect) -> Result<StatsRecords, virt::error::Error> {
     let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     let groups =
         sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_BALLOON | sys::VIR_DOMAIN_STATS_VCPU;
     // SAFETY: `c` is a live connection; on success libvirt stores a NULL-terminated array of
-    // records in `records`, which is freed below with virDomainStatsRecordListFree.
+    // records in `records`, which `StatsRecords` frees.
     let n = unsafe { sys::virConnectGetAllDomainStats(c.as_ptr(), groups, &mut records, 0) };
     if n < 0 {
         return Err(virt::error::Error::last_error());
     }
-    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    for i in 0..usize::try_from(n).unwrap_or(0) {
-        // SAFETY: `records` holds `n` valid record pointers; each record's `params` array
-        // holds `nparams` initialised typed parameters, valid until the list is freed.
-        let (dom, st) = unsafe {
-            let r = &**records.add(i);
-            let mut st = BulkStats::default();
-            for j in 0..usize::try_from(r.nparams).unwrap_or(0) {
-                let p = &*r.params.add(j);
-                let field = CStr::from_ptr(p.field.as_ptr()).to_bytes();
-                let uint = |p: &sys::virTypedParameter| -> Option<u64> {
-                    match p.type_ as u32 {
-                        sys::VIR_TYPED_PARAM_INT => u64::try_from(p.value.i).ok(),
-                        sys::VIR_TYPED_PARAM_UINT => Some(u64::from(p.value.ui)),
-                        sys::VIR_TYPED_PARAM_LLONG => u64::try_from(p.value.l).ok(),
-                        sys::VIR_TYPED_PARAM_ULLONG => Some(p.value.ul),
-                        _ => None,
-                    }
-                };
-                let v = uint(p);
-                match field {
-                    b"state.state" => st.state = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0),
-                    b"state.reason" => {
-                        st.reason = v.and_then(|v| i32::try_from(v).ok()).unwrap_or(0)
-                    }
-                    b"balloon.maximum" => st.max_mem_kib = v,
-                    b"balloon.current" => st.mem_kib = v,
-                    b"vcpu.current" => st.vcpus = v.and_then(|v| u32::try_from(v).ok()),
-                    _ => {}
-                }
-            }
-            // The record list owns its domains: take a reference of our own.
-            sys::virDomainRef(r.dom);
-            (Domain::from_ptr(r.dom), st)
-        };
-        out.push((dom, st));
-    }
-    // SAFETY: frees the list libvirt allocated above (and its references to the domains).
-    unsafe { sys::virDomainStatsRecordListFree(records) };
-    Ok(out)
+    Ok(StatsRecords {
+        records,
+        n: usize::try_from(n).unwrap_or(0),
+    })
 }
 
 /// State and reason codes; the `virt` wrapper returns nested enums that are harder to map.
