@@ -102,7 +102,10 @@ pub struct NodeView {
     /// on top of what the database says kvmfs instances hold.
     #[serde(skip)]
     pub unmanaged_load: Arc<Vec<UnmanagedLoad>>,
-    /// The volumes of the pool that are images (see `node_images`).
+    /// The volumes of the pool that are no instance's disk or seed (see `image_candidates`)...
+    #[serde(skip)]
+    pub image_candidates: Arc<Vec<VolumeProbe>>,
+    /// ...and of those, the ones no domain of the node uses: its images.
     #[serde(skip)]
     pub images: Arc<Vec<VolumeProbe>>,
     #[serde(skip)]
@@ -508,24 +511,28 @@ pub fn build(
             ),
         };
         let mut nv = node_view(n, held, placement, now);
-        nv.images = match previous.nodes.get(&n.name) {
-            Some(prev)
-                if !images_stale(
-                    prev,
-                    &nv,
-                    &previous.instances,
-                    &instances,
-                    updates.as_deref(),
-                ) =>
-            {
-                prev.images.clone()
+        let prev = previous.nodes.get(&n.name);
+        let updates = updates.as_deref();
+        nv.image_candidates = match prev {
+            Some(p) if !candidates_stale(p, &nv, &previous.instances, &instances, updates) => {
+                p.image_candidates.clone()
             }
-            _ => Arc::new(node_images(&nv, &instances)),
+            _ => Arc::new(image_candidates(&nv, &instances)),
+        };
+        nv.images = match prev {
+            Some(p)
+                if Arc::ptr_eq(&p.image_candidates, &nv.image_candidates)
+                    && !use_changed(&nv, updates) =>
+            {
+                p.images.clone()
+            }
+            _ => Arc::new(images_of(&nv, &instances)),
         };
         let nv = match previous.nodes.get(&n.name) {
             // Same content and poll time: the same object, so nothing to invalidate.
             Some(prev)
                 if prev.same_as(&nv)
+                    && Arc::ptr_eq(&prev.image_candidates, &nv.image_candidates)
                     && Arc::ptr_eq(&prev.images, &nv.images)
                     && prev.updated_at == nv.updated_at =>
             {
@@ -1016,6 +1023,7 @@ fn node_view(n: &NodeState, held: Held, placement: &PlacementConfig, now: System
         instance_names: names,
         unmanaged_load,
         volumes: probe.and_then(|p| p.volumes.clone()),
+        image_candidates: Arc::new(Vec::new()),
         images: Arc::new(Vec::new()),
         changed_at: now,
     }
@@ -1049,27 +1057,66 @@ impl Room {
     }
 }
 
-/// The volumes of a node's pool that are images: not a kvmfs instance's disk or seed (of an
-/// instance on any node), and not a disk any domain on that node uses.
-fn node_images(nv: &NodeView, instances: &InstanceMap) -> Vec<VolumeProbe> {
+/// The volumes of a node's pool that may be images: listable, and not a kvmfs instance's
+/// disk or seed (of an instance on any node).
+fn image_candidates(nv: &NodeView, instances: &InstanceMap) -> Vec<VolumeProbe> {
     let Some(vols) = &nv.volumes else {
         return Vec::new();
     };
-    let mut in_use: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for iname in nv.instance_names.iter() {
-        if let Some(d) = instances.get(iname).and_then(|i| i.domain.as_ref()) {
-            in_use.extend(d.devices.disks.iter().filter_map(|d| d.source.as_deref()));
-        }
-    }
     vols.iter()
         .filter(|v| {
-            let own = crate::model::instance_of_volume(&v.name)
-                .is_some_and(|i| instances.contains_key(i));
-            let used = v.path.as_deref().is_some_and(|p| in_use.contains(p));
-            !own && !used && is_listable(&v.name)
+            is_listable(&v.name)
+                && !crate::model::instance_of_volume(&v.name)
+                    .is_some_and(|i| instances.contains_key(i))
         })
         .cloned()
         .collect()
+}
+
+/// A node's images: its image candidates that no domain of the node uses as a disk.
+fn images_of(nv: &NodeView, instances: &InstanceMap) -> Vec<VolumeProbe> {
+    let mut images: Vec<VolumeProbe> = nv.image_candidates.to_vec();
+    if images.is_empty() {
+        return images;
+    }
+    for iname in nv.instance_names.iter() {
+        if let Some(d) = instances.get(iname).and_then(|i| i.domain.as_ref()) {
+            for disk in d.devices.disks.iter().filter_map(|d| d.source.as_deref()) {
+                images.retain(|v| v.path.as_deref() != Some(disk));
+            }
+        }
+    }
+    images
+}
+
+/// Whether a domain of node `nv` that changed uses (or used) one of its image candidates as
+/// a disk: then which candidates are in use may have changed.
+fn use_changed(nv: &NodeView, updates: Option<&[Update]>) -> bool {
+    let Some(updates) = updates else {
+        return true;
+    };
+    if nv.image_candidates.is_empty() {
+        return false;
+    }
+    let uses_candidate = |i: &Option<Arc<InstanceView>>| {
+        i.as_ref()
+            .filter(|i| i.node.as_deref() == Some(nv.name.as_str()))
+            .and_then(|i| i.domain.as_ref())
+            .is_some_and(|d| {
+                d.devices.disks.iter().any(|disk| {
+                    nv.image_candidates
+                        .iter()
+                        .any(|v| v.path.is_some() && v.path == disk.source)
+                })
+            })
+    };
+    updates.iter().any(|(b, a)| {
+        let same = match (b, a) {
+            (Some(b), Some(a)) => same_domain(&b.domain, &a.domain) && b.node == a.node,
+            _ => false,
+        };
+        !same && (uses_candidate(b) || uses_candidate(a))
+    })
 }
 
 /// Whether a node's pool changed only in volumes that are instances' disks or seeds, before
@@ -1119,11 +1166,10 @@ fn only_instance_parts_changed(
     }
 }
 
-/// Whether a node's images may differ from `prev`'s (whose instances were `old`; they are
-/// `now`): its pool changed in a volume that is not an instance's part, an instance of it
-/// came, went or changed its domain (whose disks are not images), or an instance whose disk
-/// or seed is in its pool came or went.
-fn images_stale(
+/// Whether a node's image candidates may differ from `prev`'s (whose instances were `old`;
+/// they are `now`): its pool changed in a volume that is not an instance's part, or an
+/// instance whose disk or seed is in its pool came or went.
+fn candidates_stale(
     prev: &NodeView,
     nv: &NodeView,
     old: &InstanceMap,
@@ -1133,32 +1179,21 @@ fn images_stale(
     let Some(updates) = updates else {
         return true;
     };
-    let same_pool = only_instance_parts_changed(&prev.volumes, &nv.volumes, old, now);
     let in_pool = |name: String| {
         nv.volumes
             .as_ref()
             .is_some_and(|v| v.binary_search_by(|x| x.name.as_str().cmp(&name)).is_ok())
     };
-    !same_pool
+    !only_instance_parts_changed(&prev.volumes, &nv.volumes, old, now)
         || updates.iter().any(|(b, a)| {
-            let here = |i: &Option<Arc<InstanceView>>| {
-                i.as_ref()
-                    .is_some_and(|i| i.node.as_deref() == Some(nv.name.as_str()))
-            };
-            let same = match (b, a) {
-                (Some(b), Some(a)) => same_domain(&b.domain, &a.domain),
-                _ => false,
-            };
-            let came_or_went = b.is_some() != a.is_some();
             let name = b
                 .as_ref()
                 .or(a.as_ref())
                 .map(|i| i.name.as_str())
                 .unwrap_or("");
-            ((here(b) || here(a)) && !same)
-                || (came_or_went
-                    && (in_pool(crate::model::disk_volume(name))
-                        || in_pool(crate::model::seed_volume(name))))
+            b.is_some() != a.is_some()
+                && (in_pool(crate::model::disk_volume(name))
+                    || in_pool(crate::model::seed_volume(name)))
         })
 }
 
