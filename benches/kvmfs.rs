@@ -1630,7 +1630,8 @@ impl Doc {
         let _ = writeln!(s, "### Scale\n");
         let _ = writeln!(
             s,
-            "Managed instances (a `ready` row per domain) on 3 test-driver nodes. Walk and read \
+            "Managed instances (a `ready` row per domain, its disk and seed volumes in the \
+             node's pool) on 3 test-driver nodes. Walk and read \
              as above; RSS is the daemon's `VmRSS` after the walks; idle CPU is the daemon's \
              CPU time per second over 5 s with nothing changing (the pollers' cost). Nodes \
              *in the daemon*: libvirt's test driver runs inside kvmfs, so the RSS includes the \
@@ -1667,7 +1668,9 @@ impl Doc {
             "16 writer threads, each `mkdir`, write `spec.json` (`{{\"vcpus\":1,\"ram_mb\":128,\"disk_gb\":1}}`) \
              and poll `status` until `running`; then 16 threads `rmdir` them all. Test-driver \
              nodes (five of them: the test driver's pools hold 100 GiB); the time runs from the \
-             first `mkdir` to the last `running`.\n"
+             first `mkdir` to the last `running`. The last row starts with 10,000 managed \
+             instances there (2,000 per node, with their volumes; the nodes run in the daemon, \
+             with a libvirt deadline of 30 s).\n"
         );
         let _ = writeln!(
             s,
