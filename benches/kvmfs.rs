@@ -1198,28 +1198,22 @@ fn micro(opts: &Opts) -> Micro {
         &Changed::all(),
     );
     let r = if opts.quick { 3 } else { 11 };
-    let build_10k = median(r, || {
-        build(
-            &big,
-            &RowMap::new(),
-            None,
-            &placement,
-            &View::default(),
-            SystemTime::now(),
-            &Changed::all(),
-        );
-    });
-    let rebuild_10k_nodes_only = median(r, || {
-        build(
-            &big,
-            &RowMap::new(),
-            None,
-            &placement,
-            &first,
-            SystemTime::now(),
-            &Changed::default(),
-        );
-    });
+    // The median time of building a view of `nodes` on `previous` with `changed`.
+    let time_build = |nodes: &[NodeState], previous: &View, changed: &Changed| {
+        median(r, || {
+            build(
+                nodes,
+                &RowMap::new(),
+                None,
+                &placement,
+                previous,
+                SystemTime::now(),
+                changed,
+            );
+        })
+    };
+    let build_10k = time_build(&big, &View::default(), &Changed::all());
+    let rebuild_10k_nodes_only = time_build(&big, &first, &Changed::default());
     // One domain changed its state (an event, a build step): only it is built again.
     let mut one = big.clone();
     let d = one[0].domains[17].clone();
@@ -1229,28 +1223,8 @@ fn micro(opts: &Opts) -> Micro {
     });
     let mut changed = Changed::default();
     changed.name(&d.name);
-    let rebuild_10k_one_changed = median(r, || {
-        build(
-            &one,
-            &RowMap::new(),
-            None,
-            &placement,
-            &first,
-            SystemTime::now(),
-            &changed,
-        );
-    });
-    let rebuild_10k_all_changed = median(r, || {
-        build(
-            &one,
-            &RowMap::new(),
-            None,
-            &placement,
-            &first,
-            SystemTime::now(),
-            &Changed::all(),
-        );
-    });
+    let rebuild_10k_one_changed = time_build(&one, &first, &changed);
+    let rebuild_10k_all_changed = time_build(&one, &first, &Changed::all());
     Micro {
         place_100,
         build_10k,
@@ -1696,31 +1670,30 @@ impl Doc {
             let _ = writeln!(s, "### Placement and views\n");
             let _ = writeln!(s, "| What | Median |");
             let _ = writeln!(s, "|---|---|");
-            let _ = writeln!(
-                s,
-                "| Placement of one instance over 100 nodes (`placement::choose`) | {} |",
-                us(m.place_100)
-            );
-            let _ = writeln!(
-                s,
-                "| Building a view of 10,000 instances from scratch (`view::build`) | {} |",
-                ms(m.build_10k)
-            );
-            let _ = writeln!(
-                s,
-                "| Rebuilding it when only node numbers moved | {} |",
-                us(m.rebuild_10k_nodes_only)
-            );
-            let _ = writeln!(
-                s,
-                "| Rebuilding it when one domain changed: that instance alone | {} |",
-                us(m.rebuild_10k_one_changed)
-            );
-            let _ = writeln!(
-                s,
-                "| Rebuilding it when one domain changed, every instance (the way before) | {} |",
-                ms(m.rebuild_10k_all_changed)
-            );
+            for (what, time) in [
+                (
+                    "Placement of one instance over 100 nodes (`placement::choose`)",
+                    us(m.place_100),
+                ),
+                (
+                    "Building a view of 10,000 instances from scratch (`view::build`)",
+                    ms(m.build_10k),
+                ),
+                (
+                    "Rebuilding it when only node numbers moved",
+                    us(m.rebuild_10k_nodes_only),
+                ),
+                (
+                    "Rebuilding it when one domain changed: that instance alone",
+                    us(m.rebuild_10k_one_changed),
+                ),
+                (
+                    "Rebuilding it when one domain changed, every instance (the way before)",
+                    ms(m.rebuild_10k_all_changed),
+                ),
+            ] {
+                let _ = writeln!(s, "| {what} | {time} |");
+            }
             let _ = writeln!(s);
         }
         let _ = writeln!(s, "### Where the daemon's CPU goes (perf)\n");

@@ -50,6 +50,22 @@ struct VolumeCache {
     last: Option<Volumes>,
 }
 
+/// Reads a volume's capacity and path; `None` if it is gone (deleted since it was listed or
+/// looked up).
+fn volume_details(
+    v: &virt::storage_vol::StorageVol,
+) -> Result<Option<VolumeDetails>, virt::error::Error> {
+    match v.info() {
+        Ok(info) => Ok(Some(VolumeDetails {
+            capacity: info.capacity,
+            path: v.path().ok(),
+            read_at: Instant::now(),
+        })),
+        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A volume's details are read again once they are this old...
 const VOLUME_DETAILS_TTL: Duration = Duration::from_secs(60);
 /// ...at most this many per pool listing, so a pool of thousands of volumes costs one
@@ -307,18 +323,7 @@ impl LibvirtNode {
         }
         let mut read: HashMap<usize, Option<VolumeDetails>> = HashMap::with_capacity(due.len());
         for i in due {
-            let v = &listed[i].1;
-            let d = match v.info() {
-                Ok(info) => Some(VolumeDetails {
-                    capacity: info.capacity,
-                    path: v.path().ok(),
-                    read_at: Instant::now(),
-                }),
-                // A volume deleted between the listing and this call is gone.
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
-                Err(e) => return Err(e),
-            };
-            read.insert(i, d);
+            read.insert(i, volume_details(&listed[i].1)?);
         }
         let mut cache = self.volumes.lock();
         let mut out = Vec::with_capacity(listed.len());
@@ -581,15 +586,7 @@ impl NodeBackend for LibvirtNode {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 let found = match pool.lookup_storage_vol_by_name(name) {
-                    Ok(v) => match v.info() {
-                        Ok(info) => Some(VolumeDetails {
-                            capacity: info.capacity,
-                            path: v.path().ok(),
-                            read_at: Instant::now(),
-                        }),
-                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
-                        Err(e) => return Err(e),
-                    },
+                    Ok(v) => volume_details(&v)?,
                     Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => None,
                     Err(e) => return Err(e),
                 };
