@@ -37,6 +37,9 @@ struct Opts {
     profile: bool,
     /// Where `--profile` keeps its `perf.data` files (`--perf-dir DIR`), for `perf report`.
     perf_dir: Option<PathBuf>,
+    /// Set when this run is the child that valgrind's callgrind counts: it runs this one
+    /// workload of `micro` once and writes nothing (`--callgrind-workload NAME`).
+    callgrind_workload: Option<String>,
     scales: Vec<usize>,
     creates: usize,
 }
@@ -65,6 +68,7 @@ impl Opts {
                 .unwrap_or_else(|| root.join("docs/BENCHMARKS.md")),
             profile: args.iter().any(|a| a == "--profile"),
             perf_dir: value("--perf-dir").map(PathBuf::from),
+            callgrind_workload: value("--callgrind-workload"),
             scales: if quick {
                 vec![300, 1000]
             } else {
@@ -95,6 +99,10 @@ fn main() {
         eprintln!("the benchmark mounts filesystems and starts servers: run it as root");
         std::process::exit(1);
     }
+    if let Some(w) = &opts.callgrind_workload {
+        micro(&opts, Measure::Callgrind(w));
+        return;
+    }
     let mut doc = Doc::default();
     let started = Instant::now();
     let load_before = loadavg();
@@ -124,7 +132,9 @@ fn main() {
         save(&mut doc);
     }
     if opts.wants("micro") {
-        doc.micro = Some(section("placement and view building", || micro(&opts)));
+        doc.micro = Some(section("placement and view building", || {
+            micro(&opts, Measure::Time)
+        }));
         save(&mut doc);
     }
     if opts.profile {
@@ -1110,7 +1120,37 @@ struct Micro {
     rebuild_10k_all_changed: Duration,
 }
 
-fn micro(opts: &Opts) -> Micro {
+/// How `micro` measures its workloads: the median of timed runs, or one run of the named
+/// workload inside `cg_run`, for callgrind to count (`callgrind_micro`).
+#[derive(Clone, Copy)]
+enum Measure<'a> {
+    Time,
+    Callgrind(&'a str),
+}
+
+/// The workloads of `micro`, by the names `callgrind_micro` asks for.
+const MICRO_WORKLOADS: [(&str, &str); 5] = [
+    ("placement", "Placement of one instance over 100 nodes"),
+    ("build", "Building a view of 10,000 instances from scratch"),
+    (
+        "rebuild-nodes-only",
+        "Rebuilding it when only node numbers moved",
+    ),
+    ("rebuild-one", "Rebuilding it when one domain changed"),
+    (
+        "rebuild-all",
+        "Rebuilding every instance after one domain changed",
+    ),
+];
+
+/// The one function callgrind collects in (`--toggle-collect=*cg_run*`).
+#[inline(never)]
+fn cg_run(f: &mut dyn FnMut()) {
+    f();
+    std::hint::black_box(());
+}
+
+fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
     use kvmfs::cluster::placement::{Committed, Need, choose};
     use kvmfs::cluster::view::{Changed, NodeState, NodeStatus, RowMap, View, build};
     use kvmfs::hv::{DomainDevices, DomainProbe, DomainState, NetworkProbe, NodeProbe};
@@ -1164,6 +1204,15 @@ fn micro(opts: &Opts) -> Micro {
         polls: 0,
     };
     let runs = if opts.quick { 200 } else { 2000 };
+    let measure = |name: &str, runs: usize, f: &mut dyn FnMut()| match how {
+        Measure::Time => median(runs, f),
+        Measure::Callgrind(w) => {
+            if w == name {
+                cg_run(f);
+            }
+            Duration::ZERO
+        }
+    };
     let nodes: Vec<NodeState> = (0..100).map(|k| node(k, 10)).collect();
     let v = build(
         &nodes,
@@ -1184,7 +1233,7 @@ fn micro(opts: &Opts) -> Micro {
     };
     let none = kvmfs::db::Loads::default();
     let committed = Committed::from_loads(&none);
-    let place_100 = median(runs, || {
+    let place_100 = measure("placement", runs, &mut || {
         choose(&v, &need, &committed, &placement).expect("a node");
     });
     let big: Vec<NodeState> = (0..3).map(|k| node(k, 3334)).collect();
@@ -1198,9 +1247,9 @@ fn micro(opts: &Opts) -> Micro {
         &Changed::all(),
     );
     let r = if opts.quick { 3 } else { 11 };
-    // The median time of building a view of `nodes` on `previous` with `changed`.
-    let time_build = |nodes: &[NodeState], previous: &View, changed: &Changed| {
-        median(r, || {
+    // Building a view of `nodes` on `previous` with `changed`, measured as `name`.
+    let time_build = |name: &str, nodes: &[NodeState], previous: &View, changed: &Changed| {
+        measure(name, r, &mut || {
             build(
                 nodes,
                 &RowMap::new(),
@@ -1212,8 +1261,9 @@ fn micro(opts: &Opts) -> Micro {
             );
         })
     };
-    let build_10k = time_build(&big, &View::default(), &Changed::all());
-    let rebuild_10k_nodes_only = time_build(&big, &first, &Changed::default());
+    let build_10k = time_build("build", &big, &View::default(), &Changed::all());
+    let rebuild_10k_nodes_only =
+        time_build("rebuild-nodes-only", &big, &first, &Changed::default());
     // One domain changed its state (an event, a build step): only it is built again.
     let mut one = big.clone();
     let d = one[0].domains[17].clone();
@@ -1223,8 +1273,8 @@ fn micro(opts: &Opts) -> Micro {
     });
     let mut changed = Changed::default();
     changed.name(&d.name);
-    let rebuild_10k_one_changed = time_build(&one, &first, &changed);
-    let rebuild_10k_all_changed = time_build(&one, &first, &Changed::all());
+    let rebuild_10k_one_changed = time_build("rebuild-one", &one, &first, &changed);
+    let rebuild_10k_all_changed = time_build("rebuild-all", &one, &first, &Changed::all());
     Micro {
         place_100,
         build_10k,
@@ -1234,10 +1284,11 @@ fn micro(opts: &Opts) -> Micro {
     }
 }
 
-/// Where the daemon's CPU goes while the walk and the read of 300 instances repeat: `perf`
-/// samples of the daemon (callgrind cannot run a FUSE daemon: valgrind holds its lock across
-/// the daemon's `stat` of its own mountpoint, which only the daemon can answer), and its CPU
-/// time per operation.
+/// Where the daemon's CPU goes while the walk and the read repeat, during creates and while
+/// idle: `perf` samples of the daemon (callgrind cannot run a FUSE daemon: valgrind holds its
+/// lock across the daemon's `stat` of its own mountpoint, which only the daemon can answer),
+/// and its CPU time per operation; and callgrind's instruction counts of the in-process
+/// workloads of `micro` (placement, view builds).
 fn profile(opts: &Opts) -> Result<String, String> {
     let lab = Lab::new(3, 100);
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -1305,6 +1356,24 @@ fn profile(opts: &Opts) -> Result<String, String> {
         top.join("\n")
     );
     drop(m);
+    match callgrind_micro(dir) {
+        Ok(rows) => {
+            let _ = writeln!(
+                out,
+                "Instructions of the in-process workloads, counted by valgrind's callgrind, once \
+                 each (unlike times, the counts do not depend on the machine's load; they move \
+                 by a few hundred between runs with hash seeds and clock readings):\n\n\
+                 | Workload | Instructions |\n|---|---|"
+            );
+            for (what, n) in rows {
+                let _ = writeln!(out, "| {what} | {n} |");
+            }
+            let _ = writeln!(out);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "Instruction counts not measured: {e}\n");
+        }
+    }
     // Idle at scale: what the pollers cost with nothing changing, nodes behind a libvirtd.
     let n = if opts.quick { 3000 } else { 9999 };
     let d = PrivateLibvirtd::start()?;
@@ -1323,6 +1392,54 @@ fn profile(opts: &Opts) -> Result<String, String> {
         top.join("\n")
     );
     Ok(out)
+}
+
+/// Runs each of `micro`'s workloads once in a child of this benchmark under valgrind's
+/// callgrind, counting instructions only inside `cg_run`; returns (workload, instructions).
+fn callgrind_micro(dir: &Path) -> Result<Vec<(&'static str, String)>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for (name, what) in MICRO_WORKLOADS {
+        let out = dir.join(format!("callgrind-{name}.out"));
+        let st = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg("--toggle-collect=*cg_run*")
+            .arg(&exe)
+            .args(["--bench", "--callgrind-workload", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("valgrind: {e}"))?;
+        if !st.success() {
+            return Err(format!("valgrind on {name}: {st}"));
+        }
+        let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        let n: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            })
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no instruction total in {}", out.display()))?;
+        rows.push((what, group_thousands(n)));
+    }
+    Ok(rows)
+}
+
+/// 1234567 → "1,234,567".
+fn group_thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Samples daemon `pid` with `perf record` while `work` runs; returns the daemon's CPU time
