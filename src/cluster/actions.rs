@@ -570,9 +570,15 @@ impl Cluster {
                  the node answers"
             )));
         }
-        self.db.begin_delete(name, &self.worker_id).await?;
+        let rev = self.db.begin_delete(name, &self.worker_id).await?;
         failpoint::hit("delete:deleting");
-        self.refresh_row(name).await;
+        self.patch_local_row(name, |r| {
+            r.state = "deleting".into();
+            r.step = "deleting".into();
+            r.worker = Some(self.worker_id.clone());
+            r.updated_at = crate::db::unix_now();
+            r.rev = rev;
+        });
         self.finish_delete(name, row.hostname.as_deref(), row.made, Some("delete"))
             .await?;
         tracing::info!(instance = name, "deleted");

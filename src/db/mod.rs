@@ -877,7 +877,8 @@ impl Db {
     }
 
     /// Marks an instance as being deleted; refused while it is being built.
-    pub async fn begin_delete(&self, name: &str, worker: &str) -> Result<(), DbError> {
+    pub async fn begin_delete(&self, name: &str, worker: &str) -> Result<i64, DbError> {
+        let rev = self.next_rev();
         let n = self
             .bounded(
                 sqlx::query(
@@ -885,7 +886,7 @@ impl Db {
                      updated_at = ? \
                      WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
                 )
-                .bind(self.next_rev())
+                .bind(rev)
                 .bind(worker)
                 .bind(unix_now())
                 .bind(name)
@@ -895,7 +896,7 @@ impl Db {
         if n.rows_affected() == 0 {
             return Err(DbError::State(format!("instance {name} is being built")));
         }
-        Ok(())
+        Ok(rev)
     }
 
     /// Deletes the row and releases its addresses, in one transaction.
@@ -1278,7 +1279,17 @@ mod tests {
         moved(db.vm_fingerprint().await.unwrap(), "finish_build").await;
         db.set_error("web1", Some("refused")).await.unwrap();
         moved(db.vm_fingerprint().await.unwrap(), "set_error").await;
-        db.begin_delete("web1", "w1").await.unwrap();
+        let rev = db.begin_delete("web1", "w1").await.unwrap();
+        let row = db.get_vm("web1").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.state.as_str(),
+                row.step.as_str(),
+                row.worker.as_deref(),
+                row.rev
+            ),
+            ("deleting", "deleting", Some("w1"), rev)
+        );
         moved(db.vm_fingerprint().await.unwrap(), "begin_delete").await;
         assert!(
             db.take_over("web1", "deleting", Some("w1"), "w2")
