@@ -605,7 +605,11 @@ impl Cluster {
             }
             let left = self.remove_parts(name, node, made, crash_points).await;
             if left != made {
-                self.db.set_made(name, left).await?;
+                let rev = self.db.set_made(name, left).await?;
+                self.patch_local_row(name, |r| {
+                    r.made = left;
+                    r.rev = rev;
+                });
             }
             if !left.is_empty() {
                 return Err(ActionError::Backend(format!(
