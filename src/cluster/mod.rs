@@ -53,9 +53,12 @@ struct Inputs {
     /// Which instances may show something new (a row, a domain, a node's reachability)
     /// since the last build; with none, a build only recomputes the nodes.
     changed: Changed,
-    /// Bumped by every local row change; a database poll that started before a change
-    /// is discarded instead of overwriting it with older rows.
+    /// Bumped by every local row change.
     rows_epoch: u64,
+    /// The `rows_epoch` of each name's last local change: a database read that began before
+    /// it keeps that name's local row (newer than what the read saw) and takes the rest.
+    /// Names are dropped once a read that began after their change has been taken.
+    local_since: HashMap<String, u64>,
     /// When the rows were last read whole (see `poll_db`).
     rows_read: Option<Instant>,
     db_error: Option<String>,
@@ -164,6 +167,7 @@ impl Cluster {
                 rows: RowMap::new(),
                 changed: Changed::all(),
                 rows_epoch: 0,
+                local_since: HashMap::new(),
                 rows_read: None,
                 db_error: None,
                 pending_errors: HashMap::new(),
@@ -598,7 +602,6 @@ impl Cluster {
             let inputs = self.inputs.lock();
             let full_due = self.cfg.timing.refresh() * FULL_READ_EVERY;
             if inputs.db_error.is_none()
-                && inputs.rows_epoch == epoch
                 && inputs.rows_read.is_some_and(|at| at.elapsed() < full_due)
                 && VmFingerprint::of(inputs.rows.values().map(|r| &**r)) == *fp
             {
@@ -611,7 +614,6 @@ impl Cluster {
         };
         let mut inputs = self.inputs.lock();
         match r {
-            Ok(_) if inputs.rows_epoch != epoch => {}
             Ok(rows) => {
                 inputs.rows_read = Some(Instant::now());
                 let inputs = &mut *inputs;
@@ -620,13 +622,17 @@ impl Cluster {
                     inputs.db_error = None;
                     self.mark_dirty(inputs);
                 }
-                let mut rows = rows;
+                // Rows changed here while the read ran are newer than what it saw.
+                let local_since = &inputs.local_since;
+                let newer = |name: &str| local_since.get(name).is_some_and(|e| *e > epoch);
+                let mut rows: Vec<VmRow> = rows.into_iter().filter(|r| !newer(&r.vmname)).collect();
                 for r in &mut rows {
                     if let Some(e) = inputs.pending_errors.get(&r.vmname) {
                         r.error = Some(e.clone());
                     }
                 }
-                let unchanged = rows.len() == inputs.rows.len()
+                let kept = inputs.rows.keys().filter(|n| newer(n)).count();
+                let unchanged = rows.len() + kept == inputs.rows.len()
                     && rows
                         .iter()
                         .all(|r| inputs.rows.get(&r.vmname).is_some_and(|old| **old == *r));
@@ -643,12 +649,18 @@ impl Cluster {
                         };
                         fresh.insert(row.vmname.clone(), row);
                     }
-                    // What is left of the old rows is gone from the table.
-                    for gone in std::mem::replace(&mut inputs.rows, fresh).into_keys() {
-                        inputs.changed.name(&gone);
+                    // What is left of the old rows is gone from the table, unless changed here
+                    // since the read began.
+                    for (name, row) in std::mem::replace(&mut inputs.rows, fresh) {
+                        if newer(&name) {
+                            inputs.rows.insert(name, row);
+                        } else {
+                            inputs.changed.name(&name);
+                        }
                     }
                     self.mark_dirty(inputs);
                 }
+                inputs.local_since.retain(|_, e| *e > epoch);
             }
             Err(e) => {
                 if inputs.db_error.is_none() {
@@ -668,6 +680,8 @@ impl Cluster {
     pub(crate) fn set_local_row(&self, name: &str, row: Option<VmRow>) {
         let mut inputs = self.inputs.lock();
         inputs.rows_epoch += 1;
+        let e = inputs.rows_epoch;
+        inputs.local_since.insert(name.to_string(), e);
         match row {
             Some(mut r) => {
                 if let Some(e) = inputs.pending_errors.get(name) {
@@ -694,6 +708,8 @@ impl Cluster {
         let mut r = VmRow::clone(row);
         patch(&mut r);
         inputs.rows_epoch += 1;
+        let e = inputs.rows_epoch;
+        inputs.local_since.insert(name.to_string(), e);
         inputs.rows.insert(name.to_string(), Arc::new(r));
         inputs.changed.name(name);
         self.mark_dirty(&mut inputs);

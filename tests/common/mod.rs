@@ -540,18 +540,21 @@ pub fn is_kvmfs_mount(path: &Path) -> bool {
     }) && answers_statfs(path)
 }
 
-/// Whether the filesystem at `path` answers `statfs`, which (unlike `stat`, served from the
-/// kernel's attribute cache) always reaches the daemon: a mount whose daemon died answers
-/// `ENOTCONN`.
+/// Whether a FUSE filesystem at `path` answers `statfs`, which (unlike `stat`, served from
+/// the kernel's attribute cache) always reaches the daemon: a mount whose daemon died answers
+/// `ENOTCONN`. The answer must come from FUSE: a crashed daemon's mount, listed in
+/// `mountinfo` a moment ago, may have been cleared by the new daemon since, and the bare
+/// folder under it answers `statfs` too.
 pub fn answers_statfs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
+    const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: `c` is a NUL-terminated path and `buf` a writable statfs struct.
     unsafe {
         let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut buf) == 0
+        libc::statfs(c.as_ptr(), &mut buf) == 0 && buf.f_type == FUSE_SUPER_MAGIC
     }
 }
 
