@@ -1336,6 +1336,8 @@ fn profile(opts: &Opts) -> Result<String, String> {
         cpu * 1000.0 / n as f64,
         top.join("\n")
     );
+    // Unmounted before the next sample, which it would share the CPU with.
+    drop(m);
     // Creates with 10,000 instances there already, nodes in the daemon.
     let per_node = if opts.quick { 600 } else { 2000 };
     let lab = Lab::new(5, per_node);
