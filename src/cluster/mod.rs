@@ -343,27 +343,10 @@ impl Cluster {
                 let st = &mut inputs.nodes[i];
                 let Some(p) = &st.probe else { return };
                 let Some(old) = &p.volumes else { return };
-                let mut volumes: Option<Vec<crate::hv::VolumeProbe>> = None;
-                for (name, probe) in found {
-                    let list = volumes.as_ref().unwrap_or(old);
-                    // The list is in name order.
-                    let pos = list.binary_search_by(|v| v.name.as_str().cmp(&name));
-                    match (pos, probe) {
-                        (Ok(at), Some(v)) if list[at] != v => {
-                            volumes.get_or_insert_with(|| old.to_vec())[at] = v
-                        }
-                        (Ok(_), Some(_)) | (Err(_), None) => {}
-                        (Ok(at), None) => {
-                            volumes.get_or_insert_with(|| old.to_vec()).remove(at);
-                        }
-                        (Err(at), Some(v)) => {
-                            volumes.get_or_insert_with(|| old.to_vec()).insert(at, v)
-                        }
-                    }
-                }
-                if let Some(v) = volumes {
+                let mut volumes = old.to_vec();
+                if !patch_by_name(&mut volumes, |v| &v.name, found).is_empty() {
                     let mut p = crate::hv::NodeProbe::clone(p);
-                    p.volumes = Some(Arc::new(v));
+                    p.volumes = Some(Arc::new(volumes));
                     st.probe = Some(Arc::new(p));
                     self.mark_dirty(&mut inputs);
                 }
@@ -387,22 +370,15 @@ impl Cluster {
         let mut inputs = self.inputs.lock();
         let inputs = &mut *inputs;
         let st = &mut inputs.nodes[i];
-        let mut changed = false;
-        for (name, probe) in found {
-            // The list is in name order.
-            let pos = st.domains.binary_search_by(|d| d.name.as_str().cmp(&name));
-            match (pos, probe) {
-                (Ok(p), Some(d)) if *st.domains[p] != d => st.domains[p] = Arc::new(d),
-                (Ok(_), Some(_)) | (Err(_), None) => continue,
-                (Ok(p), None) => {
-                    st.domains.remove(p);
-                }
-                (Err(at), Some(d)) => st.domains.insert(at, Arc::new(d)),
-            }
-            inputs.changed.name(&name);
-            changed = true;
+        let found = found
+            .into_iter()
+            .map(|(name, d)| (name, d.map(Arc::new)))
+            .collect();
+        let changed = patch_by_name(&mut st.domains, |d| &d.name, found);
+        for name in &changed {
+            inputs.changed.name(name);
         }
-        if changed {
+        if !changed.is_empty() {
             // A poll that began before this re-read must not put older domains back.
             st.domains_epoch += 1;
             self.mark_dirty(inputs);
@@ -775,6 +751,28 @@ impl Cluster {
     }
 }
 
+/// Puts what was re-read of some names (`None`: gone) into `list`, which is in name order:
+/// replaced, removed or inserted in place. Returns the names that changed.
+fn patch_by_name<T: PartialEq>(
+    list: &mut Vec<T>,
+    name_of: impl Fn(&T) -> &String,
+    found: Vec<(String, Option<T>)>,
+) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (name, item) in found {
+        match (list.binary_search_by(|x| name_of(x).cmp(&name)), item) {
+            (Ok(at), Some(x)) if list[at] != x => list[at] = x,
+            (Ok(_), Some(_)) | (Err(_), None) => continue,
+            (Ok(at), None) => {
+                list.remove(at);
+            }
+            (Err(at), Some(x)) => list.insert(at, x),
+        }
+        changed.push(name);
+    }
+    changed
+}
+
 /// Takes a new probe's domains into `current`, keeping the `Arc` of every domain that did not
 /// change (so views built from it share their instances). Returns the names of the domains
 /// that changed, came or went. Both lists are in name order, so when nothing changed the
@@ -848,6 +846,20 @@ fn uri_host(uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn re_read_names_are_patched_into_a_name_ordered_list() {
+        let mut list: Vec<String> = ["a", "c", "e"].iter().map(|s| s.to_string()).collect();
+        let found = vec![
+            ("b".to_string(), Some("b".to_string())),
+            ("c".to_string(), Some("c".to_string())),
+            ("e".to_string(), None),
+            ("z".to_string(), None),
+        ];
+        let changed = patch_by_name(&mut list, |s| s, found);
+        assert_eq!(list, ["a", "b", "c"]);
+        assert_eq!(changed, ["b", "e"]);
+    }
 
     #[test]
     fn uri_hosts() {

@@ -175,8 +175,8 @@ impl PartialEq for InstanceView {
         self.name == other.name
             && self.node == other.node
             && self.node_online == other.node_online
-            && same_row(&self.row, &other.row)
-            && same_domain(&self.domain, &other.domain)
+            && same_arc(&self.row, &other.row)
+            && same_arc(&self.domain, &other.domain)
             && self.changed_at == other.changed_at
     }
 }
@@ -528,7 +528,7 @@ pub fn build(
             }
             _ => Arc::new(images_of(&nv, &instances)),
         };
-        let nv = match previous.nodes.get(&n.name) {
+        let nv = match prev {
             // Same content and poll time: the same object, so nothing to invalidate.
             Some(prev)
                 if prev.same_as(&nv)
@@ -672,15 +672,8 @@ fn same_keys_btree<V>(a: &BTreeMap<String, V>, b: &BTreeMap<String, V>) -> bool 
     a.len() == b.len() && a.keys().eq(b.keys())
 }
 
-fn same_row(a: &Option<Arc<VmRow>>, b: &Option<Arc<VmRow>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
-fn same_domain(a: &Option<Arc<DomainProbe>>, b: &Option<Arc<DomainProbe>>) -> bool {
+/// Whether two optional objects are the very same one (or both absent).
+fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
@@ -695,8 +688,8 @@ fn settle(previous: Option<&Arc<InstanceView>>, mut iv: InstanceView) -> Arc<Ins
     let Some(prev) = previous else {
         return Arc::new(iv);
     };
-    if same_row(&prev.row, &iv.row)
-        && same_domain(&prev.domain, &iv.domain)
+    if same_arc(&prev.row, &iv.row)
+        && same_arc(&prev.domain, &iv.domain)
         && prev.node == iv.node
         && prev.node_online == iv.node_online
     {
@@ -860,12 +853,7 @@ fn update_instances(
         };
         let before = map.get(name.as_str()).cloned();
         let after = iv.map(|iv| settle(before.as_ref(), iv));
-        let same = match (&before, &after) {
-            (Some(b), Some(a)) => Arc::ptr_eq(b, a),
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
+        if same_arc(&before, &after) {
             continue;
         }
         match &after {
@@ -1112,7 +1100,7 @@ fn use_changed(nv: &NodeView, updates: Option<&[Update]>) -> bool {
     };
     updates.iter().any(|(b, a)| {
         let same = match (b, a) {
-            (Some(b), Some(a)) => same_domain(&b.domain, &a.domain) && b.node == a.node,
+            (Some(b), Some(a)) => same_arc(&b.domain, &a.domain) && b.node == a.node,
             _ => false,
         };
         !same && (uses_candidate(b) || uses_candidate(a))
@@ -1437,11 +1425,6 @@ mod tests {
         }
     }
 
-    /// What a node view holds of its instances.
-    fn held_of(n: &NodeView) -> Held {
-        Held::of_view(n)
-    }
-
     proptest::proptest! {
         /// Building only the instances that changed gives the view building all of them
         /// gives, step after step (each step starting from the last in-place build, so any
@@ -1532,7 +1515,7 @@ mod tests {
                 proptest::prop_assert_eq!(part.instances_changed_at, whole.instances_changed_at);
                 for (name, w) in &whole.nodes {
                     let p = &part.nodes[name];
-                    proptest::prop_assert_eq!(held_of(p), held_of(w), "node {}", name);
+                    proptest::prop_assert_eq!(Held::of_view(p), Held::of_view(w), "node {}", name);
                     proptest::prop_assert_eq!(p.score, w.score);
                 }
                 let images = |v: &View| {
