@@ -46,6 +46,70 @@ pub struct Config {
     pub flavors: BTreeMap<String, Flavor>,
     pub instances: InstancesConfig,
     pub networks: Vec<NetworkConfig>,
+    pub quotas: QuotasConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// What one user (uid) may hold; root is not limited. 0 means no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotasConfig {
+    /// Drafts and failed instances (names with nothing on a node).
+    pub drafts: u64,
+    /// Instances that hold room on a node (building, ready, deleting).
+    pub instances: u64,
+    /// vCPUs of those instances together.
+    pub vcpus: u64,
+    /// RAM (MiB) of those instances together.
+    pub ram_mb: u64,
+    /// Bytes of scratch files (editors' swap and backup files) in instance folders.
+    pub scratch_bytes: u64,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        QuotasConfig {
+            drafts: 32,
+            instances: 64,
+            vcpus: 128,
+            ram_mb: 256 * 1024,
+            scratch_bytes: 4 << 20,
+        }
+    }
+}
+
+impl QuotasConfig {
+    /// The limits the database checks.
+    pub fn user_quota(&self) -> crate::db::UserQuota {
+        crate::db::UserQuota {
+            drafts: self.drafts,
+            instances: self.instances,
+            vcpus: self.vcpus,
+            ram_mb: self.ram_mb,
+        }
+    }
+}
+
+/// The key that seals instances' SSH private keys in the database (see `secrets`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// The key file (32 random bytes as 64 hex digits). Default: `STATE_DIR/secret.key`,
+    /// made on first start when missing.
+    pub key_file: Option<PathBuf>,
+    /// Keys being rotated out: rows sealed with them are read, and sealed again with
+    /// `key_file` at start.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// The key file in use.
+    pub fn key_file(&self) -> PathBuf {
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("secret.key"))
+    }
 }
 
 /// Defaults and guest settings for instances kvmfs creates.
@@ -358,6 +422,21 @@ struct FileConfig {
     instances: InstancesConfig,
     #[serde(default, rename = "network")]
     networks: Option<Vec<NetworkConfig>>,
+    #[serde(default)]
+    quotas: QuotasConfig,
+    #[serde(default)]
+    secrets: SecretsConfig,
+}
+
+/// `p` as named in the config file at `config`: relative paths are relative to its folder.
+fn beside(config: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(p),
+        _ => p,
+    }
 }
 
 /// Where state lives when neither the file nor the command line says.
@@ -428,6 +507,17 @@ impl Config {
             flavors: file.flavors.unwrap_or_else(default_flavors),
             instances: file.instances,
             networks: file.networks.unwrap_or_else(default_networks),
+            quotas: file.quotas,
+            secrets: SecretsConfig {
+                // Relative to the file that names them, whatever the daemon's directory.
+                key_file: file.secrets.key_file.map(|k| beside(path, k)),
+                previous_key_files: file
+                    .secrets
+                    .previous_key_files
+                    .into_iter()
+                    .map(|k| beside(path, k))
+                    .collect(),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -455,6 +545,8 @@ impl Config {
             flavors: default_flavors(),
             instances: InstancesConfig::default(),
             networks: demo_networks(),
+            quotas: QuotasConfig::default(),
+            secrets: SecretsConfig::default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -14,6 +14,8 @@ pub mod fs;
 pub mod hv;
 pub mod model;
 pub mod mount;
+pub mod random;
+pub mod secrets;
 pub mod spec;
 pub mod statedir;
 pub mod testnode;

@@ -12,6 +12,7 @@ use kvmfs::config::Config;
 use kvmfs::db::Db;
 use kvmfs::fs::KvmFs;
 use kvmfs::mount::{self, Readiness};
+use kvmfs::secrets::KeyRing;
 use kvmfs::statedir::StateDir;
 use kvmfs::tree::{Owner, Tree};
 
@@ -95,6 +96,12 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    // Everything kvmfs writes (the database, the key file, the log, the demo's nodes) is
+    // its user's alone.
+    // SAFETY: umask only sets this process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let Cmd::Mount(args) = cli.cmd;
     let code = if args.foreground {
@@ -159,6 +166,39 @@ fn start_background(args: &MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses to start with a key that opens none of the database's private keys while it
+/// holds some sealed under keys this daemon lacks (a new control node given no key file:
+/// its new key is removed again), warns about rows it cannot open, and seals what is
+/// stored in the clear or under a key being rotated out.
+async fn check_keys(
+    cluster: &Cluster,
+    key_file: &std::path::Path,
+    made: bool,
+) -> anyhow::Result<()> {
+    let foreign = cluster.foreign_key_ids().await?;
+    if !foreign.is_empty() {
+        let list = foreign
+            .iter()
+            .map(|(id, n)| format!("{id} ({n} rows)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if made {
+            let _ = std::fs::remove_file(key_file);
+            anyhow::bail!(
+                "the database holds private keys sealed with key {list}, and there was no key \
+                 file at {}: copy the key file of the other control nodes there (mode 0600), \
+                 or name it in [secrets] key_file",
+                key_file.display()
+            );
+        }
+        tracing::error!(keys = %list, "private keys sealed with keys this kvmfs does not hold cannot be read (ssh_key answers EIO); see [secrets] in CONFIGURATION.md");
+    }
+    if let Err(e) = cluster.seal_keys_at_rest().await {
+        tracing::warn!(error = %e, "cannot seal the private keys stored in the clear yet");
+    }
+    Ok(())
+}
+
 fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
     let mp = mount::preflight(&args.mountpoint)?;
     let cfg = Arc::new(load_config(args)?);
@@ -184,7 +224,19 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         tracing::info!(database = db.display_url(), "database connected");
         db.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cluster = Cluster::new(cfg.clone(), db, state.worker_id().to_string());
+        let key_file = cfg.key_file();
+        let (keys, made) =
+            KeyRing::load(&key_file, &cfg.secrets.previous_key_files, true)?;
+        if made {
+            tracing::info!(key_file = %key_file.display(), key = keys.current_id(), "made a new key file for the private keys");
+        }
+        let cluster = Cluster::new(
+            cfg.clone(),
+            db,
+            state.worker_id().to_string(),
+            Arc::new(keys),
+        );
+        check_keys(&cluster, &key_file, made).await?;
         cluster.start().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::Ok(cluster)
     })?;

@@ -165,11 +165,18 @@ pub fn spawn_daemon(args: &[std::ffi::OsString], log: &Path) -> Result<u32, Moun
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let logf = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| MountError::Spawn(format!("cannot open log {}: {e}", log.display())))?;
+    let logf = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)
+            .map_err(|e| MountError::Spawn(format!("cannot open log {}: {e}", log.display())))?;
+        // The log names instances, users and nodes: its user's alone, also if it existed.
+        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
+        f
+    };
     let logf2 = logf
         .try_clone()
         .map_err(|e| MountError::Spawn(e.to_string()))?;

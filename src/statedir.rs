@@ -5,10 +5,16 @@
 //! It is kept in `STATE_DIR/worker-id`, so a daemon restarted after a crash has the id of
 //! the one that died and knows, at once, that rows carrying it were cut off mid-operation:
 //! the lock guarantees no other live daemon carries that id.
+//!
+//! The directory holds the SQLite database (every instance's row, with its sealed private
+//! key), the key file that opens those keys, and the log: it is private to the daemon's
+//! user (0700, files 0600). A directory left with wider modes, by an earlier kvmfs or by
+//! hand, is narrowed at start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +43,15 @@ impl StateDir {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        create_private_dir(dir).map_err(io)?;
+        make_private(dir).map_err(io)?;
         let lock_path = dir.join("kvmfs.lock");
         let mut lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(io)?;
         // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
@@ -70,9 +78,16 @@ impl StateDir {
         let worker_id = match std::fs::read_to_string(&id_path) {
             Ok(s) if valid_id(s.trim()) => s.trim().to_string(),
             _ => {
-                let id = new_id().map_err(io)?;
+                let id = crate::random::hex(16).map_err(io)?;
                 let tmp = dir.join("worker-id.tmp");
-                std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                f.write_all(format!("{id}\n").as_bytes()).map_err(io)?;
                 std::fs::rename(&tmp, &id_path).map_err(io)?;
                 id
             }
@@ -88,15 +103,46 @@ impl StateDir {
     }
 }
 
-fn valid_id(s: &str) -> bool {
-    (8..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+/// Creates `dir` (and missing parents) as 0700.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
-/// 16 random bytes from the kernel, in hex.
-fn new_id() -> std::io::Result<String> {
-    let mut b = [0u8; 16];
-    File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+/// Narrows `dir` to 0700 and everything in it (and in its folders) to its owner: files
+/// lose every group and other bit, folders become 0700. Symlinks are left alone.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let narrow = |p: &Path, m: &std::fs::Metadata| -> std::io::Result<()> {
+        let mode = m.permissions().mode() & 0o7777;
+        let want = if m.is_dir() { 0o700 } else { mode & 0o700 };
+        if mode != want {
+            tracing::warn!(path = %p.display(), from = format!("{mode:04o}"), to = format!("{want:04o}"), "state dir: narrowing permissions");
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(want))?;
+        }
+        Ok(())
+    };
+    narrow(dir, &std::fs::metadata(dir)?)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.path().symlink_metadata()?;
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        if m.is_dir() {
+            make_private(&e.path())?;
+        } else {
+            narrow(&e.path(), &m)?;
+        }
+    }
+    Ok(())
+}
+
+fn valid_id(s: &str) -> bool {
+    (8..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -117,5 +163,32 @@ mod tests {
         drop(a);
         let b = StateDir::lock(d.path()).unwrap();
         assert_eq!(b.worker_id(), id);
+    }
+
+    #[test]
+    fn a_state_dir_with_wide_modes_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::create_dir(dir.join("demo")).unwrap();
+        for (f, m) in [
+            ("kvmfs.db", 0o644),
+            ("kvmfs.db-wal", 0o666),
+            ("demo/kvm1.xml", 0o755),
+        ] {
+            std::fs::write(dir.join(f), "x").unwrap();
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _s = StateDir::lock(&dir).unwrap();
+        let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(""), 0o700);
+        assert_eq!(mode("demo"), 0o700);
+        assert_eq!(mode("kvmfs.db"), 0o600);
+        assert_eq!(mode("kvmfs.db-wal"), 0o600);
+        assert_eq!(mode("demo/kvm1.xml"), 0o700);
+        assert_eq!(mode("worker-id"), 0o600);
+        assert_eq!(mode("kvmfs.lock") & 0o077, 0);
     }
 }

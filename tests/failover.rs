@@ -97,7 +97,9 @@ fn the_promoted_replica_takes_over_and_nothing_acknowledged_is_lost() {
         "the reason names the replica's state: {err}"
     );
     assert!(read(m.path("instances/a1/status")).starts_with("running"));
-    assert!(read(m.path("status")).starts_with("degraded: database"));
+    wait_for(Duration::from_secs(10), "/status to say degraded", || {
+        read(m.path("status")).starts_with("degraded: database")
+    });
     assert!(!m.path("instances/x1").exists());
 
     replica.promote();

@@ -43,6 +43,12 @@ pub enum ActionError {
     TooBig(String),
     #[error("{0}")]
     Backend(String),
+    /// The instance a handle was opened on is gone, or its name belongs to another one now.
+    #[error("{0}")]
+    Stale(String),
+    /// A per-user limit (`[quotas]`) refuses it.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<DbError> for ActionError {
@@ -54,6 +60,7 @@ impl From<DbError> for ActionError {
             DbError::PoolExhausted(p) => {
                 ActionError::NoCapacity(format!("address pool {p} is exhausted"))
             }
+            DbError::Quota(m) => ActionError::Quota(m),
             other => ActionError::Backend(other.to_string()),
         }
     }
@@ -93,9 +100,27 @@ impl Control {
     }
 }
 
+/// The instance a build works on: one incarnation of a name, placed on a node.
+struct Target {
+    name: String,
+    incarnation: String,
+    node: String,
+}
+
+/// Whether `uid` may change an instance whose row is `row`: its owner, or root.
+fn owner_may(name: &str, row: &crate::db::VmRow, uid: u32) -> Result<(), ActionError> {
+    if uid != 0 && i64::from(uid) != row.owner_uid {
+        return Err(ActionError::NotOwner(format!(
+            "instance {name} belongs to uid {}",
+            row.owner_uid
+        )));
+    }
+    Ok(())
+}
+
 fn random_mac() -> String {
     let mut b = [0u8; 3];
-    if getrandom_bytes(&mut b).is_err() {
+    if crate::random::fill(&mut b).is_err() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -103,11 +128,6 @@ fn random_mac() -> String {
         b = [(t >> 16) as u8, (t >> 8) as u8, t as u8];
     }
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
-}
-
-fn getrandom_bytes(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 impl Cluster {
@@ -123,23 +143,33 @@ impl Cluster {
         }
     }
 
-    /// Checks that `uid` may change instance `name` (its owner, or root).
-    fn check_owner(&self, name: &str, uid: u32) -> Result<crate::db::VmRow, ActionError> {
+    /// Checks that `uid` may change instance `name` (its owner, or root), as this mount's
+    /// picture shows it; with `incarnation`, only that incarnation of the name (the one a
+    /// file was opened on).
+    fn check_owner(
+        &self,
+        name: &str,
+        incarnation: Option<&str>,
+        uid: u32,
+    ) -> Result<crate::db::VmRow, ActionError> {
         let view = self.view();
         let Some(inst) = view.instances.get(name) else {
-            return Err(ActionError::NotFound(format!("instance {name} not found")));
+            return Err(match incarnation {
+                Some(_) => ActionError::Stale(format!("instance {name} was deleted")),
+                None => ActionError::NotFound(format!("instance {name} not found")),
+            });
         };
         let Some(row) = inst.row.as_deref().cloned() else {
             return Err(ActionError::NotOwner(format!(
                 "instance {name} is not managed by kvmfs; it is left alone"
             )));
         };
-        if uid != 0 && i64::from(uid) != row.owner_uid {
-            return Err(ActionError::NotOwner(format!(
-                "instance {name} belongs to uid {}",
-                row.owner_uid
+        if incarnation.is_some_and(|i| i != row.incarnation) {
+            return Err(ActionError::Stale(format!(
+                "instance {name} was deleted and made again since this file was opened"
             )));
         }
+        owner_may(name, &row, uid)?;
         Ok(row)
     }
 
@@ -154,7 +184,12 @@ impl Cluster {
                 "instance {name} already exists"
             )));
         }
-        match self.db.insert_draft(name.as_str(), uid).await {
+        self.db.gate()?;
+        match self
+            .db
+            .insert_draft(name.as_str(), uid, &self.cfg.quotas.user_quota())
+            .await
+        {
             Ok(row) => self.set_local_row(name.as_str(), Some(row)),
             Err(DbError::Conflict(_)) => {
                 return Err(ActionError::Exists(format!(
@@ -175,19 +210,20 @@ impl Cluster {
     /// Records why a spec, command or delete was refused or failed, for the instance's
     /// `error` file (and the log). The reason shows at once; storing it in the database
     /// happens in the background, so a dead database delays nothing.
-    pub fn record_error(&self, name: &str, err: &ActionError) {
+    pub fn record_error(&self, name: &str, incarnation: Option<&str>, err: &ActionError) {
         tracing::warn!(instance = name, error = %err, "refused");
-        self.set_local_error(name, &err.to_string());
+        self.set_local_error(name, incarnation, &err.to_string());
     }
 
     /// Commits `spec.json`: places the instance and starts its build in the background.
     pub async fn commit_spec(
         self: &Arc<Self>,
         name: &str,
+        incarnation: &str,
         uid: u32,
         text: &[u8],
     ) -> Result<(), ActionError> {
-        let row = self.check_owner(name, uid)?;
+        let row = self.check_owner(name, Some(incarnation), uid)?;
         if !matches!(row.state.as_str(), "draft" | "failed") {
             return Err(ActionError::Busy(format!(
                 "instance {name} is {}; its spec can no longer change",
@@ -197,7 +233,7 @@ impl Cluster {
         let spec = match self.check_spec(text) {
             Ok(s) => s,
             Err(e) => {
-                self.record_error(name, &e);
+                self.record_error(name, Some(incarnation), &e);
                 return Err(e);
             }
         };
@@ -220,6 +256,11 @@ impl Cluster {
             spec: &spec_text,
         };
         let claim = self.claim_for(name).await?;
+        if let Err(e) = self.db.gate() {
+            let e = ActionError::from(e);
+            self.record_error(name, Some(incarnation), &e);
+            return Err(e);
+        }
         let placed = {
             // Local creates queue here rather than on the database's placement lock.
             let _guard = self.place_lock.lock().await;
@@ -228,6 +269,9 @@ impl Cluster {
                 .db
                 .begin_build(
                     name,
+                    incarnation,
+                    row.owner_uid,
+                    &self.cfg.quotas.user_quota(),
                     &self.worker_id,
                     &build,
                     &Committed::domains_to_check(&view),
@@ -248,15 +292,19 @@ impl Cluster {
         let node = match placed {
             Ok((n, _)) => n,
             Err(e) => {
-                self.record_error(name, &e);
+                self.record_error(name, Some(incarnation), &e);
                 return Err(e);
             }
         };
         failpoint::hit("create:placed");
         tracing::info!(instance = name, node = %node, "placed; building");
         let c = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move { c.build(name, node, spec, uid, claim).await });
+        let target = Target {
+            name: name.to_string(),
+            incarnation: incarnation.to_string(),
+            node,
+        };
+        tokio::spawn(async move { c.build(target, spec, uid, claim).await });
         Ok(())
     }
 
@@ -349,16 +397,10 @@ impl Cluster {
     }
 
     /// Runs a build to its end, holding `_claim` (the instance) until then.
-    async fn build(
-        self: Arc<Self>,
-        name: String,
-        node: String,
-        spec: Spec,
-        uid: u32,
-        _claim: Claim,
-    ) {
+    async fn build(self: Arc<Self>, target: Target, spec: Spec, uid: u32, _claim: Claim) {
         let mut made = Made::default();
-        let r = self.build_steps(&name, &node, &spec, uid, &mut made).await;
+        let r = self.build_steps(&target, &spec, uid, &mut made).await;
+        let Target { name, node, .. } = target;
         if let Some(ni) = self.node_index(&node) {
             self.refresh_after_action(ni, &name).await;
         }
@@ -391,12 +433,12 @@ impl Cluster {
 
     async fn build_steps(
         &self,
-        name: &str,
-        node: &str,
+        target: &Target,
         spec: &Spec,
         uid: u32,
         made: &mut Made,
     ) -> Result<(), String> {
+        let (name, node) = (target.name.as_str(), target.node.as_str());
         let ni = self
             .node_index(node)
             .ok_or_else(|| format!("node {node} is not configured"))?;
@@ -424,8 +466,15 @@ impl Cluster {
             });
         }
 
-        // The key is made in memory; the step is recorded with it.
+        // The key is made in memory and stored only sealed; the step is recorded with it.
         let (public, private) = generate_key(name)?;
+        let private = self
+            .keys
+            .seal(
+                &crate::secrets::row_binding(name, &target.incarnation),
+                private.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
         let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
         let (ip0, ip1) = (ip(0), ip(1));
         let rev = self
@@ -547,42 +596,80 @@ impl Cluster {
 
     /// `rmdir`: destroys the domain, deletes its volumes, releases its addresses and deletes
     /// its row. Safe to repeat; safe when the domain is already gone.
+    ///
+    /// It acts on the row as the database holds it, read under this daemon's claim and
+    /// marked `deleting` only if unchanged since (`Db::begin_delete`), never on this mount's
+    /// picture, which may be a poll old: another mount may have built the instance, be
+    /// building or deleting it, or have made the name again meanwhile.
     pub async fn delete(self: &Arc<Self>, name: &str, uid: u32) -> Result<(), ActionError> {
-        let not_building = |row: crate::db::VmRow| {
-            if row.state == "building" {
-                return Err(ActionError::Busy(format!(
-                    "instance {name} is being built ({}); delete it when the build ends",
-                    row.step
+        let _claim = self.claim_for(name).await?;
+        self.db.gate()?;
+        for _ in 0..3 {
+            let Some(row) = self.db.get_vm(name).await? else {
+                // Not (or no longer) in the database: forget what the picture still shows.
+                self.set_local_row(name, None);
+                return Err(match self.view().instances.get(name) {
+                    Some(i) if i.domain.is_some() => ActionError::NotOwner(format!(
+                        "instance {name} is not managed by kvmfs; it is left alone"
+                    )),
+                    _ => ActionError::NotFound(format!("instance {name} not found")),
+                });
+            };
+            owner_may(name, &row, uid)?;
+            self.check_deletable(&row).await?;
+            if let Some(node) = &row.hostname
+                && !row.made.is_empty()
+                && !self.view().nodes.get(node).is_some_and(|n| n.online)
+            {
+                return Err(ActionError::Backend(format!(
+                    "node {node} is offline; instance {name} is left as it is: rmdir again \
+                     when the node answers"
                 )));
             }
-            Ok(row)
-        };
-        not_building(self.check_owner(name, uid)?)?;
-        let _claim = self.claim_for(name).await?;
-        // Read again under the claim: an operation that just ended may have changed it.
-        let row = not_building(self.check_owner(name, uid)?)?;
-        if let Some(node) = &row.hostname
-            && !row.made.is_empty()
-            && !self.view().nodes.get(node).is_some_and(|n| n.online)
-        {
-            return Err(ActionError::Backend(format!(
-                "node {node} is offline; instance {name} is left as it is: rmdir again when \
-                 the node answers"
-            )));
+            let rev = match self.db.begin_delete(name, &self.worker_id, row.rev).await {
+                Ok(rev) => rev,
+                // Changed since it was read (another mount): read it again.
+                Err(DbError::State(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            failpoint::hit("delete:deleting");
+            let mut deleting = row.clone();
+            deleting.state = "deleting".into();
+            deleting.step = "deleting".into();
+            deleting.worker = Some(self.worker_id.clone());
+            deleting.updated_at = crate::db::unix_now();
+            deleting.rev = rev;
+            self.set_local_row(name, Some(deleting));
+            self.finish_delete(name, row.hostname.as_deref(), row.made, Some("delete"))
+                .await?;
+            tracing::info!(instance = name, "deleted");
+            return Ok(());
         }
-        let rev = self.db.begin_delete(name, &self.worker_id).await?;
-        failpoint::hit("delete:deleting");
-        self.patch_local_row(name, |r| {
-            r.state = "deleting".into();
-            r.step = "deleting".into();
-            r.worker = Some(self.worker_id.clone());
-            r.updated_at = crate::db::unix_now();
-            r.rev = rev;
-        });
-        self.finish_delete(name, row.hostname.as_deref(), row.made, Some("delete"))
-            .await?;
-        tracing::info!(instance = name, "deleted");
-        Ok(())
+        Err(ActionError::Busy(format!(
+            "instance {name} keeps changing under another kvmfs; try again"
+        )))
+    }
+
+    /// Refuses to delete a row another operation owns: a build (here or on any mount), or
+    /// a delete that a live daemon runs. A delete whose daemon is this one or has stopped
+    /// beating is taken over and finished.
+    async fn check_deletable(&self, row: &crate::db::VmRow) -> Result<(), ActionError> {
+        let name = &row.vmname;
+        match row.state.as_str() {
+            "building" => Err(ActionError::Busy(format!(
+                "instance {name} is being built ({}); delete it when the build ends",
+                row.step
+            ))),
+            "deleting" => match row.worker.as_deref() {
+                Some(w) if w != self.worker_id && self.worker_is_live(w).await? => {
+                    Err(ActionError::Busy(format!(
+                        "instance {name} is being deleted by another kvmfs (worker {w})"
+                    )))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 
     /// The rest of a delete once the row reads `deleting`: removes what `made` lists from
@@ -629,10 +716,16 @@ impl Cluster {
     }
 
     /// `ctl`: start, stop (graceful), destroy (hard) or reboot; the wrong state is `Busy`.
-    pub async fn control(&self, name: &str, uid: u32, cmd: Control) -> Result<(), ActionError> {
-        self.check_owner(name, uid)?;
+    pub async fn control(
+        &self,
+        name: &str,
+        incarnation: &str,
+        uid: u32,
+        cmd: Control,
+    ) -> Result<(), ActionError> {
+        self.check_owner(name, Some(incarnation), uid)?;
         let _claim = self.claim_for(name).await?;
-        let row = self.check_owner(name, uid)?;
+        let row = self.check_owner(name, Some(incarnation), uid)?;
         let busy = |m: String| Err(ActionError::Busy(m));
         if row.state != "ready" {
             return busy(format!("instance {name} is {}", row.state));

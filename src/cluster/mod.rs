@@ -64,7 +64,24 @@ struct Inputs {
     db_error: Option<String>,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
-    pending_errors: HashMap<String, String>,
+    pending_errors: HashMap<String, PendingError>,
+}
+
+/// An error shown in an instance's `error` file that the database has not stored yet; it
+/// belongs to one incarnation of the name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingError {
+    incarnation: String,
+    message: String,
+}
+
+impl PendingError {
+    /// Lays the error over `row` if it is the row it belongs to.
+    fn apply(&self, row: &mut VmRow) {
+        if row.incarnation == self.incarnation {
+            row.error = Some(self.message.clone());
+        }
+    }
 }
 
 /// The running controller.
@@ -85,8 +102,8 @@ pub struct Cluster {
     /// cannot overbook a node.
     place_lock: tokio::sync::Mutex<()>,
     /// Errors to store, in the order they happened (see `set_local_error`).
-    errors_tx: tokio::sync::mpsc::UnboundedSender<(String, String)>,
-    errors_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
+    errors_tx: tokio::sync::mpsc::UnboundedSender<(String, PendingError)>,
+    errors_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, PendingError)>>>,
     /// Domain events from the nodes: (node index, domain name).
     events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, String)>>>,
     /// This daemon's name in `vm.worker` and the heartbeats (see `statedir`).
@@ -96,6 +113,8 @@ pub struct Cluster {
     claims: Arc<Mutex<HashSet<String>>>,
     /// Wakes `drain` when a claim ends.
     claims_changed: Arc<tokio::sync::Notify>,
+    /// Seals and opens instances' private keys (see `secrets`).
+    keys: Arc<crate::secrets::KeyRing>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -114,7 +133,12 @@ impl Drop for Claim {
 
 impl Cluster {
     /// Builds the controller for `cfg` with libvirt backends.
-    pub fn new(cfg: Arc<Config>, db: Db, worker_id: String) -> Arc<Cluster> {
+    pub fn new(
+        cfg: Arc<Config>,
+        db: Db,
+        worker_id: String,
+        keys: Arc<crate::secrets::KeyRing>,
+    ) -> Arc<Cluster> {
         crate::hv::libvirt::quiet_libvirt_errors();
         let nodes = cfg
             .nodes
@@ -126,7 +150,7 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes, worker_id)
+        Self::with_nodes(cfg, db, nodes, worker_id, keys)
     }
 
     fn with_nodes(
@@ -134,6 +158,7 @@ impl Cluster {
         db: Db,
         nodes: Vec<NodeHandle>,
         worker_id: String,
+        keys: Arc<crate::secrets::KeyRing>,
     ) -> Arc<Cluster> {
         // Every node reports its domain changes here; `start` follows them.
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -186,6 +211,7 @@ impl Cluster {
             worker_id,
             claims: Arc::new(Mutex::new(HashSet::new())),
             claims_changed: Arc::new(tokio::sync::Notify::new()),
+            keys,
         })
     }
 
@@ -199,6 +225,76 @@ impl Cluster {
 
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// Instance `i`'s SSH private key, opened from its sealed form in the row.
+    pub fn private_key(&self, i: &view::InstanceView) -> Result<Vec<u8>, actions::ActionError> {
+        let Some(row) = i.row.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let Some(stored) = row.ssh_private_key.as_deref() else {
+            return Ok(Vec::new());
+        };
+        self.keys
+            .open(
+                &crate::secrets::row_binding(&row.vmname, &row.incarnation),
+                stored,
+            )
+            .map_err(|e| {
+                tracing::error!(instance = %row.vmname, error = %e, "cannot open the private key");
+                actions::ActionError::Backend(format!(
+                    "instance {}: cannot open its private key: {e}",
+                    row.vmname
+                ))
+            })
+    }
+
+    /// Seals every private key the database holds in the clear (an earlier kvmfs stored
+    /// them so) or under a key being rotated out. Returns how many it sealed.
+    pub async fn seal_keys_at_rest(&self) -> Result<usize, crate::db::DbError> {
+        let mut sealed = 0;
+        for (name, incarnation, stored) in self.db.private_keys().await? {
+            if !self.keys.needs_reseal(&stored) {
+                continue;
+            }
+            let binding = crate::secrets::row_binding(&name, &incarnation);
+            let plain = match self.keys.open(&binding, &stored) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(instance = %name, error = %e, "cannot open a private key to seal it again");
+                    continue;
+                }
+            };
+            let new = self
+                .keys
+                .seal(&binding, &plain)
+                .map_err(|e| crate::db::DbError::Query(e.to_string()))?;
+            if self.db.replace_private_key(&name, &stored, &new).await? {
+                sealed += 1;
+            }
+        }
+        if sealed > 0 {
+            tracing::info!(
+                keys = sealed,
+                key = self.keys.current_id(),
+                "sealed private keys at rest"
+            );
+        }
+        Ok(sealed)
+    }
+
+    /// The ids of the keys the database's private keys are sealed with that this daemon
+    /// does not hold, with how many rows each.
+    pub async fn foreign_key_ids(&self) -> Result<Vec<(String, usize)>, crate::db::DbError> {
+        let mut ids: std::collections::BTreeMap<String, usize> = Default::default();
+        for (_, _, stored) in self.db.private_keys().await? {
+            if let Some(id) = crate::secrets::key_id_of(&stored)
+                && !self.keys.holds(id)
+            {
+                *ids.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Takes instance `name` for one operation; `None` while another holds it.
@@ -388,21 +484,27 @@ impl Cluster {
     /// Stores the errors `set_local_error` shows, one at a time and in order.
     async fn error_writer(
         self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, PendingError)>,
     ) {
-        while let Some((name, msg)) = rx.recv().await {
+        while let Some((name, pending)) = rx.recv().await {
             // Replaced by a later error, or cleared by a commit: nothing to store.
-            if self.inputs.lock().pending_errors.get(&name) != Some(&msg) {
+            if self.inputs.lock().pending_errors.get(&name) != Some(&pending) {
                 continue;
             }
-            match self.db.set_error(&name, Some(&msg)).await {
+            let stored = self
+                .db
+                .set_error(&name, &pending.incarnation, Some(&pending.message))
+                .await;
+            match stored {
                 Ok(rev) => {
                     let mut inputs = self.inputs.lock();
-                    if inputs.pending_errors.get(&name) == Some(&msg) {
+                    if inputs.pending_errors.get(&name) == Some(&pending) {
                         inputs.pending_errors.remove(&name);
                     }
                     // The row shows the error already; only its stamp moved.
-                    if let Some(row) = inputs.rows.get_mut(&name) {
+                    if let Some(row) = inputs.rows.get_mut(&name)
+                        && row.incarnation == pending.incarnation
+                    {
                         Arc::make_mut(row).rev = rev;
                     }
                 }
@@ -604,7 +706,7 @@ impl Cluster {
                 let mut rows: Vec<VmRow> = rows.into_iter().filter(|r| !newer(&r.vmname)).collect();
                 for r in &mut rows {
                     if let Some(e) = inputs.pending_errors.get(&r.vmname) {
-                        r.error = Some(e.clone());
+                        e.apply(r);
                     }
                 }
                 let kept = inputs.rows.keys().filter(|n| newer(n)).count();
@@ -661,7 +763,7 @@ impl Cluster {
         match row {
             Some(mut r) => {
                 if let Some(e) = inputs.pending_errors.get(name) {
-                    r.error = Some(e.clone());
+                    e.apply(&mut r);
                 }
                 inputs.rows.insert(name.to_string(), Arc::new(r));
             }
@@ -699,25 +801,34 @@ impl Cluster {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Shows `error` in instance `name`'s `error` file at once, and has it stored in the
-    /// database in the background (in order, so the last error is the one kept). Until it
-    /// is stored — the database may be down — it is laid over every poll's rows.
-    pub(crate) fn set_local_error(&self, name: &str, error: &str) {
-        {
+    /// Shows `error` in instance `name`'s `error` file at once (only in incarnation
+    /// `incarnation` when given), and has it stored in the database in the background (in
+    /// order, so the last error is the one kept). Until it is stored — the database may be
+    /// down — it is laid over every poll's rows of that incarnation.
+    pub(crate) fn set_local_error(&self, name: &str, incarnation: Option<&str>, error: &str) {
+        let pending = {
             let mut inputs = self.inputs.lock();
             let Some(row) = inputs.rows.get(name) else {
                 return;
+            };
+            if incarnation.is_some_and(|i| i != row.incarnation) {
+                return;
+            }
+            let pending = PendingError {
+                incarnation: row.incarnation.clone(),
+                message: error.to_string(),
             };
             let mut r = VmRow::clone(row);
             r.error = Some(error.to_string());
             inputs.rows.insert(name.to_string(), Arc::new(r));
             inputs
                 .pending_errors
-                .insert(name.to_string(), error.to_string());
+                .insert(name.to_string(), pending.clone());
             inputs.changed.name(name);
             self.mark_dirty(&mut inputs);
-        }
-        let _ = self.errors_tx.send((name.to_string(), error.to_string()));
+            pending
+        };
+        let _ = self.errors_tx.send((name.to_string(), pending));
     }
 
     /// Forgets an error not stored yet: the instance's state moved on (a commit clears it).

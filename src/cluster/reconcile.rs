@@ -82,6 +82,15 @@ impl Cluster {
         }
     }
 
+    /// Whether daemon `worker` has written its heartbeat within the lease.
+    pub(super) async fn worker_is_live(&self, worker: &str) -> Result<bool, DbError> {
+        let beats = self.db.heartbeats().await?;
+        let lease = i64::try_from(self.cfg.timing.worker_lease().as_secs()).unwrap_or(i64::MAX);
+        Ok(beats
+            .get(worker)
+            .is_some_and(|t| crate::db::unix_now() - t <= lease))
+    }
+
     /// One reconciliation round (see the module note).
     pub async fn reconcile(self: &Arc<Self>) -> Report {
         let mut report = Report::default();
@@ -113,6 +122,10 @@ impl Cluster {
             }
         }
         self.release_strays(&mut report).await;
+        // Keys another (older) kvmfs on the database stored in the clear.
+        if let Err(e) = self.seal_keys_at_rest().await {
+            tracing::debug!(error = %e, "cannot seal private keys yet");
+        }
         self.notice_disagreements(&rows, &mut report);
         report
     }

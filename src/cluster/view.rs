@@ -118,6 +118,16 @@ fn volume_names<S: serde::Serializer>(v: &Option<Volumes>, s: S) -> Result<S::Ok
 }
 
 impl NodeView {
+    /// When `info.json` last changed: its content apart from the poll time, or the poll time
+    /// it shows (to the second). The kernel keeps a file's pages until its mtime or size
+    /// moves, so this moves whenever a byte of the file does.
+    pub fn info_changed_at(&self) -> SystemTime {
+        let polled = self
+            .updated_at
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        polled.map_or(self.changed_at, |p| p.max(self.changed_at))
+    }
+
     /// Whether `self` shows what `other` shows, apart from the poll time (`updated_at`).
     fn same_as(&self, other: &NodeView) -> bool {
         self.status == other.status
@@ -186,6 +196,17 @@ impl Eq for InstanceView {}
 impl InstanceView {
     pub fn managed(&self) -> bool {
         self.row.is_some()
+    }
+
+    /// What tells this instance from any other that had or will have its name: its row's
+    /// incarnation for a managed instance, its domain's UUID otherwise. Inode numbers and
+    /// open handles belong to one identity.
+    pub fn identity(&self) -> String {
+        match (&self.row, &self.domain) {
+            (Some(r), _) => format!("r:{}", r.identity()),
+            (None, Some(d)) => format!("d:{}", d.uuid),
+            (None, None) => String::new(),
+        }
     }
 
     /// The one-line `status`: a domain state word, or the step of a kvmfs operation,
@@ -632,6 +653,13 @@ pub fn build(
     } else {
         now
     };
+    if previous.version == 0 {
+        // The first view: what it shows appeared now, not in 1970.
+        v.instances_changed_at = now;
+        v.networks_changed_at = now;
+        v.images_changed_at = now;
+        v.status_changed_at = now;
+    }
     v
 }
 
@@ -1422,6 +1450,7 @@ mod tests {
             made: crate::db::Made::default(),
             worker: None,
             rev: 0,
+            incarnation: format!("inc-{name}"),
         }
     }
 

@@ -34,6 +34,30 @@ pub enum DbError {
     NotFound(String),
     #[error("address pool {0} is exhausted")]
     PoolExhausted(String),
+    /// A per-user limit refuses the change (see `UserQuota`).
+    #[error("{0}")]
+    Quota(String),
+}
+
+/// What one user may hold, checked by the database in the statement or transaction that
+/// would go past it (0: no limit). Root (uid 0) has no limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserQuota {
+    /// Rows in `draft` or `failed` (a name, nothing on a node).
+    pub drafts: u64,
+    /// Rows that hold room on a node (`building`, `ready`, `deleting`).
+    pub instances: u64,
+    pub vcpus: u64,
+    pub ram_mb: u64,
+}
+
+/// A limit as a bound for SQL: 0 (none) and root's rows get the largest number.
+fn limit(value: u64, owner: i64) -> i64 {
+    if value == 0 || owner == 0 {
+        i64::MAX
+    } else {
+        i64::try_from(value).unwrap_or(i64::MAX)
+    }
 }
 
 impl From<sqlx::Error> for DbError {
@@ -82,6 +106,9 @@ pub struct VmRow {
     pub worker: Option<String>,
     /// The stamp of the row's last write (see `Db::next_rev`).
     pub rev: i64,
+    /// Random id given when the row was made: tells this row from an earlier or later one
+    /// of the same name (see `VmRow::identity`).
+    pub incarnation: String,
 }
 
 /// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
@@ -192,7 +219,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key, made, worker, rev FROM vm",
+            "ssh_private_key, made, worker, rev, incarnation FROM vm",
             $tail
         )
     };
@@ -200,7 +227,7 @@ macro_rules! select_vm {
 
 impl VmRow {
     /// The row `insert_draft` writes.
-    fn draft(name: &str, owner: u32, now: i64, rev: i64) -> VmRow {
+    fn draft(name: &str, owner: u32, now: i64, rev: i64, incarnation: String) -> VmRow {
         VmRow {
             vmname: name.to_string(),
             hostname: None,
@@ -223,6 +250,17 @@ impl VmRow {
             made: Made::default(),
             worker: None,
             rev,
+            incarnation,
+        }
+    }
+
+    /// What tells this row from any other row that had or will have its name: its
+    /// incarnation, or for rows made before incarnations existed, its creation time.
+    pub fn identity(&self) -> String {
+        if self.incarnation.is_empty() {
+            format!("legacy-{}", self.created_at)
+        } else {
+            self.incarnation.clone()
         }
     }
 }
@@ -305,6 +343,14 @@ pub struct Db {
     failover: Option<Arc<failover::Failover>>,
     /// The last `vm.rev` stamp this daemon wrote or saw (see `next_rev`).
     rev_clock: Arc<AtomicI64>,
+    /// Set while statements cannot reach the database (see `gate`).
+    down: Arc<parking_lot::Mutex<Option<Down>>>,
+}
+
+/// Why the database could not be reached, and when a change may try it again.
+struct Down {
+    reason: String,
+    retry_at: std::time::Instant,
 }
 
 impl Db {
@@ -354,6 +400,9 @@ impl Db {
                 )));
             }
         };
+        if let Some(path) = sqlite_path(&url) {
+            make_private(&path);
+        }
         Ok(Db {
             pool,
             timeout,
@@ -361,6 +410,7 @@ impl Db {
             display_url,
             failover: None,
             rev_clock: Arc::new(AtomicI64::new(0)),
+            down: Arc::default(),
         })
     }
 
@@ -429,6 +479,7 @@ impl Db {
             display_url,
             failover: Some(fo),
             rev_clock: Arc::new(AtomicI64::new(0)),
+            down: Arc::default(),
         })
     }
 
@@ -470,10 +521,57 @@ impl Db {
         &self,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, DbError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let r = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(|e| self.sql_err(e)),
             Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
+        };
+        self.note(&r);
+        r
+    }
+
+    /// Notes whether a statement reached the database (see `gate`).
+    fn note<T, E>(&self, r: &Result<T, E>)
+    where
+        E: std::borrow::Borrow<DbError>,
+    {
+        let mut down = self.down.lock();
+        match r {
+            Ok(_) => *down = None,
+            Err(e) => match e.borrow() {
+                e @ (DbError::Unavailable(_) | DbError::Timeout(_)) => {
+                    *down = Some(Down {
+                        reason: e.to_string(),
+                        retry_at: std::time::Instant::now() + self.timeout,
+                    });
+                }
+                // The database answered, if only to refuse.
+                _ => *down = None,
+            },
         }
+    }
+
+    /// Lets a change try the database, or refuses it at once while the database is known
+    /// to be unreachable: after a statement could not reach it, changes are refused
+    /// without waiting until one of them, let through every `db_timeout_ms`, or any
+    /// statement (the poller reads every `refresh_ms`) reaches it again. So a frozen
+    /// database costs one caller its deadline, not every caller in turn (the kernel runs
+    /// `mkdir`s and `rmdir`s in one folder one at a time).
+    pub fn gate(&self) -> Result<(), DbError> {
+        let mut down = self.down.lock();
+        let Some(d) = down.as_mut() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        if now >= d.retry_at {
+            // This one tries; the others keep failing fast until it knows.
+            d.retry_at = now + self.timeout;
+            return Ok(());
+        }
+        Err(DbError::Unavailable(format!(
+            "{} (refused at once while the database does not answer; tried again within {:?})",
+            d.reason.trim_start_matches("database unreachable: "),
+            d.retry_at - now
+        )))
     }
 
     /// Records a configured node in `host`, as the original `makevm.sh` did on first use.
@@ -575,24 +673,57 @@ impl Db {
     }
 
     /// Reserves `name` for `owner` as a draft, and returns the row as written. A taken name
-    /// is `Conflict`.
-    pub async fn insert_draft(&self, name: &str, owner: u32) -> Result<VmRow, DbError> {
+    /// is `Conflict`; an owner who already holds `quota.drafts` drafts and failed instances
+    /// is `Quota`. The count is read just before the insert, without a lock (a locking
+    /// read would make concurrent inserts deadlock): concurrent `mkdir`s of one user can go
+    /// past the limit by at most the ones that overlap.
+    pub async fn insert_draft(
+        &self,
+        name: &str,
+        owner: u32,
+        quota: &UserQuota,
+    ) -> Result<VmRow, DbError> {
         let now = unix_now();
+        let owner_id = i64::from(owner);
+        let max = limit(quota.drafts, owner_id);
+        if max < i64::MAX {
+            let held: i64 = self
+                .bounded(
+                    sqlx::query(
+                        "SELECT COUNT(*) FROM vm WHERE owner_uid = ? \
+                         AND state IN ('draft', 'failed')",
+                    )
+                    .bind(owner_id)
+                    .fetch_one(&self.pool),
+                )
+                .await?
+                .try_get(0)?;
+            if held >= max {
+                return Err(DbError::Quota(format!(
+                    "uid {owner} holds {held} drafts and failed instances; the limit is {} \
+                     ([quotas] drafts): build or delete some first",
+                    quota.drafts
+                )));
+            }
+        }
         let rev = self.next_rev();
+        let incarnation = crate::random::hex(8)
+            .map_err(|e| DbError::Query(format!("cannot make an incarnation id: {e}")))?;
         self.bounded(
             sqlx::query(
-                "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at, rev) \
-                 VALUES (?, 'draft', '', ?, ?, ?, ?)",
+                "INSERT INTO vm (vmname, state, step, owner_uid, created_at, updated_at, rev, \
+                 incarnation) VALUES (?, 'draft', '', ?, ?, ?, ?, ?)",
             )
             .bind(name)
-            .bind(i64::from(owner))
+            .bind(owner_id)
             .bind(now)
             .bind(now)
             .bind(rev)
+            .bind(&incarnation)
             .execute(&self.pool),
         )
-        .await
-        .map(|_| VmRow::draft(name, owner, now, rev))
+        .await?;
+        Ok(VmRow::draft(name, owner, now, rev, incarnation))
     }
 
     /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
@@ -601,9 +732,13 @@ impl Db {
     /// the `domains` (node, domain name: the active domains this mount does not know as
     /// instances) are instances after all, and names the node. The lock is held for two
     /// aggregate reads and a lookup per such domain, not for a read of every row.
+    #[allow(clippy::too_many_arguments)]
     pub async fn begin_build<E: From<DbError>>(
         &self,
         name: &str,
+        incarnation: &str,
+        owner: i64,
+        quota: &UserQuota,
         worker: &str,
         b: &BuildRow<'_>,
         domains: &[(&str, &str)],
@@ -648,13 +783,34 @@ impl Db {
                     loads.managed.insert((node.to_string(), domain.to_string()));
                 }
             }
-            let node = choose(&loads)?;
+            // Root, and a configuration without limits, need no count.
+            if owner != 0 && (quota.instances | quota.vcpus | quota.ram_mb) != 0 {
+                let held = sqlx::query(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(vcpus), 0) AS SIGNED), \
+                     CAST(COALESCE(SUM(ram), 0) AS SIGNED) FROM vm WHERE owner_uid = ? \
+                     AND state IN ('building', 'ready', 'deleting')",
+                )
+                .bind(owner)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.sql_err(e))?;
+                let mut sums = [0i64; 3];
+                for (i, v) in sums.iter_mut().enumerate() {
+                    *v = held.try_get::<i64, _>(i).map_err(|e| self.sql_err(e))?;
+                }
+                check_quota(owner, quota, sums, b)?;
+            }
+            // A refusal of `choose` is an answer of the database's, not a failure to reach it.
+            let node = match choose(&loads) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
             let rev = self.next_rev();
             let n = sqlx::query(
                 "UPDATE vm SET rev = ?, state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
                  error = NULL, made = '', worker = ?, updated_at = ? \
-                 WHERE vmname = ? AND state IN ('draft', 'failed')",
+                 WHERE vmname = ? AND incarnation = ? AND state IN ('draft', 'failed')",
             )
             .bind(rev)
             .bind(node.as_str())
@@ -668,22 +824,26 @@ impl Db {
             .bind(worker)
             .bind(unix_now())
             .bind(name)
+            .bind(incarnation)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.sql_err(e))?;
             if n.rows_affected() == 0 {
                 return Err(DbError::State(format!(
-                    "instance {name} is not a draft (already committed or being deleted)"
-                ))
-                .into());
+                    "instance {name} is not a draft (already committed, being deleted, or \
+                     deleted and made again)"
+                )));
             }
             tx.commit().await.map_err(|e| self.sql_err(e))?;
-            Ok((node, rev))
+            Ok(Ok((node, rev)))
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(self.explain(DbError::Timeout(self.timeout)).into()),
-        }
+        let r: Result<Result<(String, i64), E>, DbError> =
+            match tokio::time::timeout(self.timeout, work).await {
+                Ok(r) => r,
+                Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
+            };
+        self.note(&r);
+        r.map_err(E::from)?
     }
 
     /// Records that `part` of instance `name` exists (or may exist) on its node, or that it
@@ -861,40 +1021,60 @@ impl Db {
         .await
     }
 
-    /// Records a refused spec or command without changing the state.
-    pub async fn set_error(&self, name: &str, error: Option<&str>) -> Result<i64, DbError> {
+    /// Records a refused spec or command without changing the state, on incarnation
+    /// `incarnation` of `name` only.
+    pub async fn set_error(
+        &self,
+        name: &str,
+        incarnation: &str,
+        error: Option<&str>,
+    ) -> Result<i64, DbError> {
         let rev = self.next_rev();
         self.bounded(
-            sqlx::query("UPDATE vm SET rev = ?, error = ?, updated_at = ? WHERE vmname = ?")
-                .bind(rev)
-                .bind(error)
-                .bind(unix_now())
-                .bind(name)
-                .execute(&self.pool),
+            sqlx::query(
+                "UPDATE vm SET rev = ?, error = ?, updated_at = ? \
+                 WHERE vmname = ? AND incarnation = ?",
+            )
+            .bind(rev)
+            .bind(error)
+            .bind(unix_now())
+            .bind(name)
+            .bind(incarnation)
+            .execute(&self.pool),
         )
         .await
         .map(|_| rev)
     }
 
-    /// Marks an instance as being deleted; refused while it is being built.
-    pub async fn begin_delete(&self, name: &str, worker: &str) -> Result<i64, DbError> {
+    /// Marks an instance as being deleted by `worker`, if its row is still the one read
+    /// (stamp `read_rev`) and not being built: a delete acts on the row as the database
+    /// holds it, never on an older picture. `State` when it changed meanwhile.
+    pub async fn begin_delete(
+        &self,
+        name: &str,
+        worker: &str,
+        read_rev: i64,
+    ) -> Result<i64, DbError> {
         let rev = self.next_rev();
         let n = self
             .bounded(
                 sqlx::query(
                     "UPDATE vm SET rev = ?, state = 'deleting', step = 'deleting', worker = ?, \
-                     updated_at = ? \
-                     WHERE vmname = ? AND state IN ('draft', 'ready', 'failed', 'deleting')",
+                     updated_at = ? WHERE vmname = ? AND rev = ? \
+                     AND state IN ('draft', 'ready', 'failed', 'deleting')",
                 )
                 .bind(rev)
                 .bind(worker)
                 .bind(unix_now())
                 .bind(name)
+                .bind(read_rev)
                 .execute(&self.pool),
             )
             .await?;
         if n.rows_affected() == 0 {
-            return Err(DbError::State(format!("instance {name} is being built")));
+            return Err(DbError::State(format!(
+                "instance {name} changed while it was being deleted"
+            )));
         }
         Ok(rev)
     }
@@ -922,6 +1102,44 @@ impl Db {
             )
             .await?;
         r.as_ref().map(vm_row).transpose()
+    }
+
+    /// Every stored private key: (name, incarnation, stored form).
+    pub async fn private_keys(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query(
+                    "SELECT vmname, incarnation, ssh_private_key FROM vm \
+                     WHERE ssh_private_key IS NOT NULL",
+                )
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        triples(&rows)
+    }
+
+    /// Replaces instance `name`'s stored private key `old` with `new` (sealed again), if it
+    /// is still `old`. `true` if replaced.
+    pub async fn replace_private_key(
+        &self,
+        name: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, DbError> {
+        let n = self
+            .bounded(
+                sqlx::query(
+                    "UPDATE vm SET rev = ?, ssh_private_key = ? \
+                     WHERE vmname = ? AND ssh_private_key = ?",
+                )
+                .bind(self.next_rev())
+                .bind(new)
+                .bind(name)
+                .bind(old)
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
     }
 
     /// Addresses allocated per pool, for consistency checks.
@@ -1051,6 +1269,28 @@ impl Db {
     }
 }
 
+/// Refuses a build that would take `owner` past `quota`, given what it holds now
+/// (`held`: instances, vCPUs, RAM MB).
+fn check_quota(owner: i64, q: &UserQuota, held: [i64; 3], b: &BuildRow<'_>) -> Result<(), DbError> {
+    let over = |what: &str, have: i64, add: u64, max: u64| {
+        let bound = limit(max, owner);
+        let want = i64::try_from(add).unwrap_or(i64::MAX).saturating_add(have);
+        (want > bound).then(|| {
+            DbError::Quota(format!(
+                "uid {owner} would hold {want} {what} (holds {have}); the limit is {max} \
+                 ([quotas] {what})"
+            ))
+        })
+    };
+    match over("instances", held[0], 1, q.instances)
+        .or_else(|| over("vcpus", held[1], u64::from(b.vcpus), q.vcpus))
+        .or_else(|| over("ram_mb", held[2], b.ram_mb, q.ram_mb))
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Rows of three text columns, as tuples.
 fn triples(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(String, String, String)>, DbError> {
     rows.iter()
@@ -1095,6 +1335,7 @@ fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
             made: Made::parse(&r.try_get::<String, _>("made")?),
             worker: r.try_get("worker")?,
             rev: r.try_get("rev")?,
+            incarnation: r.try_get("incarnation")?,
         })
     };
     f().map_err(DbError::from)
@@ -1105,6 +1346,33 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The file of a `sqlite://PATH?…` URL (not `:memory:`).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (path != ":memory:" && !path.is_empty()).then(|| std::path::PathBuf::from(path))
+}
+
+/// Takes every group and other bit off a SQLite database and its journal files: they hold
+/// every instance's row. (New files are private already: the daemon's umask is 077.)
+fn make_private(db: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if let Ok(m) = std::fs::metadata(&p) {
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %p.display(), mode = format!("{mode:04o}"), "database file readable by others; making it private");
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o700));
+            }
+        }
+    }
 }
 
 /// Creates the folder of a SQLite database and asks the driver to create the file.
@@ -1120,7 +1388,7 @@ fn prepare_sqlite(url: &str) -> Result<String, DbError> {
         && let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)
+        crate::statedir::create_private_dir(dir)
             .map_err(|e| DbError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
     }
     let query = if query.contains("mode=") {
@@ -1229,7 +1497,10 @@ mod tests {
             assert_eq!(VmFingerprint::of(&rows), fp, "after {what}");
         };
 
-        let draft = db.insert_draft("web1", 1000).await.unwrap();
+        let draft = db
+            .insert_draft("web1", 1000, &UserQuota::default())
+            .await
+            .unwrap();
         assert_eq!(Some(&draft), db.get_vm("web1").await.unwrap().as_ref());
         moved(db.vm_fingerprint().await.unwrap(), "insert_draft").await;
 
@@ -1243,9 +1514,16 @@ mod tests {
             spec: "{}",
         };
         let (node, rev) = db
-            .begin_build("web1", "w1", &b, &[], |_| {
-                Ok::<_, DbError>("kvm1".to_string())
-            })
+            .begin_build(
+                "web1",
+                &draft.incarnation,
+                1000,
+                &UserQuota::default(),
+                "w1",
+                &b,
+                &[],
+                |_| Ok::<_, DbError>("kvm1".to_string()),
+            )
             .await
             .unwrap();
         let mut built = draft.clone();
@@ -1277,9 +1555,19 @@ mod tests {
         moved(db.vm_fingerprint().await.unwrap(), "set_made").await;
         db.finish_build("web1").await.unwrap();
         moved(db.vm_fingerprint().await.unwrap(), "finish_build").await;
-        db.set_error("web1", Some("refused")).await.unwrap();
+        db.set_error("web1", &draft.incarnation, Some("refused"))
+            .await
+            .unwrap();
         moved(db.vm_fingerprint().await.unwrap(), "set_error").await;
-        let rev = db.begin_delete("web1", "w1").await.unwrap();
+        let read = db.get_vm("web1").await.unwrap().unwrap();
+        assert!(
+            matches!(
+                db.begin_delete("web1", "w1", read.rev - 1).await,
+                Err(DbError::State(_))
+            ),
+            "a row changed since it was read is not marked"
+        );
+        let rev = db.begin_delete("web1", "w1", read.rev).await.unwrap();
         let row = db.get_vm("web1").await.unwrap().unwrap();
         assert_eq!(
             (
@@ -1300,29 +1588,51 @@ mod tests {
         db.delete_vm("web1").await.unwrap();
         moved(db.vm_fingerprint().await.unwrap(), "delete_vm").await;
 
-        db.insert_draft("web2", 0).await.unwrap();
+        let web2 = db
+            .insert_draft("web2", 0, &UserQuota::default())
+            .await
+            .unwrap();
         // Placement sees what every instance holds, and which domains are instances.
-        db.insert_draft("web3", 0).await.unwrap();
-        db.begin_build("web3", "w1", &b, &[], |_| {
-            Ok::<_, DbError>("kvm2".to_string())
-        })
+        let web3 = db
+            .insert_draft("web3", 0, &UserQuota::default())
+            .await
+            .unwrap();
+        db.begin_build(
+            "web3",
+            &web3.incarnation,
+            0,
+            &UserQuota::default(),
+            "w1",
+            &b,
+            &[],
+            |_| Ok::<_, DbError>("kvm2".to_string()),
+        )
         .await
         .unwrap();
         let asked = [("kvm2", "web3"), ("kvm1", "web3"), ("kvm2", "legacy")];
         let node = db
-            .begin_build("web2", "w1", &b, &asked, |loads| {
-                assert_eq!(
-                    loads.by_node,
-                    [("kvm2".to_string(), (2, 2048))].into_iter().collect()
-                );
-                assert_eq!(
-                    loads.managed,
-                    [("kvm2".to_string(), "web3".to_string())]
-                        .into_iter()
-                        .collect()
-                );
-                Ok::<_, DbError>("kvm1".to_string())
-            })
+            .begin_build(
+                "web2",
+                &web2.incarnation,
+                0,
+                &UserQuota::default(),
+                "w1",
+                &b,
+                &asked,
+                |loads| {
+                    assert_eq!(
+                        loads.by_node,
+                        [("kvm2".to_string(), (2, 2048))].into_iter().collect()
+                    );
+                    assert_eq!(
+                        loads.managed,
+                        [("kvm2".to_string(), "web3".to_string())]
+                            .into_iter()
+                            .collect()
+                    );
+                    Ok::<_, DbError>("kvm1".to_string())
+                },
+            )
             .await
             .unwrap();
         assert_eq!(node.0, "kvm1");
@@ -1331,5 +1641,69 @@ mod tests {
             .await
             .unwrap();
         moved(db.vm_fingerprint().await.unwrap(), "fail_build").await;
+    }
+
+    /// Per-user limits are checked by the statements that would go past them; root has none.
+    #[tokio::test]
+    async fn quotas_refuse_what_would_go_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/k.db", dir.path().display());
+        let db = Db::connect(&url, Duration::from_secs(2)).await.unwrap();
+        db.migrate().await.unwrap();
+        let q = UserQuota {
+            drafts: 2,
+            instances: 1,
+            vcpus: 2,
+            ram_mb: 4096,
+        };
+        let a = db.insert_draft("a", 1000, &q).await.unwrap();
+        let b = db.insert_draft("b", 1000, &q).await.unwrap();
+        assert!(matches!(
+            db.insert_draft("c", 1000, &q).await,
+            Err(DbError::Quota(_))
+        ));
+        // Another user, and root, are not held back by uid 1000's drafts.
+        db.insert_draft("d", 1001, &q).await.unwrap();
+        for i in 0..5 {
+            db.insert_draft(&format!("r{i}"), 0, &q).await.unwrap();
+        }
+        let build = |vcpus| BuildRow {
+            vcpus,
+            ram_mb: 1024,
+            disk_gb: 10,
+            image: "i",
+            purpose: "custom",
+            git: None,
+            spec: "{}",
+        };
+        let place = |_: &Loads| Ok::<_, DbError>("kvm1".to_string());
+        // Three vCPUs: past the vCPU limit, whatever else.
+        let e = db
+            .begin_build("a", &a.incarnation, 1000, &q, "w", &build(3), &[], place)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DbError::Quota(m) if m.contains("vcpus")),
+            "{e}"
+        );
+        db.begin_build("a", &a.incarnation, 1000, &q, "w", &build(1), &[], place)
+            .await
+            .unwrap();
+        let e = db
+            .begin_build("b", &b.incarnation, 1000, &q, "w", &build(1), &[], place)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DbError::Quota(m) if m.contains("instances")),
+            "{e}"
+        );
+        // The drafts limit counts drafts only: a built instance left room for one more.
+        db.insert_draft("c", 1000, &q).await.unwrap();
+        // A commit through an older incarnation of a name changes nothing.
+        assert!(matches!(
+            db.begin_build("b", "not-b", 0, &q, "w", &build(1), &[], place)
+                .await,
+            Err(DbError::State(_))
+        ));
     }
 }

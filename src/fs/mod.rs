@@ -101,6 +101,7 @@ pub fn errno(e: &TreeError) -> Errno {
         TreeError::InProgress => Errno::from_i32(libc::EINPROGRESS),
         TreeError::NotPermitted(_) => Errno::EPERM,
         TreeError::CrossDevice => Errno::EXDEV,
+        TreeError::Stale => Errno::ESTALE,
         TreeError::Action(a) => match a {
             ActionError::Invalid(_) => Errno::EINVAL,
             ActionError::Exists(_) => Errno::EEXIST,
@@ -110,6 +111,8 @@ pub fn errno(e: &TreeError) -> Errno {
             ActionError::NotOwner(_) => Errno::EACCES,
             ActionError::TooBig(_) => Errno::EFBIG,
             ActionError::Backend(_) => Errno::EIO,
+            ActionError::Stale(_) => Errno::ESTALE,
+            ActionError::Quota(_) => Errno::from_i32(libc::EDQUOT),
         },
     }
 }
@@ -528,13 +531,17 @@ impl Filesystem for KvmFs {
     }
 }
 
-/// Follows the cluster's views on two threads of their own and tells the kernel what each
-/// new view makes wrong in its caches: first the inodes (attributes and pages; this never
-/// waits on a lock the filesystem's callers hold, so operations may wait for it, see
-/// `Tree::settle`), then, on the second thread, the names that are gone (dropping a name
-/// takes its folder's lock, which an operation in that folder holds until kvmfs answers it).
-/// Must start before the session serves requests, so the kernel holds nothing older than the
-/// first view followed. The threads end when the filesystem is unmounted.
+/// Follows the cluster's views on a thread of its own and tells the kernel what each new
+/// view makes wrong in its caches: the attributes of every inode that changed or is gone.
+/// Only attributes: the kernel then asks again, and drops a file's cached pages itself when
+/// the answer has another mtime or size (`FUSE_AUTO_INVAL_DATA`), in the reader's context.
+/// The thread never waits on anything a filesystem request holds (dropping pages would wait
+/// for page locks held by reads in flight; dropping names, for the folder lock a `mkdir` or
+/// `rmdir` holds), so a daemon killed at any moment can exit and close `/dev/fuse`; names
+/// that are gone answer `ESTALE` instead (see `Tree::invalidations`). Operations may wait for
+/// it (see `Tree::settle`). Must start before the session serves requests, so the kernel
+/// holds nothing older than the first view followed. The thread ends when the filesystem is
+/// unmounted.
 pub fn follow_views(tree: Arc<Tree>, notifier: fuser::Notifier, rt: tokio::runtime::Handle) {
     if !tree.kernel_cache() {
         return;
@@ -542,53 +549,34 @@ pub fn follow_views(tree: Arc<Tree>, notifier: fuser::Notifier, rt: tokio::runti
     let mut changes = tree.cluster().subscribe();
     let mut last = tree.cluster().view();
     tree.mark_invalidated(last.version);
-    let (entries_tx, entries_rx) = std::sync::mpsc::channel::<(u64, String)>();
-    let entry_notifier = notifier.clone();
     let spawned = std::thread::Builder::new()
-        .name("kvmfs-inval-names".into())
+        .name("kvmfs-inval".into())
         .spawn(move || {
-            for (parent, name) in entries_rx {
-                if let Err(e) = entry_notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
-                    if gone(&e) {
-                        return;
-                    }
-                    tracing::debug!(parent, name, error = %e, "cannot invalidate a name");
+            loop {
+                if rt.block_on(changes.changed()).is_err() {
+                    return;
                 }
-            }
-        })
-        .and_then(|_| {
-            std::thread::Builder::new()
-                .name("kvmfs-inval".into())
-                .spawn(move || {
-                    loop {
-                        if rt.block_on(changes.changed()).is_err() {
+                let v = tree.cluster().view();
+                if v.version == last.version {
+                    continue;
+                }
+                let inv = tree.invalidations(&last, &v);
+                for ino in &inv.inodes {
+                    // Offset -1: attributes only, no page locks (see above).
+                    if let Err(e) = notifier.inval_inode(INodeNo(*ino), -1, 0) {
+                        if gone(&e) {
                             return;
                         }
-                        let v = tree.cluster().view();
-                        if v.version == last.version {
-                            continue;
-                        }
-                        let inv = tree.invalidations(&last, &v);
-                        for ino in &inv.inodes {
-                            if let Err(e) = notifier.inval_inode(INodeNo(*ino), 0, 0) {
-                                if gone(&e) {
-                                    return;
-                                }
-                                tracing::debug!(ino, error = %e, "cannot invalidate an inode");
-                            }
-                        }
-                        tree.mark_invalidated(v.version);
-                        for e in inv.entries {
-                            if entries_tx.send(e).is_err() {
-                                return;
-                            }
-                        }
-                        last = v;
+                        tracing::debug!(ino, error = %e, "cannot invalidate an inode");
                     }
-                })
+                }
+                tree.mark_invalidated(v.version);
+                tree.forget_instances(&inv.gone_instances);
+                last = v;
+            }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the cache invalidation threads");
+        tracing::error!(error = %e, "cannot start the cache invalidation thread");
     }
 }
 

@@ -55,6 +55,10 @@ pub enum TreeError {
     NotPermitted(&'static str),
     #[error("cannot move files between folders")]
     CrossDevice,
+    /// The inode or handle names an object that is gone, or whose name now belongs to
+    /// another incarnation (`ESTALE`: the kernel then looks the path up again).
+    #[error("stale: what this names is gone")]
+    Stale,
 }
 
 /// What an inode is, decoded from its number.
@@ -212,8 +216,9 @@ pub enum OpenMode {
 pub struct Invalidations {
     /// Inodes whose attributes or content changed, or that are gone.
     pub inodes: Vec<u64>,
-    /// (parent inode, name) of entries that are gone.
-    pub entries: Vec<(u64, String)>,
+    /// Instance incarnations (tree ids) that are gone: deleted, or their name taken by
+    /// another incarnation.
+    pub gone_instances: Vec<u64>,
 }
 
 /// The file handle of read-only opens served from the current view (cached mode): no
@@ -259,9 +264,21 @@ impl Interner {
     }
 }
 
+/// The interner key of one incarnation of an instance: its name and identity
+/// (`InstanceView::identity`). A name made again gets a new id, so a new inode number.
+fn instance_key(name: &str, identity: &str) -> String {
+    format!("{name}\0{identity}")
+}
+
+/// The name and identity of an instance key.
+fn split_instance_key(key: &str) -> (&str, &str) {
+    key.split_once('\0').unwrap_or((key, ""))
+}
+
 #[derive(Default)]
 struct Names {
     nodes: Interner,
+    /// Instance incarnations (`instance_key`), not bare names.
     instances: Interner,
     networks: Interner,
     images: Interner,
@@ -270,6 +287,7 @@ struct Names {
 
 enum Handle {
     Dir(Arc<Vec<DirEntry>>),
+    /// A file's content at `open` (caching off).
     File(Arc<Vec<u8>>),
     /// `spec.json` or `ctl` opened for writing.
     Write(WriteHandle),
@@ -280,12 +298,24 @@ enum Handle {
 #[derive(Clone)]
 struct WriteHandle {
     instance: String,
+    /// The incarnation of the instance this file was opened on (`VmRow::incarnation`): a
+    /// commit or command through it never reaches another instance of the same name.
+    incarnation: String,
     kind: FileKind,
     buf: Vec<u8>,
     /// Written since the last commit.
     dirty: bool,
     /// This handle's document was committed; only trailing whitespace may follow.
     committed: bool,
+}
+
+/// An instance folder that takes scratch files: a managed instance's incarnation.
+struct Folder {
+    /// The tree's id of the incarnation.
+    id: u64,
+    name: String,
+    /// Its row's incarnation.
+    incarnation: String,
 }
 
 /// Who owns what the daemon itself presents (the mount's owner).
@@ -321,11 +351,14 @@ struct Resolved<'v> {
 
 impl Tree {
     pub fn new(cluster: Arc<Cluster>, owner: Owner) -> Tree {
+        let scratch = scratch::Store::new(
+            usize::try_from(cluster.config().quotas.scratch_bytes).unwrap_or(usize::MAX),
+        );
         let kernel_cache = cluster.config().timing.kernel_cache_ms > 0;
         Tree {
             cluster,
             names: Mutex::new(Names::default()),
-            scratch: Mutex::new(scratch::Store::default()),
+            scratch: Mutex::new(scratch),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             owner,
@@ -359,27 +392,32 @@ impl Tree {
             | Ino::RootStatus => None,
             Ino::Node(id) | Ino::NodeInstances(id) | Ino::NodeFile(id, _) => {
                 let n = names.nodes.name(id).ok_or(TreeError::NotFound)?;
-                view.nodes.get(n).ok_or(TreeError::NotFound)?;
+                view.nodes.get(n).ok_or(TreeError::Stale)?;
                 Some(n.to_string())
             }
             Ino::Instance(id) | Ino::InstanceFile(id, _) | Ino::InstanceLink(id) => {
-                let n = names.instances.name(id).ok_or(TreeError::NotFound)?;
-                let inst = view.instances.get(n).ok_or(TreeError::NotFound)?;
+                let key = names.instances.name(id).ok_or(TreeError::NotFound)?;
+                let (n, identity) = split_instance_key(key);
+                // Gone, or the name now belongs to another incarnation: never answer for it.
+                let inst = view.instances.get(n).ok_or(TreeError::Stale)?;
+                if inst.identity() != identity {
+                    return Err(TreeError::Stale);
+                }
                 if let Ino::InstanceFile(_, f) = i
                     && !render::instance_files(inst).contains(&f)
                 {
-                    return Err(TreeError::NotFound);
+                    return Err(TreeError::Stale);
                 }
                 Some(n.to_string())
             }
             Ino::Network(id) | Ino::NetworkFile(id, _) => {
                 let n = names.networks.name(id).ok_or(TreeError::NotFound)?;
-                view.networks.get(n).ok_or(TreeError::NotFound)?;
+                view.networks.get(n).ok_or(TreeError::Stale)?;
                 Some(n.to_string())
             }
             Ino::Image(id) | Ino::ImageFile(id, _) => {
                 let n = names.images.name(id).ok_or(TreeError::NotFound)?;
-                view.images.get(n).ok_or(TreeError::NotFound)?;
+                view.images.get(n).ok_or(TreeError::Stale)?;
                 if let Ino::ImageFile(_, f) = i
                     && !render::IMAGE_FILES.contains(&f)
                 {
@@ -402,13 +440,19 @@ impl Tree {
                 Some(n.to_string())
             }
             Ino::Scratch(id) => {
-                let store = self.scratch.lock();
-                let f = store.get(id).ok_or(TreeError::NotFound)?;
+                let instance = self
+                    .scratch
+                    .lock()
+                    .get(id)
+                    .ok_or(TreeError::Stale)?
+                    .instance;
+                let key = names.instances.name(instance).ok_or(TreeError::Stale)?;
+                let (n, identity) = split_instance_key(key);
                 view.instances
-                    .get(&f.instance)
-                    .filter(|i| i.managed())
-                    .ok_or(TreeError::NotFound)?;
-                Some(f.instance.clone())
+                    .get(n)
+                    .filter(|i| i.managed() && i.identity() == identity)
+                    .ok_or(TreeError::Stale)?;
+                Some(n.to_string())
             }
         };
         Ok(Resolved { ino: i, view, name })
@@ -448,8 +492,11 @@ impl Tree {
                 .collect(),
             Ino::InstancesDir => v
                 .instances
-                .keys()
-                .map(|n| dir(Ino::Instance(names.instances.id(n)), n))
+                .iter()
+                .map(|(n, i)| {
+                    let id = names.instances.id(&instance_key(n, &i.identity()));
+                    dir(Ino::Instance(id), n)
+                })
                 .collect(),
             Ino::NetworksDir => v
                 .networks
@@ -480,10 +527,14 @@ impl Tree {
                 let node = r.name.as_deref().and_then(|n| v.nodes.get(n));
                 node.iter()
                     .flat_map(|n| n.instance_names.iter())
-                    .map(|i| DirEntry {
-                        ino: Ino::InstanceLink(names.instances.id(i)).encode(),
-                        kind: EntryKind::Symlink,
-                        name: i.clone(),
+                    .filter_map(|i| {
+                        let identity = v.instances.get(i)?.identity();
+                        Some(DirEntry {
+                            ino: Ino::InstanceLink(names.instances.id(&instance_key(i, &identity)))
+                                .encode(),
+                            kind: EntryKind::Symlink,
+                            name: i.clone(),
+                        })
                     })
                     .collect()
             }
@@ -497,7 +548,7 @@ impl Tree {
                 e.extend(
                     self.scratch
                         .lock()
-                        .list(name)
+                        .list(id)
                         .into_iter()
                         .map(|(n, sid)| DirEntry {
                             ino: Ino::Scratch(sid).encode(),
@@ -556,7 +607,12 @@ impl Tree {
             },
             Ino::NodesDir if v.nodes.contains_key(name) => Ino::Node(names.nodes.id(name)),
             Ino::InstancesDir if v.instances.contains_key(name) => {
-                Ino::Instance(names.instances.id(name))
+                let identity = v
+                    .instances
+                    .get(name)
+                    .map(|i| i.identity())
+                    .unwrap_or_default();
+                Ino::Instance(names.instances.id(&instance_key(name, &identity)))
             }
             Ino::NetworksDir if v.networks.contains_key(name) => {
                 Ino::Network(names.networks.id(name))
@@ -577,16 +633,16 @@ impl Tree {
                     .nodes
                     .get(own)
                     .is_some_and(|n| n.instance_names.contains(name));
-                if !listed {
+                let Some(inst) = v.instances.get(name).filter(|_| listed) else {
                     return Err(TreeError::NotFound);
-                }
-                Ino::InstanceLink(names.instances.id(name))
+                };
+                Ino::InstanceLink(names.instances.id(&instance_key(name, &inst.identity())))
             }
             Ino::Instance(id) => {
                 let inst = v.instances.get(own).ok_or(TreeError::NotFound)?;
                 match file_in(render::instance_files(inst)) {
                     Ok(f) => Ino::InstanceFile(id, f),
-                    Err(e) => match self.scratch.lock().find(own, name) {
+                    Err(e) => match self.scratch.lock().find(id, name) {
                         Some(sid) => Ino::Scratch(sid),
                         None => return Err(e),
                     },
@@ -614,6 +670,11 @@ impl Tree {
             Ino::NodeFile(_, f) => {
                 let n = v.nodes.get(name).ok_or(TreeError::NotFound)?;
                 Ok(render::node_file(n, f))
+            }
+            Ino::InstanceFile(_, FileKind::SshKey) => {
+                let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
+                // Kept sealed in the row; opened for each read.
+                Ok(self.cluster.private_key(i)?)
             }
             Ino::InstanceFile(_, f) => {
                 let i = v.instances.get(name).ok_or(TreeError::NotFound)?;
@@ -819,21 +880,28 @@ impl Tree {
     }
 
     /// What the kernel may hold from view `old` that view `new` makes wrong: the inodes of
-    /// every node, instance, network and image whose object changed (or is gone), and the
-    /// names that are gone. Names the kernel never saw (no inode number yet) are skipped.
+    /// every node, instance, network and image whose object changed (or is gone). Names the
+    /// kernel never saw (no inode number yet) are skipped.
+    ///
+    /// Names that are gone are not dropped from the kernel's cache here: dropping one takes
+    /// its folder's lock, which a `mkdir` or `rmdir` in that folder holds while it waits for
+    /// kvmfs, and a daemon killed at that moment could never exit. Instead every inode of
+    /// something gone answers `ESTALE`, and the kernel then looks the path up again.
     pub fn invalidations(&self, old: &View, new: &View) -> Invalidations {
         let mut out = Invalidations::default();
         let names = self.names.lock();
-        let instances_dir = Ino::InstancesDir.encode();
         if old.instances_changed_at != new.instances_changed_at {
-            out.inodes.push(instances_dir);
+            out.inodes.push(Ino::InstancesDir.encode());
         }
         if old.status_changed_at != new.status_changed_at {
             out.inodes.push(Ino::RootStatus.encode());
         }
         if !old.instances.ptr_eq(&new.instances) {
             for (name, change) in diff_instances(&old.instances, &new.instances) {
-                let Some(id) = names.instances.get(name) else {
+                let before = match change {
+                    Change::Gone(before) | Change::Changed(before, _) => before,
+                };
+                let Some(id) = names.instances.get(&instance_key(name, &before.identity())) else {
                     continue;
                 };
                 out.inodes.push(Ino::Instance(id).encode());
@@ -841,21 +909,16 @@ impl Tree {
                 for f in render::INSTANCE_FILE_KINDS {
                     out.inodes.push(Ino::InstanceFile(id, *f).encode());
                 }
-                match change {
-                    Change::Gone => out.entries.push((instances_dir, name.to_string())),
-                    Change::Changed(before, after) => {
-                        let now = render::instance_files(after);
-                        for f in render::instance_files(before) {
-                            if !now.contains(f) {
-                                let dir = Ino::Instance(id).encode();
-                                out.entries.push((dir, f.file_name().to_string()));
-                            }
-                        }
-                    }
+                let gone = match change {
+                    Change::Gone(_) => true,
+                    Change::Changed(before, after) => before.identity() != after.identity(),
+                };
+                if gone {
+                    out.gone_instances.push(id);
                 }
             }
         }
-        for (name, change) in diff(&old.nodes, &new.nodes) {
+        for (name, _) in diff(&old.nodes, &new.nodes) {
             let Some(id) = names.nodes.get(name) else {
                 continue;
             };
@@ -864,32 +927,8 @@ impl Tree {
             for f in render::NODE_FILES {
                 out.inodes.push(Ino::NodeFile(id, *f).encode());
             }
-            let links = Ino::NodeInstances(id).encode();
-            let before = match change {
-                Change::Gone => {
-                    out.entries.push((Ino::NodesDir.encode(), name.to_string()));
-                    continue;
-                }
-                Change::Changed(before, _) => before,
-            };
-            let after = new.nodes.get(name).map(|n| &n.instance_names);
-            match after {
-                Some(a) if a.ptr_eq(&before.instance_names) => {}
-                Some(a) => {
-                    for item in before.instance_names.diff(a) {
-                        if let imbl::ordset::DiffItem::Remove(i) = item {
-                            out.entries.push((links, i.clone()));
-                        }
-                    }
-                }
-                None => {
-                    for i in before.instance_names.iter() {
-                        out.entries.push((links, i.clone()));
-                    }
-                }
-            }
         }
-        for (name, change) in diff(&old.networks, &new.networks) {
+        for (name, _) in diff(&old.networks, &new.networks) {
             let Some(id) = names.networks.get(name) else {
                 continue;
             };
@@ -897,12 +936,8 @@ impl Tree {
             for f in render::NETWORK_FILES {
                 out.inodes.push(Ino::NetworkFile(id, *f).encode());
             }
-            if let Change::Gone = change {
-                out.entries
-                    .push((Ino::NetworksDir.encode(), name.to_string()));
-            }
         }
-        for (name, change) in diff(&old.images, &new.images) {
+        for (name, _) in diff(&old.images, &new.images) {
             let Some(id) = names.images.get(name) else {
                 continue;
             };
@@ -910,12 +945,20 @@ impl Tree {
             for f in render::IMAGE_FILES {
                 out.inodes.push(Ino::ImageFile(id, *f).encode());
             }
-            if let Change::Gone = change {
-                out.entries
-                    .push((Ino::ImagesDir.encode(), name.to_string()));
-            }
         }
         out
+    }
+
+    /// Drops what the tree keeps for instance incarnations that are gone (their scratch
+    /// files): called by whoever follows the views, with `Invalidations::gone_instances`.
+    pub fn forget_instances(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut store = self.scratch.lock();
+        for id in ids {
+            store.forget_instance(*id);
+        }
     }
 
     /// Records that the kernel has been told what views up to `version` made wrong; a
@@ -983,9 +1026,9 @@ impl Tree {
             Ino::Flavor(_) => Ino::FlavorsDir.encode(),
             Ino::FlavorFile(id, _) => Ino::Flavor(id).encode(),
             Ino::Scratch(id) => {
-                let instance = self.scratch.lock().get(id).map(|f| f.instance.clone());
-                let id = instance.map(|n| self.names.lock().instances.id(&n));
-                id.map(|id| Ino::Instance(id).encode())
+                let instance = self.scratch.lock().get(id).map(|f| f.instance);
+                instance
+                    .map(|id| Ino::Instance(id).encode())
                     .unwrap_or(Ino::InstancesDir.encode())
             }
             Ino::Node(_) => Ino::NodesDir.encode(),
@@ -1038,7 +1081,7 @@ impl Tree {
             let Ino::InstanceFile(_, kind @ (FileKind::Spec | FileKind::Ctl)) = r.ino else {
                 return Err(TreeError::ReadOnly("this file cannot be written"));
             };
-            let inst = view.instances.get(&name).ok_or(TreeError::NotFound)?;
+            let inst = view.instances.get(&name).ok_or(TreeError::Stale)?;
             if kind == FileKind::Spec && !render::takes_spec(inst) {
                 return Err(ActionError::Busy(format!(
                     "instance {name} is already committed; its spec.json is read-only"
@@ -1047,8 +1090,14 @@ impl Tree {
             }
             // Both files take whole documents: a writer always starts from empty, however
             // it opened the file (the kernel may strip O_TRUNC and truncate separately).
+            let incarnation = inst
+                .row
+                .as_ref()
+                .map(|r| r.incarnation.clone())
+                .unwrap_or_default();
             let fh = self.new_handle(Handle::Write(WriteHandle {
                 instance: name,
+                incarnation,
                 kind,
                 buf: Vec::new(),
                 dirty: false,
@@ -1089,7 +1138,8 @@ impl Tree {
     }
 
     /// Writes to `spec.json` (buffered; a complete document is checked at once so the
-    /// writer gets EINVAL) or `ctl` (the command runs now).
+    /// writer gets EINVAL) or `ctl` (the command runs now). A write that is refused leaves
+    /// nothing behind: the buffer is what it was before it.
     pub async fn write(
         &self,
         fh: u64,
@@ -1108,15 +1158,19 @@ impl Tree {
                 let cmd = match Control::parse(data) {
                     Ok(c) => c,
                     Err(e) => {
-                        self.record_error_later(&w.instance, &e);
+                        self.record_error_later(&w, &e);
                         return Err(e.into());
                     }
                 };
-                let (c, name) = (self.cluster.clone(), w.instance.clone());
+                let (c, name, inc) = (
+                    self.cluster.clone(),
+                    w.instance.clone(),
+                    w.incarnation.clone(),
+                );
                 let r = self
-                    .detached(async move { c.control(&name, uid, cmd).await })
+                    .detached(async move { c.control(&name, &inc, uid, cmd).await })
                     .await;
-                self.record_failure(&w.instance, &r);
+                self.record_failure(&w, &r);
                 r.map(|_| len)
             }
             _ if w.committed => {
@@ -1138,9 +1192,20 @@ impl Tree {
                     let e = ActionError::TooBig(format!(
                         "spec.json is limited to {MAX_SPEC_BYTES} bytes"
                     ));
-                    self.record_error_later(&w.instance, &e);
+                    self.record_error_later(&w, &e);
                     return Err(e.into());
                 }
+                if start > w.buf.len() {
+                    // Bytes that are never written would read as zeros: no document has them.
+                    let e = ActionError::Invalid(format!(
+                        "spec.json: a write at byte {start} leaves a gap after the {} bytes \
+                         written so far; write the document from its start, in order",
+                        w.buf.len()
+                    ));
+                    self.record_error_later(&w, &e);
+                    return Err(e.into());
+                }
+                let before = w.clone();
                 if w.buf.len() < end {
                     w.buf.resize(end, 0);
                 }
@@ -1150,7 +1215,15 @@ impl Tree {
                 // A complete document is committed now, not at close: shells ignore close()
                 // errors, so only a write can tell `echo … > spec.json` what went wrong.
                 if !is_incomplete(&w.buf) {
-                    self.commit(fh, w, uid).await?;
+                    match self.commit(fh, w, uid).await {
+                        Ok(()) => {}
+                        // Still going: it may yet be committed, so its bytes stay.
+                        Err(e @ TreeError::InProgress) => return Err(e),
+                        Err(e) => {
+                            self.store_write_handle(fh, before);
+                            return Err(e);
+                        }
+                    }
                 }
                 Ok(len)
             }
@@ -1159,27 +1232,30 @@ impl Tree {
 
     /// Records why an action on an instance its owner may act on failed (not a refusal
     /// because the caller is not the owner, or the instance is gone).
-    fn record_failure<T>(&self, instance: &str, r: &Result<T, TreeError>) {
+    fn record_failure<T>(&self, w: &WriteHandle, r: &Result<T, TreeError>) {
         if let Err(TreeError::Action(e)) = r
-            && !matches!(e, ActionError::NotOwner(_) | ActionError::NotFound(_))
+            && !matches!(
+                e,
+                ActionError::NotOwner(_) | ActionError::NotFound(_) | ActionError::Stale(_)
+            )
         {
-            self.record_error_later(instance, e);
+            self.record_error_later(w, e);
         }
     }
 
-    /// Records a refusal for the `error` file without making the caller wait for the
-    /// database.
-    fn record_error_later(&self, instance: &str, e: &ActionError) {
-        let (c, name, e) = (&self.cluster, instance, e);
-        c.record_error(name, e);
+    /// Records a refusal for the `error` file of the incarnation `w` was opened on, without
+    /// making the caller wait for the database.
+    fn record_error_later(&self, w: &WriteHandle, e: &ActionError) {
+        self.cluster
+            .record_error(&w.instance, Some(&w.incarnation), e);
     }
 
     async fn commit(&self, fh: u64, mut w: WriteHandle, uid: u32) -> Result<(), TreeError> {
         w.dirty = false;
         self.store_write_handle(fh, w.clone());
         let c = self.cluster.clone();
-        let (name, buf) = (w.instance.clone(), w.buf.clone());
-        self.detached(async move { c.commit_spec(&name, uid, &buf).await })
+        let (name, inc, buf) = (w.instance.clone(), w.incarnation.clone(), w.buf.clone());
+        self.detached(async move { c.commit_spec(&name, &inc, uid, &buf).await })
             .await?;
         w.committed = true;
         self.store_write_handle(fh, w);
@@ -1240,7 +1316,6 @@ impl Tree {
             .to_str()
             .ok_or_else(|| ActionError::Invalid("instance names are ASCII".into()))?;
         let (c, n) = (self.cluster.clone(), n.to_string());
-        self.scratch.lock().forget_instance(&n);
         self.detached(async move { c.create_draft(&n, uid).await })
             .await?;
         self.lookup(parent, name)
@@ -1252,11 +1327,23 @@ impl Tree {
             return Err(self.refuse_create(parent));
         }
         let n = name.to_str().ok_or(TreeError::NotFound)?.to_string();
+        let id = self.cluster.view().instances.get(&n).and_then(|i| {
+            self.names
+                .lock()
+                .instances
+                .get(&instance_key(&n, &i.identity()))
+        });
         let (c, nn) = (self.cluster.clone(), n.clone());
         let r = self.detached(async move { c.delete(&nn, uid).await }).await;
-        match &r {
-            Ok(()) => self.scratch.lock().forget_instance(&n),
-            Err(_) => self.record_failure(&n, &r),
+        if r.is_ok()
+            && let Some(id) = id
+        {
+            self.scratch.lock().forget_instance(id);
+        }
+        if let Err(TreeError::Action(e)) = &r
+            && !matches!(e, ActionError::NotOwner(_) | ActionError::NotFound(_))
+        {
+            self.cluster.record_error(&n, None, e);
         }
         r
     }
@@ -1278,52 +1365,51 @@ impl Tree {
 
     /// Reads from an open file. A cached-mode handle reads `ino` as the current view shows
     /// it, so the kernel's page cache never takes in content older than the newest view.
+    /// Every read checks that what the handle was opened on is still there (the same
+    /// incarnation): afterwards it is `ESTALE`, never the bytes of whatever has its name now.
     pub fn read(&self, fh: u64, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, TreeError> {
-        if fh == LIVE_FH {
-            let view = self.cluster.view();
-            let r = self.resolve(ino, &view)?;
-            let content = self.content(&r)?;
+        let view = self.cluster.view();
+        let r = self.resolve(ino, &view)?;
+        let slice = |content: &[u8]| {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(content.len());
             let end = start.saturating_add(size as usize).min(content.len());
-            return Ok(content[start..end].to_vec());
+            content[start..end].to_vec()
+        };
+        if fh == LIVE_FH {
+            return Ok(slice(&self.content(&r)?));
         }
         let content = match self.handles.lock().get(&fh) {
             Some(Handle::File(c)) => c.clone(),
-            Some(Handle::Write(w)) => Arc::new(w.buf.clone()),
+            Some(Handle::Write(w)) => return Ok(slice(&w.buf)),
             Some(Handle::Scratch(id)) => {
                 let store = self.scratch.lock();
-                let f = store.get(*id).ok_or(TreeError::NotFound)?;
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(f.data.len());
-                let end = start.saturating_add(size as usize).min(f.data.len());
-                return Ok(f.data[start..end].to_vec());
+                let f = store.get(*id).ok_or(TreeError::Stale)?;
+                return Ok(slice(&f.data));
             }
             _ => return Err(TreeError::BadHandle),
         };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(content.len());
-        let end = start.saturating_add(size as usize).min(content.len());
-        Ok(content[start..end].to_vec())
+        Ok(slice(&content))
     }
 
     /// The managed instance whose folder `parent` is, for creating and removing scratch
     /// files in it.
-    fn scratch_parent(&self, parent: u64) -> Result<String, TreeError> {
+    fn scratch_parent(&self, parent: u64) -> Result<Folder, TreeError> {
         let view = self.cluster.view();
         let r = self.resolve(parent, &view)?;
         match r.ino {
-            Ino::Instance(_) => {
+            Ino::Instance(id) => {
                 let name = r.name.unwrap_or_default();
-                if view.instances.get(&name).is_some_and(|i| i.managed()) {
-                    Ok(name)
-                } else {
-                    Err(TreeError::ReadOnly(
+                match view.instances.get(&name).and_then(|i| i.row.as_ref()) {
+                    Some(row) => Ok(Folder {
+                        id,
+                        incarnation: row.incarnation.clone(),
+                        name,
+                    }),
+                    None => Err(TreeError::ReadOnly(
                         "instances kvmfs does not manage take no files",
-                    ))
+                    )),
                 }
             }
             _ => Err(self.refuse_create(parent)),
@@ -1340,7 +1426,7 @@ impl Tree {
         uid: u32,
         gid: u32,
     ) -> Result<(Attr, u64), TreeError> {
-        let instance = self.scratch_parent(parent)?;
+        let folder = self.scratch_parent(parent)?;
         let name = name
             .to_str()
             .ok_or(TreeError::ReadOnly("file names here are UTF-8"))?;
@@ -1350,17 +1436,17 @@ impl Tree {
         let id = self
             .scratch
             .lock()
-            .create(&instance, name, mode & 0o7777, uid, gid)?;
+            .create(folder.id, name, mode & 0o7777, uid, gid)?;
         let attr = self.getattr(Ino::Scratch(id).encode())?;
         Ok((attr, self.new_handle(Handle::Scratch(id))))
     }
 
     /// `unlink`: removes a scratch file; kvmfs's own files cannot be removed.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), TreeError> {
-        let instance = self.scratch_parent(parent)?;
+        let folder = self.scratch_parent(parent)?;
         let name = name.to_str().ok_or(TreeError::NotFound)?;
         let mut store = self.scratch.lock();
-        match store.find(&instance, name) {
+        match store.find(folder.id, name) {
             Some(id) => {
                 store.remove(id);
                 Ok(())
@@ -1385,15 +1471,16 @@ impl Tree {
         no_replace: bool,
         uid: u32,
     ) -> Result<(), TreeError> {
-        let instance = self.scratch_parent(parent)?;
-        if self.scratch_parent(new_parent)? != instance {
+        let folder = self.scratch_parent(parent)?;
+        if self.scratch_parent(new_parent)?.id != folder.id {
             return Err(TreeError::CrossDevice);
         }
         let (Some(from), Some(to)) = (name.to_str(), new_name.to_str()) else {
             return Err(TreeError::NotFound);
         };
         let spec = FileKind::Spec.file_name();
-        let source = self.scratch.lock().find(&instance, from);
+        let instance = folder.name.clone();
+        let source = self.scratch.lock().find(folder.id, from);
         match source {
             Some(id) if to == spec => {
                 let data = self
@@ -1421,8 +1508,8 @@ impl Tree {
                     self.scratch.lock().remove(id);
                     return Ok(());
                 }
-                let (c, n) = (self.cluster.clone(), instance.clone());
-                self.detached(async move { c.commit_spec(&n, uid, &data).await })
+                let (c, n, inc) = (self.cluster.clone(), instance.clone(), folder.incarnation);
+                self.detached(async move { c.commit_spec(&n, &inc, uid, &data).await })
                     .await?;
                 self.scratch.lock().remove(id);
                 Ok(())
@@ -1432,7 +1519,7 @@ impl Tree {
             }
             Some(id) => {
                 let mut store = self.scratch.lock();
-                if no_replace && store.find(&instance, to).is_some() {
+                if no_replace && store.find(folder.id, to).is_some() {
                     return Err(ActionError::Exists(format!("{to} exists")).into());
                 }
                 store.rename(id, to);
@@ -1443,10 +1530,10 @@ impl Tree {
                 let inst = view.instances.get(&instance).ok_or(TreeError::NotFound)?;
                 let data = render::instance_file(inst, FileKind::Spec);
                 let mut store = self.scratch.lock();
-                if no_replace && store.find(&instance, to).is_some() {
+                if no_replace && store.find(folder.id, to).is_some() {
                     return Err(ActionError::Exists(format!("{to} exists")).into());
                 }
-                let id = store.create(&instance, to, 0o644, uid, self.owner.gid)?;
+                let id = store.create(folder.id, to, 0o644, uid, self.owner.gid)?;
                 store.set_len(id, 0)?;
                 store.write(id, 0, &data)?;
                 Ok(())
@@ -1514,7 +1601,7 @@ impl Tree {
 
 /// How one object differs between two views.
 enum Change<'a, T> {
-    Gone,
+    Gone(&'a T),
     Changed(&'a T, &'a T),
 }
 
@@ -1526,7 +1613,7 @@ fn diff<'a, T>(
 ) -> Vec<(&'a str, Change<'a, T>)> {
     old.iter()
         .filter_map(|(name, o)| match new.get(name) {
-            None => Some((name.as_str(), Change::Gone)),
+            None => Some((name.as_str(), Change::Gone(&**o))),
             Some(n) if !Arc::ptr_eq(o, n) => Some((name.as_str(), Change::Changed(&**o, &**n))),
             Some(_) => None,
         })
@@ -1541,7 +1628,7 @@ fn diff_instances<'a>(
 ) -> Vec<(&'a str, Change<'a, InstanceView>)> {
     old.diff(new)
         .filter_map(|item| match item {
-            imbl::ordmap::DiffItem::Remove(name, _) => Some((name.as_str(), Change::Gone)),
+            imbl::ordmap::DiffItem::Remove(name, o) => Some((name.as_str(), Change::Gone(&**o))),
             imbl::ordmap::DiffItem::Update {
                 old: (name, o),
                 new: (_, n),

@@ -192,12 +192,8 @@ pub fn instance_file(i: &InstanceView, f: FileKind) -> Vec<u8> {
             .and_then(|r| r.spec.clone())
             .map(String::into_bytes)
             .unwrap_or_default(),
-        FileKind::SshKey => i
-            .row
-            .as_ref()
-            .and_then(|r| r.ssh_private_key.clone())
-            .map(String::into_bytes)
-            .unwrap_or_default(),
+        // Sealed in the row: the tree opens it (`Cluster::private_key`).
+        FileKind::SshKey => Vec::new(),
         FileKind::Ctl => line(crate::cluster::actions::Control::WORDS),
         FileKind::Nodes | FileKind::Size | FileKind::Vcpus | FileKind::RamMb => Vec::new(),
     }

@@ -319,6 +319,28 @@ impl Drop for MariaDb {
     }
 }
 
+/// The key file every test mount shares (made once per machine, 0600): mounts on one
+/// database must hold the key its private keys are sealed with.
+pub fn shared_key_file() -> PathBuf {
+    let path = std::env::temp_dir().join("kvmfs-tests-secret.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .expect("random key");
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        // Written aside and renamed, so a test running beside never reads half a key.
+        let tmp =
+            std::env::temp_dir().join(format!("kvmfs-tests-secret.key.{}", std::process::id()));
+        std::fs::write(&tmp, format!("{hex}\n")).expect("write key");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        // Another test may have made it meanwhile: either key is fine, one wins.
+        let _ = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+    }
+    path
+}
+
 /// A kvmfs daemon mounted on a temp dir, running in the foreground as our child.
 pub struct Mounted {
     pub mnt: tempfile::TempDir,
@@ -379,6 +401,16 @@ impl Mounted {
             .expect("tempdir");
         if let Some(t) = toml {
             let cfg = state.path().join("kvmfs.toml");
+            // Every mount of the tests shares one key for the private keys, as the control
+            // nodes of one site do, unless the test names its own.
+            let t = if t.contains("[secrets]") {
+                t.to_string()
+            } else {
+                format!(
+                    "{t}\n[secrets]\nkey_file = '{}'\n",
+                    shared_key_file().display()
+                )
+            };
             std::fs::write(&cfg, t).expect("write config");
             // It may hold a database password: only its owner may read it.
             std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))
