@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use kvmfs::cluster::Cluster;
 use kvmfs::config::Config;
 use kvmfs::db::Db;
-use kvmfs::fs::KvmFs;
+use kvmfs::fs::{KvmFs, OwnMount};
 use kvmfs::mount::{self, Readiness};
 use kvmfs::secrets::KeyRing;
 use kvmfs::statedir::StateDir;
@@ -75,7 +75,7 @@ fn return_free_memory() {
 
 /// Why the daemon stops.
 enum Stop {
-    /// The FUSE session ended: unmounted from outside.
+    /// The FUSE session ended: unmounted from outside, or the connection aborted.
     SessionEnded,
     /// The mount left this mount namespace, but the session goes on (a lazy unmount of a
     /// busy mount, or a copy of it held by another mount namespace).
@@ -271,19 +271,26 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
             signal(SignalKind::interrupt())?,
         ))
     })?;
-    let fs = KvmFs::new(tree.clone(), rt.handle().clone(), cfg.timing.op_timeout());
+    let own = OwnMount::new(mp.clone());
+    let fs = KvmFs::new(
+        tree.clone(),
+        own.clone(),
+        rt.handle().clone(),
+        cfg.timing.op_timeout(),
+    );
     let mut session = fuser::Session::new(fs, &mp, &fuse_cfg)
         .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", mp.display()))?;
     // Before the session serves anything, so the kernel never caches an unfollowed view.
     kvmfs::fs::follow_views(tree, session.notifier(), rt.handle().clone());
     let mut unmounter = session.unmount_callable();
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    let session_thread = std::thread::Builder::new()
+    // Never joined: when the session ends, `KvmFs::destroy` may park this thread for good
+    // (see there); the daemon then hears of it through `OwnMount::session_over`.
+    std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
             let r = session.run();
-            let _ = done_tx.send(());
-            r
+            let _ = done_tx.send(r);
         })?;
     if !mount::wait_until_mounted(&mp, Duration::from_secs(10)) {
         anyhow::bail!("the mount at {} did not answer", mp.display());
@@ -299,6 +306,7 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
         loop {
             tokio::select! {
                 _ = &mut done_rx => return Stop::SessionEnded,
+                _ = own.session_over.notified() => return Stop::SessionEnded,
                 _ = term.recv() => return Stop::Signal("SIGTERM"),
                 _ = int.recv() => return Stop::Signal("SIGINT"),
                 _ = watch.tick() => {
@@ -313,7 +321,7 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     let mut session_ended = false;
     match stop {
         Stop::SessionEnded => {
-            tracing::info!("unmounted from outside; exiting");
+            tracing::info!("unmounted from outside (or the connection was aborted); exiting");
             session_ended = true;
         }
         Stop::MountGone => {
@@ -334,16 +342,18 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
     }
     if !session_ended {
         session_ended = rt
-            .block_on(async { tokio::time::timeout(SESSION_END_WAIT, &mut done_rx).await })
+            .block_on(async {
+                tokio::time::timeout(SESSION_END_WAIT, async {
+                    tokio::select! {
+                        _ = &mut done_rx => {}
+                        _ = own.session_over.notified() => {}
+                    }
+                })
+                .await
+            })
             .is_ok();
     }
-    if session_ended {
-        match session_thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("fuse session ended with: {e}"),
-            Err(_) => tracing::warn!("fuse session thread panicked"),
-        }
-    } else {
+    if !session_ended {
         // Processes still hold the detached mount; the connection closes when we exit.
         tracing::info!("the detached mount is still held open; closing it at exit");
     }
@@ -363,6 +373,9 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
         tracing::warn!("database connections still busy at exit; closing them with the process");
     }
     rt.shutdown_timeout(Duration::from_secs(2));
+    // Dropping the unmounter would unmount the mountpoint by its path, which may hold
+    // another daemon's mount by now: what was this daemon's to unmount is unmounted above.
+    std::mem::forget(unmounter);
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,22 +32,110 @@ pub enum MountError {
     Daemon(String),
 }
 
-/// Whether `path` is itself a mount point, per /proc/self/mountinfo.
-fn mounted_at(path: &Path) -> Option<String> {
+/// What /proc/self/mountinfo says of one mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    fstype: String,
+    /// The device's major and minor numbers; a FUSE connection's number in fusectl
+    /// (`/sys/fs/fuse/connections/N`) is its device number.
+    major: u32,
+    minor: u32,
+}
+
+/// The topmost mount at `path`, per /proc/self/mountinfo.
+fn mount_at(path: &Path) -> Option<Mount> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
-    info.lines().find_map(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let mp = fields.get(4)?;
-        let sep = fields.iter().position(|f| *f == "-")?;
-        let fstype = fields.get(sep + 1)?;
-        (unescape_mountinfo(mp) == want).then(|| fstype.to_string())
-    })
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let mp = fields.get(4)?;
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            let (major, minor) = fields.get(2)?.split_once(':')?;
+            let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+            (unescape_mountinfo(mp) == want).then(|| Mount {
+                fstype: fstype.to_string(),
+                major,
+                minor,
+            })
+        })
+        .last()
+}
+
+/// Whether a dead FUSE mount is at `path`: one whose connection answers `ENOTCONN`.
+pub fn dead_mount_at(path: &Path) -> bool {
+    mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
+        && matches!(ask(path, ANSWER_WITHIN), Answer::Gone)
+}
+
+/// The file system type mounted at `path`, if `path` is a mount point.
+fn mounted_at(path: &Path) -> Option<String> {
+    mount_at(path).map(|m| m.fstype)
 }
 
 /// Whether a FUSE filesystem is mounted at `path` in this process's mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
     mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
+}
+
+/// How long a mount's daemon may take to answer `statfs` before `kvmfs mount` takes it for
+/// dead. A live kvmfs answers from a FUSE thread at once (they never wait on a backend).
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
+
+/// What a FUSE mount's daemon did when asked `statfs`.
+#[derive(Debug)]
+enum Answer {
+    Answered,
+    /// The daemon is gone and its connection closed (`ENOTCONN`).
+    Gone,
+    Failed(std::io::Error),
+    /// No answer in time: the daemon is frozen, or dead with its connection still open
+    /// (a thread of the killed process stuck in the kernel).
+    Silent,
+}
+
+/// Asks the mount at `path` for `statfs` on a thread of its own, waiting at most `limit`
+/// (the call itself cannot be cut short; it returns once the connection is aborted).
+fn ask(path: &Path, limit: Duration) -> Answer {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("kvmfs-statfs".into())
+        .spawn(move || {
+            let _ = tx.send(statfs(&p));
+        });
+    if spawned.is_err() {
+        return Answer::Failed(std::io::Error::other("cannot start a thread"));
+    }
+    match rx.recv_timeout(limit) {
+        Ok(Ok(())) => Answer::Answered,
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOTCONN) => Answer::Gone,
+        Ok(Err(e)) => Answer::Failed(e),
+        Err(_) => Answer::Silent,
+    }
+}
+
+/// Aborts FUSE connection `n` through fusectl (mounting it if needed): every request
+/// waiting on it fails with `ENOTCONN`, and the processes stuck in them are freed.
+fn abort_connection(n: u32) -> Result<(), MountError> {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let conn = dir.join(n.to_string());
+    if !conn.exists() {
+        // fusectl is not mounted on this machine yet.
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    std::fs::write(conn.join("abort"), "1").map_err(|e| {
+        MountError::Daemon(format!(
+            "cannot abort FUSE connection {n} through {}: {e}",
+            conn.display()
+        ))
+    })
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -57,26 +145,22 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\134", "\\")
 }
 
-/// Checks the mountpoint and FUSE before anything is started. A stale kvmfs mount left by a
-/// crashed daemon (its endpoint no longer connected) is lazily unmounted and reused.
+/// Checks the mountpoint and FUSE before anything is started. A kvmfs mount left by a dead
+/// daemon is cleared and reused: one whose connection is closed (`ENOTCONN`) is lazily
+/// unmounted; one whose daemon does not answer `statfs` within `ANSWER_WITHIN` (a killed
+/// daemon whose connection stays open, or a frozen one) has its connection aborted through
+/// fusectl first, which also frees every process stuck in it. Nothing here touches the
+/// mountpoint before it is known to answer, so a wedged mount cannot hang it.
 pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
+    // Lexically first: resolving a path walks into the mount, which may not answer.
+    let lexical = absolute(mountpoint);
+    clear_dead_mount(&lexical)?;
     let abs = match std::fs::canonicalize(mountpoint) {
         Ok(p) => p,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => absolute(mountpoint),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => lexical,
         Err(_) => return Err(MountError::Missing(mountpoint.to_path_buf())),
     };
-    if let Some(fstype) = mounted_at(&abs) {
-        let stale = matches!(statfs(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-        if stale && fstype.starts_with("fuse") {
-            tracing::warn!(mountpoint = %abs.display(), "clearing a stale FUSE mount left by a crashed daemon");
-            let _ = detach(&abs);
-            if mounted_at(&abs).is_some() {
-                return Err(MountError::Busy(abs));
-            }
-        } else {
-            return Err(MountError::Busy(abs));
-        }
-    }
+    clear_dead_mount(&abs)?;
     match std::fs::metadata(&abs) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MountError::NotDir(abs)),
@@ -99,6 +183,43 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
         ));
     }
     Ok(abs)
+}
+
+/// Clears a kvmfs mount at `path` whose daemon is dead (see `preflight`); any other mount
+/// there is `Busy`.
+fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
+    let Some(m) = mount_at(path) else {
+        return Ok(());
+    };
+    let ours = m.fstype == "fuse.kvmfs" || m.fstype == "fuse";
+    if !ours {
+        return Err(MountError::Busy(path.to_path_buf()));
+    }
+    match ask(path, ANSWER_WITHIN) {
+        Answer::Answered => return Err(MountError::Busy(path.to_path_buf())),
+        Answer::Failed(e) => {
+            tracing::warn!(mountpoint = %path.display(), error = %e, "the mount there answers statfs with an error; leaving it");
+            return Err(MountError::Busy(path.to_path_buf()));
+        }
+        Answer::Gone => {
+            tracing::warn!(mountpoint = %path.display(), "clearing a stale FUSE mount left by a crashed daemon");
+        }
+        Answer::Silent => {
+            let conn = (m.major << 20) | m.minor;
+            tracing::warn!(mountpoint = %path.display(), connection = conn, "the mount's daemon does not answer: aborting its FUSE connection");
+            eprintln!(
+                "kvmfs: the daemon of the mount at {} does not answer; aborting its FUSE \
+                 connection ({conn}) and mounting anew",
+                path.display()
+            );
+            abort_connection(conn)?;
+        }
+    }
+    let _ = detach(path);
+    if mount_at(path).is_some_and(|after| after == m) {
+        return Err(MountError::Busy(path.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// `statfs` of a path: unlike `stat`, which the kernel may answer from its attribute cache

@@ -21,9 +21,26 @@ use fuser::{
 use crate::cluster::actions::ActionError;
 use crate::tree::{Attr, EntryKind, OpenMode, Tree, TreeError};
 
+/// This daemon's mount, as the FUSE layer sees its end.
+pub struct OwnMount {
+    pub path: std::path::PathBuf,
+    /// Notified when the session ends (see `KvmFs::destroy`).
+    pub session_over: tokio::sync::Notify,
+}
+
+impl OwnMount {
+    pub fn new(path: std::path::PathBuf) -> Arc<OwnMount> {
+        Arc::new(OwnMount {
+            path,
+            session_over: tokio::sync::Notify::new(),
+        })
+    }
+}
+
 /// The filesystem handed to `fuser`.
 pub struct KvmFs {
     tree: Arc<Tree>,
+    own: Arc<OwnMount>,
     rt: tokio::runtime::Handle,
     /// Upper bound for an operation that waits on a backend.
     op_timeout: Duration,
@@ -32,7 +49,12 @@ pub struct KvmFs {
 }
 
 impl KvmFs {
-    pub fn new(tree: Arc<Tree>, rt: tokio::runtime::Handle, op_timeout: Duration) -> KvmFs {
+    pub fn new(
+        tree: Arc<Tree>,
+        own: Arc<OwnMount>,
+        rt: tokio::runtime::Handle,
+        op_timeout: Duration,
+    ) -> KvmFs {
         let ttl = if tree.kernel_cache() {
             tree.cluster().config().timing.kernel_cache()
         } else {
@@ -40,6 +62,7 @@ impl KvmFs {
         };
         KvmFs {
             tree,
+            own,
             rt,
             op_timeout,
             ttl,
@@ -163,6 +186,21 @@ impl Filesystem for KvmFs {
             }
         }
         Ok(())
+    }
+
+    /// The session ends (unmounted, or the connection aborted). `fuser` then unmounts the
+    /// mountpoint by its path, which may hold another daemon's mount by now (once this one
+    /// stopped answering, `kvmfs mount` aborts its connection and mounts anew there; device
+    /// numbers are reused, so they cannot tell the two apart). So this lets it go on only
+    /// when a dead mount is what is there (`ENOTCONN`: this daemon's, left mounted after an
+    /// abort); otherwise this thread never returns, and the daemon stops without it.
+    fn destroy(&mut self) {
+        self.own.session_over.notify_one();
+        if !crate::mount::dead_mount_at(&self.own.path) {
+            loop {
+                std::thread::park();
+            }
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
