@@ -32,10 +32,12 @@ pub enum MountError {
     Daemon(String),
 }
 
-/// What /proc/self/mountinfo says of one mount.
+/// What /proc/self/mountinfo says of the topmost mount at `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mount {
     fstype: String,
+    /// The mount's id: tells it from a mount that later takes its place.
+    id: u64,
     /// The device's major and minor numbers; a FUSE connection's number in fusectl
     /// (`/sys/fs/fuse/connections/N`) is its device number.
     major: u32,
@@ -46,27 +48,21 @@ struct Mount {
 fn mount_at(path: &Path) -> Option<Mount> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = path.to_str()?;
-    info.lines()
-        .filter_map(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let mp = fields.get(4)?;
-            let sep = fields.iter().position(|f| *f == "-")?;
-            let fstype = fields.get(sep + 1)?;
-            let (major, minor) = fields.get(2)?.split_once(':')?;
-            let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
-            (unescape_mountinfo(mp) == want).then(|| Mount {
-                fstype: fstype.to_string(),
-                major,
-                minor,
-            })
+    info.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let mp = fields.get(4)?;
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
+        let id = fields.first()?.parse().ok()?;
+        (unescape_mountinfo(mp) == want).then(|| Mount {
+            fstype: fstype.to_string(),
+            id,
+            major,
+            minor,
         })
-        .last()
-}
-
-/// Whether a dead FUSE mount is at `path`: one whose connection answers `ENOTCONN`.
-pub fn dead_mount_at(path: &Path) -> bool {
-    mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
-        && matches!(ask(path, ANSWER_WITHIN), Answer::Gone)
+    })
 }
 
 /// The file system type mounted at `path`, if `path` is a mount point.
@@ -77,6 +73,12 @@ fn mounted_at(path: &Path) -> Option<String> {
 /// Whether a FUSE filesystem is mounted at `path` in this process's mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
     mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
+}
+
+/// Whether a dead FUSE mount is at `path`: one whose connection answers `ENOTCONN`.
+pub fn dead_mount_at(path: &Path) -> bool {
+    mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
+        && matches!(ask(path, ANSWER_WITHIN), Answer::Gone)
 }
 
 /// How long a mount's daemon may take to answer `statfs` before `kvmfs mount` takes it for
