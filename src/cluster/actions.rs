@@ -53,7 +53,7 @@ pub enum ActionError {
 
 impl From<DbError> for ActionError {
     fn from(e: DbError) -> Self {
-        match e {
+        match e.clone() {
             DbError::Conflict(m) => ActionError::Exists(m),
             DbError::State(m) => ActionError::Busy(m),
             DbError::NotFound(m) => ActionError::NotFound(format!("{m} not found")),
@@ -61,6 +61,10 @@ impl From<DbError> for ActionError {
                 ActionError::NoCapacity(format!("address pool {p} is exhausted"))
             }
             DbError::Quota(m) => ActionError::Quota(m),
+            DbError::Timeout(_) => ActionError::Backend(format!(
+                "{e}: a change sent to it may still be applied when it answers; the \
+                 instance's status shows what happened"
+            )),
             other => ActionError::Backend(other.to_string()),
         }
     }
@@ -196,7 +200,11 @@ impl Cluster {
                     "instance {name} already exists"
                 )));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let e = ActionError::from(e);
+                tracing::warn!(instance = %name, uid, error = %e, "mkdir refused");
+                return Err(e);
+            }
         }
         tracing::info!(instance = %name, uid, "draft created");
         Ok(())

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod libvirtd;
+pub mod users;
 
 pub use kvmfs::testnode::SimNode;
 
@@ -233,6 +234,43 @@ impl MariaDb {
         format!("mysql://kvmfs:kvmfs-test-pw@127.0.0.1:{}/kvmfs", self.port)
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) };
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
+    }
+
+    /// A `mariadb` session as root that stays open: statements sent with `HeldSession::run`
+    /// run in it, in order, so a lock it takes lasts until it is released or the session
+    /// ends (when dropped).
+    pub fn session(&self) -> HeldSession {
+        let mut child = Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg("-uroot")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .args(["-N", "-B", "--unbuffered"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadb client");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        HeldSession {
+            child,
+            stdout,
+            marks: 0,
+        }
+    }
+
     /// Kills the server (a crash: connections are cut at once).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -285,6 +323,41 @@ impl MariaDb {
     pub fn sql(&self, sql: &str) -> String {
         self.sql_try(sql)
             .unwrap_or_else(|e| panic!("sql {sql:?}: {e}"))
+    }
+}
+
+/// See `MariaDb::session`.
+pub struct HeldSession {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    marks: u32,
+}
+
+impl HeldSession {
+    /// Runs `sql` in the session and waits until it has run.
+    pub fn run(&mut self, sql: &str) {
+        use std::io::BufRead;
+        self.marks += 1;
+        let mark = format!("kvmfs-test-mark-{}", self.marks);
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql};\nSELECT '{mark}';").expect("send sql");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("read");
+            assert!(n > 0, "the mariadb session ended running {sql:?}");
+            if line.trim() == mark {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for HeldSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -483,6 +556,35 @@ impl Mounted {
         let mut child = self.child.take().expect("daemon running");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Kills the daemon with SIGKILL and waits at most `limit` for the process to be gone:
+    /// a thread stuck in the kernel would keep it (and its FUSE connection) alive.
+    pub fn kill9_within(&mut self, limit: Duration) {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = child.kill();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            if start.elapsed() > limit {
+                let stuck = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                    .map(|d| {
+                        d.filter_map(|t| t.ok())
+                            .map(|t| {
+                                let stack = std::fs::read_to_string(t.path().join("stack"))
+                                    .unwrap_or_default();
+                                format!("{}:\n{stack}", t.file_name().to_string_lossy())
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                panic!("the killed daemon is still there after {limit:?}:\n{stuck}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the daemon again after it died, on the same mountpoint and state (the stale
