@@ -20,4 +20,5 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-cargo test --all-targets -- --test-threads=4
+# --no-fail-fast: a failing test binary must not hide the results of the ones after it.
+cargo test --all-targets --no-fail-fast -- --test-threads=4

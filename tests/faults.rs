@@ -270,7 +270,14 @@ fn a_copy_of_the_mount_in_another_namespace_does_not_keep_the_daemon_alive() {
         .args(["-m", "--propagation", "private", "sleep", "600"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The copy exists once the child runs `sleep` in a mount namespace of its own.
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    wait_for(Duration::from_secs(10), "the other mount namespace", || {
+        let pid = other_ns.id().to_string();
+        ns(&pid).is_some()
+            && ns(&pid) != ns("self")
+            && read(format!("/proc/{pid}/comm")).trim() == "sleep"
+    });
     let st = Command::new("fusermount3")
         .arg("-u")
         .arg(m.mnt.path())

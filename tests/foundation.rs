@@ -135,6 +135,9 @@ fn a_folder_of_many_entries_lists_each_once_with_its_attributes() {
     }
     let uri = sim_node(nodes.path(), "big", &node);
     let m = Mounted::with_config(&format!("[[node]]\nname = 'big'\nuri = '{uri}'\n"));
+    // On a loaded machine the node's first poll of 2,000 domains can miss its deadline: the
+    // node then reads `offline: not read yet: …` until a later poll answers.
+    wait_online(&m, &["big"]);
     let mut names = Vec::new();
     for e in std::fs::read_dir(m.path("instances")).unwrap() {
         let e = e.unwrap();

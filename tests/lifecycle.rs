@@ -510,10 +510,31 @@ fn editors_and_tools_save_spec_json() {
         ])
         .success()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Keys go to nano once it shows its screen, and Enter once it asks for the file name.
+    let screen = || {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&sock)
+            .args(["capture-pane", "-p"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(Duration::from_secs(20), "nano to show its screen", || {
+        screen().contains("^X")
+    });
     assert!(tmux(&["send-keys", "-l", small]).success());
+    wait_for(
+        Duration::from_secs(10),
+        "nano to show what was typed",
+        || screen().contains("m1.small"),
+    );
     assert!(tmux(&["send-keys", "C-o"]).success());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        Duration::from_secs(10),
+        "nano to ask for the file name",
+        || screen().contains("File Name to Write"),
+    );
     assert!(tmux(&["send-keys", "Enter"]).success());
     wait_status(&m, "nano1", "running");
     assert!(tmux(&["send-keys", "C-x"]).success());

@@ -647,7 +647,11 @@ impl Cluster {
                     if matches!(e, CallError::Timeout(_) | CallError::Stuck) {
                         backoff = Some(RETRY_AFTER_TIMEOUT);
                     }
-                    let msg = e.to_string();
+                    // A node never read shows nothing: say so, or it looks empty.
+                    let msg = match &st.probe {
+                        Some(_) => e.to_string(),
+                        None => format!("not read yet: {e}"),
+                    };
                     if st.status != NodeStatus::Offline(msg.clone()) {
                         tracing::warn!(node = %st.name, error = %msg, "node offline");
                         reachability_changed |= st.status.is_online();
