@@ -88,13 +88,16 @@ impl GitUrl {
         if s.contains("://") {
             return bad("only https, http, git, ssh, file and user@host:path are allowed");
         }
-        // scp-style: [user@]host:path, with a host that is not a path.
+        // scp-style: [user@]host:path, with a host that is not a path. As for URLs, no part
+        // of what precedes the first `/` may look like an option (ssh and git take the user,
+        // the host and the path as arguments).
+        let authority = s.split('/').next().unwrap_or("");
         match s.split_once(':') {
             Some((host, path))
                 if !host.is_empty()
                     && !path.is_empty()
                     && !host.contains('/')
-                    && !host.split('@').any(|p| p.starts_with('-'))
+                    && !authority.split(['@', ':']).any(|p| p.starts_with('-'))
                     && host
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "@.-_".contains(c)) =>

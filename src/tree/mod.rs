@@ -798,6 +798,16 @@ impl Tree {
                             i.changed_at,
                         )
                     }
+                    // `info.json` shows the poll time: its mtime follows it (the kernel
+                    // keeps a file's pages until its mtime or size moves).
+                    Ino::NodeFile(_, FileKind::Info) => (
+                        0o444,
+                        base.uid,
+                        v.nodes
+                            .get(name)
+                            .map(|n| n.info_changed_at())
+                            .unwrap_or(base.mtime),
+                    ),
                     Ino::NodeFile(..) => (0o444, base.uid, node_mtime().unwrap_or(base.mtime)),
                     Ino::NetworkFile(..) => {
                         (0o444, base.uid, network_mtime().unwrap_or(base.mtime))
