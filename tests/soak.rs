@@ -76,11 +76,16 @@ fn writer(root: PathBuf, next: Arc<AtomicUsize>, tally: Arc<Mutex<Tally>>) {
         until_ok(&tally, "spec.json", || {
             std::fs::write(dir.join("spec.json"), SPEC)
         });
-        // Built, or failed because its node went away under it (then undone).
+        // Built, or failed because its node went away under it (then undone), or built on
+        // the node that is restarted empty before this writer looked (its domain is gone:
+        // `missing`; on a loaded machine the writer can look that late).
         let start = Instant::now();
         let status = loop {
             let s = std::fs::read_to_string(dir.join("status")).unwrap();
-            if s.starts_with("running") || s.starts_with("failed") {
+            if ["running", "failed", "missing"]
+                .iter()
+                .any(|p| s.starts_with(p))
+            {
                 break s;
             }
             assert!(
@@ -94,6 +99,8 @@ fn writer(root: PathBuf, next: Arc<AtomicUsize>, tally: Arc<Mutex<Tally>>) {
             t.created += 1;
             if status.starts_with("failed") {
                 t.error(format!("build failed: {}", status.trim()));
+            } else if status.starts_with("missing") {
+                t.error(format!("domain lost with its node: {}", status.trim()));
             } else {
                 let ip = std::fs::read_to_string(dir.join("ip")).unwrap();
                 let ip = ip.trim().to_string();
