@@ -156,7 +156,7 @@ impl Default for InstancesConfig {
 }
 
 /// A virtual network every instance gets an interface on, with its static address pool.
-/// The first configured network is the instance's `eth0` (`vm.vmip`), the second `eth1`
+/// The first configured network is the instance's `eth0` (`vm.ip_eth0`), the second `eth1`
 /// (`vm.ip_eth1`), as in the original design.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

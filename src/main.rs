@@ -11,7 +11,7 @@ use kvmfs::cluster::Cluster;
 use kvmfs::config::Config;
 use kvmfs::db::Db;
 use kvmfs::fs::{KvmFs, OwnMount};
-use kvmfs::mount::{self, Readiness};
+use kvmfs::mount::{self, OnSilent, Readiness};
 use kvmfs::secrets::KeyRing;
 use kvmfs::statedir::StateDir;
 use kvmfs::tree::{Owner, Tree};
@@ -145,8 +145,11 @@ fn load_config(args: &MountArgs) -> anyhow::Result<Config> {
 
 /// Checks what can be checked here, then starts the daemon and waits for its mount.
 fn start_background(args: &MountArgs) -> anyhow::Result<()> {
-    let mp = mount::preflight(&args.mountpoint)?;
+    // A mount whose daemon does not answer is left to the daemon, which aborts it once it
+    // holds its state dir.
+    let mp = mount::preflight(&args.mountpoint, OnSilent::Leave)?;
     let cfg = load_config(args)?;
+    StateDir::check_free(&cfg.state_dir)?;
     let log = args
         .log
         .clone()
@@ -200,9 +203,12 @@ async fn check_keys(
 }
 
 fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()> {
-    let mp = mount::preflight(&args.mountpoint)?;
+    mount::preflight(&args.mountpoint, OnSilent::Leave)?;
     let cfg = Arc::new(load_config(args)?);
     let state = StateDir::lock(&cfg.state_dir)?;
+    // Only now, holding the state dir: a mount is never torn down for a daemon that could
+    // not start.
+    let mp = mount::preflight(&args.mountpoint, OnSilent::Abort)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)

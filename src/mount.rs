@@ -161,16 +161,18 @@ fn unescape_mountinfo(s: &str) -> String {
 /// daemon whose connection stays open, or a frozen one) has its connection aborted through
 /// fusectl first, which also frees every process stuck in it. Nothing here touches the
 /// mountpoint before it is known to answer, so a wedged mount cannot hang it.
-pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
+pub fn preflight(mountpoint: &Path, on_silent: OnSilent) -> Result<PathBuf, MountError> {
     // Lexically first: resolving a path walks into the mount, which may not answer.
     let lexical = absolute(mountpoint);
-    clear_dead_mount(&lexical)?;
+    if clear_dead_mount(&lexical, on_silent)? == Found::LeftSilent {
+        return Ok(lexical);
+    }
     let abs = match std::fs::canonicalize(mountpoint) {
         Ok(p) => p,
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => lexical,
         Err(_) => return Err(MountError::Missing(mountpoint.to_path_buf())),
     };
-    clear_dead_mount(&abs)?;
+    clear_dead_mount(&abs, on_silent)?;
     match std::fs::metadata(&abs) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MountError::NotDir(abs)),
@@ -195,11 +197,29 @@ pub fn preflight(mountpoint: &Path) -> Result<PathBuf, MountError> {
     Ok(abs)
 }
 
+/// What `preflight` does with a mount whose daemon does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSilent {
+    /// Abort its connection and clear it: only once this daemon holds its state dir, so a
+    /// mount is never torn down for a daemon that then cannot start.
+    Abort,
+    /// Leave it for the daemon to abort (`kvmfs mount` before it starts the daemon).
+    Leave,
+}
+
+/// What `clear_dead_mount` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    Cleared,
+    LeftSilent,
+}
+
 /// Clears a kvmfs mount at `path` whose daemon is dead (see `preflight`); any other mount
 /// there is `Busy`.
-fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
+fn clear_dead_mount(path: &Path, on_silent: OnSilent) -> Result<Found, MountError> {
     let Some(m) = mount_at(path) else {
-        return Ok(());
+        return Ok(Found::Nothing);
     };
     let ours = m.fstype == "fuse.kvmfs" || m.fstype == "fuse";
     if !ours {
@@ -213,6 +233,14 @@ fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
         }
         Answer::Gone => {
             tracing::warn!(mountpoint = %path.display(), "clearing a stale FUSE mount left by a crashed daemon");
+        }
+        Answer::Silent if on_silent == OnSilent::Leave => {
+            eprintln!(
+                "kvmfs: the daemon of the mount at {} does not answer; the new daemon aborts \
+                 its FUSE connection once it holds its state dir, and mounts anew",
+                path.display()
+            );
+            return Ok(Found::LeftSilent);
         }
         Answer::Silent => {
             let conn = (m.major << 20) | m.minor;
@@ -229,7 +257,7 @@ fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
     if mount_at(path).is_some_and(|after| after == m) {
         return Err(MountError::Busy(path.to_path_buf()));
     }
-    Ok(())
+    Ok(Found::Cleared)
 }
 
 /// `statfs` of a path: unlike `stat`, which the kernel may answer from its attribute cache
@@ -302,6 +330,8 @@ pub fn spawn_daemon(args: &[std::ffi::OsString], log: &Path) -> Result<u32, Moun
             .create(true)
             .append(true)
             .mode(0o600)
+            // Never through a link someone planted: the daemon would write where it points.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(log)
             .map_err(|e| MountError::Spawn(format!("cannot open log {}: {e}", log.display())))?;
         // The log names instances, users and nodes: its user's alone, also if it existed.

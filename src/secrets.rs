@@ -113,7 +113,7 @@ fn read_key(path: &Path) -> Result<[u8; 32], SecretError> {
     let text = std::fs::read_to_string(path).map_err(read)?;
     let hex = text.trim();
     let mut key = [0u8; 32];
-    if hex.len() != 64 {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(SecretError::Format(path.to_path_buf()));
     }
     for (i, b) in key.iter_mut().enumerate() {
@@ -350,5 +350,13 @@ mod tests {
             KeyRing::load(&dir.path().join("short.key"), &[], false),
             Err(SecretError::Format(_))
         ));
+        // 64 bytes that are not 64 hex digits: no panic, no key of zeros.
+        for bad in ["\u{20ac}".repeat(21) + "a", "+0".repeat(32)] {
+            std::fs::write(dir.path().join("short.key"), bad).unwrap();
+            assert!(matches!(
+                KeyRing::load(&dir.path().join("short.key"), &[], false),
+                Err(SecretError::Format(_))
+            ));
+        }
     }
 }

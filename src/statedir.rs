@@ -28,6 +28,9 @@ pub enum StateDirError {
         "state dir {0} is in use by another kvmfs daemon{1}; give this one its own --state-dir"
     )]
     InUse(PathBuf, String),
+    /// Another user could read or replace what kvmfs keeps there.
+    #[error("state dir: {path} {why}; refusing to use it (give kvmfs a folder of its own)")]
+    NotOurs { path: PathBuf, why: String },
 }
 
 /// A locked state directory; the lock lasts as long as this value.
@@ -44,6 +47,7 @@ impl StateDir {
             source,
         };
         create_private_dir(dir).map_err(io)?;
+        check_ours(dir)?;
         make_private(dir).map_err(io)?;
         let lock_path = dir.join("kvmfs.lock");
         let mut lock = OpenOptions::new()
@@ -98,6 +102,29 @@ impl StateDir {
         })
     }
 
+    /// Refuses a state dir another daemon holds, without taking it: `kvmfs mount` checks
+    /// this before it starts a daemon (or aborts anything for it).
+    pub fn check_free(dir: &Path) -> Result<(), StateDirError> {
+        let Ok(mut lock) = File::open(dir.join("kvmfs.lock")) else {
+            return Ok(());
+        };
+        // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
+        let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = lock.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let who = if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {pid})")
+            };
+            return Err(StateDirError::InUse(dir.to_path_buf(), who));
+        }
+        // The lock goes with the descriptor.
+        Ok(())
+    }
+
     pub fn worker_id(&self) -> &str {
         &self.worker_id
     }
@@ -110,6 +137,65 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// The files kvmfs keeps in a state directory: none may be a symbolic link.
+const OWN_FILES: &[&str] = &[
+    "kvmfs.db",
+    "kvmfs.db-wal",
+    "kvmfs.db-shm",
+    "kvmfs.db-journal",
+    "kvmfs.log",
+    "kvmfs.lock",
+    "secret.key",
+    "worker-id",
+    "worker-id.tmp",
+];
+
+/// Refuses a state directory that another user owns, or that holds a file or folder
+/// another user owns, or a symbolic link where kvmfs keeps one of its files: that user
+/// could read the database and the key, or have the daemon write where they point.
+pub fn check_ours(dir: &Path) -> Result<(), StateDirError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let not_ours = |path: &Path, why: String| StateDirError::NotOurs {
+        path: path.to_path_buf(),
+        why,
+    };
+    let io = |source| StateDirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let m = std::fs::metadata(dir).map_err(io)?;
+    if m.uid() != me {
+        return Err(not_ours(
+            dir,
+            format!("belongs to uid {}, not to uid {me}", m.uid()),
+        ));
+    }
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let e = e.map_err(io)?;
+        let path = e.path();
+        let m = path.symlink_metadata().map_err(io)?;
+        let name = e.file_name();
+        if m.file_type().is_symlink() {
+            if OWN_FILES.iter().any(|f| name == *f) {
+                return Err(not_ours(&path, "is a symbolic link".into()));
+            }
+            continue;
+        }
+        if m.uid() != me {
+            return Err(not_ours(
+                &path,
+                format!("belongs to uid {}, not to uid {me}", m.uid()),
+            ));
+        }
+        if m.is_dir() {
+            check_ours(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Narrows `dir` to 0700 and everything in it (and in its folders) to its owner: files
@@ -163,6 +249,25 @@ mod tests {
         drop(a);
         let b = StateDir::lock(d.path()).unwrap();
         assert_eq!(b.worker_id(), id);
+    }
+
+    #[test]
+    fn a_state_dir_with_a_planted_link_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("kvmfs.log")).unwrap();
+        let e = StateDir::lock(&dir).err().expect("refused");
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        // Files of other users are refused too (only root can make them here).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::fs::remove_file(dir.join("kvmfs.log")).unwrap();
+            std::fs::write(dir.join("kvmfs.db"), "").unwrap();
+            std::os::unix::fs::chown(dir.join("kvmfs.db"), Some(65534), None).unwrap();
+            let e = StateDir::lock(&dir).err().expect("refused");
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cloudinit::{self, Nic};
-use crate::db::{BuildRow, DbError, Made, Part};
+use crate::db::{BuildRow, DbError, InstanceState, Made, Part, Step};
 use crate::failpoint;
 use crate::hv::DomainOp;
 use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
@@ -61,6 +61,7 @@ impl From<DbError> for ActionError {
                 ActionError::NoCapacity(format!("address pool {p} is exhausted"))
             }
             DbError::Quota(m) => ActionError::Quota(m),
+            DbError::Replaced(m) => ActionError::Stale(m),
             DbError::Timeout(_) => ActionError::Backend(format!(
                 "{e}: a change sent to it may still be applied when it answers; the \
                  instance's status shows what happened"
@@ -112,8 +113,8 @@ struct Target {
 }
 
 /// Whether `uid` may change an instance whose row is `row`: its owner, or root.
-fn owner_may(name: &str, row: &crate::db::VmRow, uid: u32) -> Result<(), ActionError> {
-    if uid != 0 && i64::from(uid) != row.owner_uid {
+fn owner_may(name: &str, row: &crate::db::InstanceRecord, uid: u32) -> Result<(), ActionError> {
+    if !crate::model::may_act(Some(row.owner_uid), uid) {
         return Err(ActionError::NotOwner(format!(
             "instance {name} belongs to uid {}",
             row.owner_uid
@@ -155,7 +156,7 @@ impl Cluster {
         name: &str,
         incarnation: Option<&str>,
         uid: u32,
-    ) -> Result<crate::db::VmRow, ActionError> {
+    ) -> Result<crate::db::InstanceRecord, ActionError> {
         let view = self.view();
         let Some(inst) = view.instances.get(name) else {
             return Err(match incarnation {
@@ -219,7 +220,7 @@ impl Cluster {
     /// `error` file (and the log). The reason shows at once; storing it in the database
     /// happens in the background, so a dead database delays nothing.
     pub fn record_error(&self, name: &str, incarnation: Option<&str>, err: &ActionError) {
-        tracing::warn!(instance = name, error = %err, "refused");
+        self.log_refusal(name, err);
         self.set_local_error(name, incarnation, &err.to_string());
     }
 
@@ -232,7 +233,7 @@ impl Cluster {
         text: &[u8],
     ) -> Result<(), ActionError> {
         let row = self.check_owner(name, Some(incarnation), uid)?;
-        if !matches!(row.state.as_str(), "draft" | "failed") {
+        if !row.state.takes_spec() {
             return Err(ActionError::Busy(format!(
                 "instance {name} is {}; its spec can no longer change",
                 row.state
@@ -327,16 +328,16 @@ impl Cluster {
         })
     }
 
-    async fn step(&self, name: &str, step: &str) -> Result<(), String> {
+    async fn step(&self, name: &str, step: Step) -> Result<(), String> {
         let rev = self
             .db
-            .set_step(name, step)
+            .set_step(name, step.word())
             .await
             .map_err(|e| e.to_string())?;
         failpoint::hit(&format!("create:{step}"));
         // What was written is known: show it without reading the row back.
         self.patch_local_row(name, |r| {
-            r.step = step.to_string();
+            r.step = step;
             r.updated_at = crate::db::unix_now();
             r.rev = rev;
         });
@@ -362,19 +363,19 @@ impl Cluster {
         name: &str,
         node: usize,
         made: &mut Made,
-        (part, step): (Part, &str),
+        (part, step): (Part, Step),
         make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
     ) -> Result<T, String> {
         *made = made.with(part, true);
         let rev = self
             .db
-            .set_step_and_made(name, step, *made)
+            .set_step_and_made(name, step.word(), *made)
             .await
             .map_err(|e| e.to_string())?;
         failpoint::hit(&format!("create:{} recorded", part.word()));
         let m = *made;
         self.patch_local_row(name, |r| {
-            r.step = step.to_string();
+            r.step = step;
             r.made = m;
             r.updated_at = crate::db::unix_now();
             r.rev = rev;
@@ -417,8 +418,8 @@ impl Cluster {
                 Ok(rev) => {
                     tracing::info!(instance = %name, node = %node, "built and started");
                     self.patch_local_row(&name, |r| {
-                        r.state = "ready".into();
-                        r.step = String::new();
+                        r.state = InstanceState::Ready;
+                        r.step = Step::None;
                         r.updated_at = crate::db::unix_now();
                         r.rev = rev;
                     });
@@ -451,11 +452,11 @@ impl Cluster {
             .node_index(node)
             .ok_or_else(|| format!("node {node} is not configured"))?;
         if let Some(git) = &spec.git {
-            self.step(name, "checking git").await?;
+            self.step(name, Step::CheckingGit).await?;
             check_git(git.as_str()).await?;
         }
 
-        self.step(name, "allocating addresses").await?;
+        self.step(name, Step::AllocatingAddresses).await?;
         let mut nics = Vec::new();
         for (i, net) in self.cfg.networks.iter().enumerate() {
             let addr = self
@@ -489,7 +490,7 @@ impl Cluster {
             .db
             .set_addresses_and_keys(
                 name,
-                "generating key",
+                Step::GeneratingKey.word(),
                 ip0.as_deref(),
                 ip1.as_deref(),
                 &public,
@@ -499,10 +500,10 @@ impl Cluster {
             .map_err(|e| e.to_string())?;
         failpoint::hit("create:keys stored");
         self.patch_local_row(name, |r| {
-            r.step = "generating key".into();
-            r.vmip = ip0;
+            r.step = Step::GeneratingKey;
+            r.ip_eth0 = ip0;
             r.ip_eth1 = ip1;
-            r.ssh_private_key = Some(private);
+            r.sealed_key = Some(private);
             r.updated_at = crate::db::unix_now();
             r.rev = rev;
         });
@@ -514,7 +515,7 @@ impl Cluster {
             .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
         let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
         let disk_path = self
-            .make_part(name, ni, made, (Part::Disk, "creating disk"), move |b| {
+            .make_part(name, ni, made, (Part::Disk, Step::CreatingDisk), move |b| {
                 b.create_volume(&xml)
             })
             .await?;
@@ -526,7 +527,7 @@ impl Cluster {
         let seed_name = seed_volume(name);
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
         let seed_path = self
-            .make_part(name, ni, made, (Part::Seed, "writing seed"), move |b| {
+            .make_part(name, ni, made, (Part::Seed, Step::WritingSeed), move |b| {
                 let path = b.create_volume(&xml)?;
                 b.upload_volume(&seed_name, &iso)?;
                 Ok(path)
@@ -557,7 +558,7 @@ impl Cluster {
             owner_uid: uid,
         };
         let xml = def.to_xml();
-        self.make_part(name, ni, made, (Part::Domain, "starting"), move |b| {
+        self.make_part(name, ni, made, (Part::Domain, Step::Starting), move |b| {
             b.define_and_start(&xml)
         })
         .await?;
@@ -625,7 +626,7 @@ impl Cluster {
             };
             owner_may(name, &row, uid)?;
             self.check_deletable(&row).await?;
-            if let Some(node) = &row.hostname
+            if let Some(node) = &row.node
                 && !row.made.is_empty()
                 && !self.view().nodes.get(node).is_some_and(|n| n.online)
             {
@@ -642,13 +643,13 @@ impl Cluster {
             };
             failpoint::hit("delete:deleting");
             let mut deleting = row.clone();
-            deleting.state = "deleting".into();
-            deleting.step = "deleting".into();
+            deleting.state = InstanceState::Deleting;
+            deleting.step = Step::Deleting;
             deleting.worker = Some(self.worker_id.clone());
             deleting.updated_at = crate::db::unix_now();
             deleting.rev = rev;
             self.set_local_row(name, Some(deleting));
-            self.finish_delete(name, row.hostname.as_deref(), row.made, Some("delete"))
+            self.finish_delete(name, row.node.as_deref(), row.made, Some("delete"))
                 .await?;
             tracing::info!(instance = name, "deleted");
             return Ok(());
@@ -661,14 +662,14 @@ impl Cluster {
     /// Refuses to delete a row another operation owns: a build (here or on any mount), or
     /// a delete that a live daemon runs. A delete whose daemon is this one or has stopped
     /// beating is taken over and finished.
-    async fn check_deletable(&self, row: &crate::db::VmRow) -> Result<(), ActionError> {
-        let name = &row.vmname;
-        match row.state.as_str() {
-            "building" => Err(ActionError::Busy(format!(
+    async fn check_deletable(&self, row: &crate::db::InstanceRecord) -> Result<(), ActionError> {
+        let name = &row.name;
+        match row.state {
+            InstanceState::Building => Err(ActionError::Busy(format!(
                 "instance {name} is being built ({}); delete it when the build ends",
                 row.step
             ))),
-            "deleting" => match row.worker.as_deref() {
+            InstanceState::Deleting => match row.worker.as_deref() {
                 Some(w) if w != self.worker_id && self.worker_is_live(w).await? => {
                     Err(ActionError::Busy(format!(
                         "instance {name} is being deleted by another kvmfs (worker {w})"
@@ -723,6 +724,40 @@ impl Cluster {
         Ok(())
     }
 
+    /// The row of incarnation `incarnation` of `name` as the database holds it now, checked
+    /// for `uid`: this mount's picture may be a poll old (another mount may have deleted the
+    /// instance, made the name again, or begun deleting it). While the database cannot be
+    /// reached, no mount can change a row, so the picture's row is used instead.
+    async fn current_row(
+        &self,
+        name: &str,
+        incarnation: &str,
+        uid: u32,
+    ) -> Result<crate::db::InstanceRecord, ActionError> {
+        let read = match self.db.gate() {
+            Ok(()) => self.db.get_vm(name).await,
+            Err(e) => Err(e),
+        };
+        let row = match read {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                self.set_local_row(name, None);
+                return Err(ActionError::Stale(format!("instance {name} was deleted")));
+            }
+            Err(DbError::Unavailable(_) | DbError::Timeout(_)) => {
+                return self.check_owner(name, Some(incarnation), uid);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if row.incarnation != incarnation {
+            return Err(ActionError::Stale(format!(
+                "instance {name} was deleted and made again since this file was opened"
+            )));
+        }
+        owner_may(name, &row, uid)?;
+        Ok(row)
+    }
+
     /// `ctl`: start, stop (graceful), destroy (hard) or reboot; the wrong state is `Busy`.
     pub async fn control(
         &self,
@@ -733,9 +768,9 @@ impl Cluster {
     ) -> Result<(), ActionError> {
         self.check_owner(name, Some(incarnation), uid)?;
         let _claim = self.claim_for(name).await?;
-        let row = self.check_owner(name, Some(incarnation), uid)?;
+        let row = self.current_row(name, incarnation, uid).await?;
         let busy = |m: String| Err(ActionError::Busy(m));
-        if row.state != "ready" {
+        if row.state != InstanceState::Ready {
             return busy(format!("instance {name} is {}", row.state));
         }
         let view = self.view();
@@ -770,7 +805,7 @@ impl Cluster {
             Control::Destroy if !active => return busy(format!("instance {name} is not running")),
             Control::Destroy => DomainOp::Destroy,
         };
-        let node = row.hostname.clone().unwrap_or_default();
+        let node = row.node.clone().unwrap_or_default();
         let ni = self
             .node_index(&node)
             .ok_or_else(|| ActionError::Backend(format!("node {node} is not configured")))?;

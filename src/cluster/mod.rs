@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::db::{Db, VmFingerprint, VmRow};
+use crate::db::{Db, InstanceRecord, VmFingerprint};
 use crate::hv::libvirt::LibvirtNode;
 use crate::hv::{CpuTimes, DomainProbe, HvError, NodeBackend};
 use view::{Changed, NodeState, NodeStatus, RowMap, View};
@@ -34,6 +34,9 @@ const FULL_READ_EVERY: u32 = 10;
 /// re-read the volumes they make or remove by name, so the listing only has to catch what
 /// others did to the pool.
 const POOL_EVERY: u64 = 10;
+/// An instance's refusals are stored in the database, and logged, at most once per this
+/// (the `error` file shows every one at once).
+const ERROR_STORE_INTERVAL: Duration = Duration::from_secs(1);
 /// After a timed-out call, wait this long before trying the node again.
 const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -77,7 +80,7 @@ struct PendingError {
 
 impl PendingError {
     /// Lays the error over `row` if it is the row it belongs to.
-    fn apply(&self, row: &mut VmRow) {
+    fn apply(&self, row: &mut InstanceRecord) {
         if row.incarnation == self.incarnation {
             row.error = Some(self.message.clone());
         }
@@ -115,6 +118,8 @@ pub struct Cluster {
     claims_changed: Arc<tokio::sync::Notify>,
     /// Seals and opens instances' private keys (see `secrets`).
     keys: Arc<crate::secrets::KeyRing>,
+    /// When a refusal was last logged per instance, and how many since (`log_refusal`).
+    refusals_logged: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -212,6 +217,7 @@ impl Cluster {
             claims: Arc::new(Mutex::new(HashSet::new())),
             claims_changed: Arc::new(tokio::sync::Notify::new()),
             keys,
+            refusals_logged: Mutex::new(HashMap::new()),
         })
     }
 
@@ -232,19 +238,19 @@ impl Cluster {
         let Some(row) = i.row.as_deref() else {
             return Ok(Vec::new());
         };
-        let Some(stored) = row.ssh_private_key.as_deref() else {
+        let Some(stored) = row.sealed_key.as_deref() else {
             return Ok(Vec::new());
         };
         self.keys
             .open(
-                &crate::secrets::row_binding(&row.vmname, &row.incarnation),
+                &crate::secrets::row_binding(&row.name, &row.incarnation),
                 stored,
             )
             .map_err(|e| {
-                tracing::error!(instance = %row.vmname, error = %e, "cannot open the private key");
+                tracing::error!(instance = %row.name, error = %e, "cannot open the private key");
                 actions::ActionError::Backend(format!(
                     "instance {}: cannot open its private key: {e}",
-                    row.vmname
+                    row.name
                 ))
             })
     }
@@ -481,35 +487,89 @@ impl Cluster {
         }
     }
 
-    /// Stores the errors `set_local_error` shows, one at a time and in order.
+    /// Stores the errors `set_local_error` shows. The `error` file shows each at once; the
+    /// database gets the last one of each instance, at most once every
+    /// `ERROR_STORE_INTERVAL`, so a user writing garbage to `ctl` as fast as they can costs
+    /// the database one statement a second, not one per write.
     async fn error_writer(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, PendingError)>,
     ) {
-        while let Some((name, pending)) = rx.recv().await {
-            // Replaced by a later error, or cleared by a commit: nothing to store.
-            if self.inputs.lock().pending_errors.get(&name) != Some(&pending) {
-                continue;
-            }
-            let stored = self
-                .db
-                .set_error(&name, &pending.incarnation, Some(&pending.message))
-                .await;
-            match stored {
-                Ok(rev) => {
-                    let mut inputs = self.inputs.lock();
-                    if inputs.pending_errors.get(&name) == Some(&pending) {
-                        inputs.pending_errors.remove(&name);
+        let mut due: HashMap<String, PendingError> = HashMap::new();
+        let mut stored_at: HashMap<String, Instant> = HashMap::new();
+        loop {
+            if due.is_empty() {
+                match rx.recv().await {
+                    Some((name, p)) => {
+                        due.insert(name, p);
                     }
-                    // The row shows the error already; only its stamp moved.
-                    if let Some(row) = inputs.rows.get_mut(&name)
-                        && row.incarnation == pending.incarnation
-                    {
-                        Arc::make_mut(row).rev = rev;
+                    None => return,
+                }
+            } else {
+                tokio::time::sleep(ERROR_STORE_INTERVAL / 5).await;
+            }
+            while let Ok((name, p)) = rx.try_recv() {
+                due.insert(name, p);
+            }
+            stored_at.retain(|_, t| t.elapsed() < ERROR_STORE_INTERVAL);
+            let ready: Vec<String> = due
+                .keys()
+                .filter(|n| !stored_at.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in ready {
+                let Some(pending) = due.remove(&name) else {
+                    continue;
+                };
+                // Replaced by a later error, or cleared by a commit: nothing to store.
+                if self.inputs.lock().pending_errors.get(&name) != Some(&pending) {
+                    continue;
+                }
+                stored_at.insert(name.clone(), Instant::now());
+                let stored = self
+                    .db
+                    .set_error(&name, &pending.incarnation, Some(&pending.message))
+                    .await;
+                match stored {
+                    Ok(rev) => {
+                        let mut inputs = self.inputs.lock();
+                        if inputs.pending_errors.get(&name) == Some(&pending) {
+                            inputs.pending_errors.remove(&name);
+                        }
+                        // The row shows the error already; only its stamp moved.
+                        if let Some(row) = inputs.rows.get_mut(&name)
+                            && row.incarnation == pending.incarnation
+                        {
+                            Arc::make_mut(row).rev = rev;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %name, error = %e, "cannot store the error")
                     }
                 }
-                Err(e) => tracing::warn!(instance = %name, error = %e, "cannot store the error"),
             }
+        }
+    }
+
+    /// Logs a refusal of an action on `name`, at most once every `ERROR_STORE_INTERVAL` per
+    /// instance (with the count of those left out since), so no user can flood the log.
+    pub(crate) fn log_refusal(&self, name: &str, error: &dyn std::fmt::Display) {
+        let mut logged = self.refusals_logged.lock();
+        let now = Instant::now();
+        let entry = logged.entry(name.to_string()).or_insert((now, 0));
+        if entry.1 > 0 && now.duration_since(entry.0) < ERROR_STORE_INTERVAL {
+            entry.1 += 1;
+            return;
+        }
+        let left_out = entry.1.saturating_sub(1);
+        *entry = (now, 1);
+        if left_out > 0 {
+            tracing::warn!(instance = name, error = %error, left_out, "refused (and more not logged)");
+        } else {
+            tracing::warn!(instance = name, error = %error, "refused");
+        }
+        if logged.len() > 4096 {
+            logged.retain(|_, (t, _)| now.duration_since(*t) < ERROR_STORE_INTERVAL);
         }
     }
 
@@ -707,9 +767,10 @@ impl Cluster {
                 // Rows changed here while the read ran are newer than what it saw.
                 let local_since = &inputs.local_since;
                 let newer = |name: &str| local_since.get(name).is_some_and(|e| *e > epoch);
-                let mut rows: Vec<VmRow> = rows.into_iter().filter(|r| !newer(&r.vmname)).collect();
+                let mut rows: Vec<InstanceRecord> =
+                    rows.into_iter().filter(|r| !newer(&r.name)).collect();
                 for r in &mut rows {
-                    if let Some(e) = inputs.pending_errors.get(&r.vmname) {
+                    if let Some(e) = inputs.pending_errors.get(&r.name) {
                         e.apply(r);
                     }
                 }
@@ -717,19 +778,19 @@ impl Cluster {
                 let unchanged = rows.len() + kept == inputs.rows.len()
                     && rows
                         .iter()
-                        .all(|r| inputs.rows.get(&r.vmname).is_some_and(|old| **old == *r));
+                        .all(|r| inputs.rows.get(&r.name).is_some_and(|old| **old == *r));
                 if !unchanged {
                     let mut fresh = RowMap::new();
                     for r in rows {
                         // An unchanged row stays the same object, so nothing downstream moves.
-                        let row = match inputs.rows.remove(&r.vmname) {
+                        let row = match inputs.rows.remove(&r.name) {
                             Some(old) if *old == r => old,
                             _ => {
-                                inputs.changed.name(&r.vmname);
+                                inputs.changed.name(&r.name);
                                 Arc::new(r)
                             }
                         };
-                        fresh.insert(row.vmname.clone(), row);
+                        fresh.insert(row.name.clone(), row);
                     }
                     // What is left of the old rows is gone from the table, unless changed here
                     // since the read began.
@@ -759,7 +820,7 @@ impl Cluster {
 
     /// Replaces (or with `None` removes) one row in the inputs, so the caller's change is
     /// visible at once rather than at the next poll.
-    pub(crate) fn set_local_row(&self, name: &str, row: Option<VmRow>) {
+    pub(crate) fn set_local_row(&self, name: &str, row: Option<InstanceRecord>) {
         let mut inputs = self.inputs.lock();
         inputs.rows_epoch += 1;
         let e = inputs.rows_epoch;
@@ -782,12 +843,12 @@ impl Cluster {
 
     /// Changes one row in the inputs in place (when the caller knows exactly what it wrote
     /// to the database, there is no need to read the row back).
-    pub(crate) fn patch_local_row(&self, name: &str, patch: impl FnOnce(&mut VmRow)) {
+    pub(crate) fn patch_local_row(&self, name: &str, patch: impl FnOnce(&mut InstanceRecord)) {
         let mut inputs = self.inputs.lock();
         let Some(row) = inputs.rows.get(name) else {
             return;
         };
-        let mut r = VmRow::clone(row);
+        let mut r = InstanceRecord::clone(row);
         patch(&mut r);
         inputs.rows_epoch += 1;
         let e = inputs.rows_epoch;
@@ -822,7 +883,7 @@ impl Cluster {
                 incarnation: row.incarnation.clone(),
                 message: error.to_string(),
             };
-            let mut r = VmRow::clone(row);
+            let mut r = InstanceRecord::clone(row);
             r.error = Some(error.to_string());
             inputs.rows.insert(name.to_string(), Arc::new(r));
             inputs

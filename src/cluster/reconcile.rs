@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::db::{DbError, VmRow};
+use crate::db::{DbError, InstanceRecord, InstanceState};
 use crate::model::instance_of_volume;
 
 use super::Cluster;
@@ -103,22 +103,22 @@ impl Cluster {
         };
         let now = crate::db::unix_now();
         let lease = i64::try_from(self.cfg.timing.worker_lease().as_secs()).unwrap_or(i64::MAX);
-        let dead = |row: &VmRow| match row.worker.as_deref() {
+        let dead = |row: &InstanceRecord| match row.worker.as_deref() {
             Some(w) if w == self.worker_id => true,
             Some(w) => beats.get(w).is_none_or(|t| now - t > lease),
             None => now - row.updated_at > lease,
         };
         let mut polled = HashSet::new();
         for row in &rows {
-            if !matches!(row.state.as_str(), "building" | "deleting") || !dead(row) {
+            if !row.state.in_operation() || !dead(row) {
                 continue;
             }
-            let Some(_claim) = self.claim(&row.vmname) else {
+            let Some(_claim) = self.claim(&row.name) else {
                 continue;
             };
             if let Err(e) = self.recover(row, &mut polled, &mut report).await {
-                tracing::warn!(instance = %row.vmname, error = %e, "cannot recover the interrupted operation yet");
-                report.waiting.push(row.vmname.clone());
+                tracing::warn!(instance = %row.name, error = %e, "cannot recover the interrupted operation yet");
+                report.waiting.push(row.name.clone());
             }
         }
         self.release_strays(&mut report).await;
@@ -133,12 +133,12 @@ impl Cluster {
     /// Finishes or undoes one abandoned operation.
     async fn recover(
         self: &Arc<Self>,
-        row: &VmRow,
+        row: &InstanceRecord,
         polled: &mut HashSet<usize>,
         report: &mut Report,
     ) -> Result<(), String> {
-        let name = row.vmname.as_str();
-        let node = row.hostname.as_deref();
+        let name = row.name.as_str();
+        let node = row.node.as_deref();
         let ni = node.and_then(|n| self.node_index(n));
         if let (Some(n), None) = (node, ni)
             && !row.made.is_empty()
@@ -163,14 +163,14 @@ impl Cluster {
         }
         let took = self
             .db
-            .take_over(name, &row.state, row.worker.as_deref(), &self.worker_id)
+            .take_over(name, row.state, row.worker.as_deref(), &self.worker_id)
             .await
             .map_err(|e| e.to_string())?;
         if !took {
             return Ok(());
         }
-        match row.state.as_str() {
-            "deleting" => {
+        match row.state {
+            InstanceState::Deleting => {
                 self.finish_delete(name, node, row.made, None)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -250,9 +250,9 @@ impl Cluster {
     }
 
     /// Lists what the nodes and the database disagree on and reconciliation leaves alone.
-    fn notice_disagreements(&self, rows: &[VmRow], report: &mut Report) {
+    fn notice_disagreements(&self, rows: &[InstanceRecord], report: &mut Report) {
         let view = self.view();
-        let named: HashSet<&str> = rows.iter().map(|r| r.vmname.as_str()).collect();
+        let named: HashSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         for node in view.nodes.values().filter(|n| n.online) {
             for v in node.volumes.iter().flat_map(|v| v.iter()) {
                 if let Some(i) = instance_of_volume(&v.name)
@@ -278,19 +278,19 @@ impl Cluster {
                 ));
             }
         }
-        for row in rows.iter().filter(|r| r.state == "ready") {
-            let Some(node) = row.hostname.as_deref() else {
+        for row in rows.iter().filter(|r| r.state == InstanceState::Ready) {
+            let Some(node) = row.node.as_deref() else {
                 continue;
             };
             let online = view.nodes.get(node).is_some_and(|n| n.online);
             let has_domain = view
                 .instances
-                .get(&row.vmname)
+                .get(&row.name)
                 .is_some_and(|i| i.domain.is_some());
             if online && !has_domain {
                 report.noticed.push(format!(
                     "instance {} is ready but has no domain on node {node}",
-                    row.vmname
+                    row.name
                 ));
             }
         }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::config::PlacementConfig;
-use crate::db::VmRow;
+use crate::db::{InstanceRecord, InstanceState};
 use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, VolumeProbe, Volumes};
 
 /// Reachability of a node.
@@ -173,7 +173,7 @@ pub struct InstanceView {
     pub node: Option<String>,
     pub node_online: bool,
     pub domain: Option<Arc<DomainProbe>>,
-    pub row: Option<Arc<VmRow>>,
+    pub row: Option<Arc<InstanceRecord>>,
     pub changed_at: SystemTime,
 }
 
@@ -198,6 +198,40 @@ impl InstanceView {
         self.row.is_some()
     }
 
+    /// The uid that owns it: its row's creator (`None` for an unmanaged instance, which is
+    /// nobody's to change).
+    pub fn owner(&self) -> Option<u32> {
+        self.row.as_ref().map(|r| r.owner_uid)
+    }
+
+    /// Whether its `spec.json` takes a (new) spec.
+    pub fn takes_spec(&self) -> bool {
+        self.row.as_ref().is_some_and(|r| r.state.takes_spec())
+    }
+
+    /// Whether its build made a private key (`ssh_key` exists).
+    pub fn has_private_key(&self) -> bool {
+        self.row.as_ref().is_some_and(|r| r.sealed_key.is_some())
+    }
+
+    /// The committed spec, as written.
+    pub fn spec_text(&self) -> Option<&str> {
+        self.row.as_ref().and_then(|r| r.spec.as_deref())
+    }
+
+    /// The last error recorded for it, if any.
+    pub fn error_text(&self) -> Option<&str> {
+        self.row
+            .as_ref()
+            .and_then(|r| r.error.as_deref())
+            .filter(|e| !e.is_empty())
+    }
+
+    /// The incarnation of its row (`""` for an unmanaged instance).
+    pub fn incarnation(&self) -> &str {
+        self.row.as_ref().map_or("", |r| r.incarnation.as_str())
+    }
+
     /// What tells this instance from any other that had or will have its name: its row's
     /// incarnation for a managed instance, its domain's UUID otherwise. Inode numbers and
     /// open handles belong to one identity.
@@ -213,17 +247,17 @@ impl InstanceView {
     /// followed by `: reason` when there is one.
     pub fn status(&self) -> String {
         if let Some(row) = &self.row {
-            match row.state.as_str() {
-                "draft" => return "draft: waiting for spec.json".into(),
-                "building" => return format!("building: {}", row.step),
-                "deleting" => return "deleting".into(),
-                "failed" => {
+            match row.state {
+                InstanceState::Draft => return "draft: waiting for spec.json".into(),
+                InstanceState::Building => return format!("building: {}", row.step),
+                InstanceState::Deleting => return InstanceState::Deleting.word().into(),
+                InstanceState::Failed => {
                     return format!(
                         "failed: {}",
                         row.error.as_deref().unwrap_or("unknown error")
                     );
                 }
-                _ => {}
+                InstanceState::Ready => {}
             }
         }
         if !self.node_online {
@@ -249,7 +283,7 @@ impl InstanceView {
         let Some(row) = self.row.as_deref() else {
             return Vec::new();
         };
-        [&row.vmip, &row.ip_eth1]
+        [&row.ip_eth0, &row.ip_eth1]
             .into_iter()
             .flatten()
             .filter(|a| !a.is_empty())
@@ -270,11 +304,11 @@ impl InstanceView {
             "uuid": d.map(|d| d.uuid.as_str()),
             "vcpus": d.map(|d| i64::from(d.vcpus)).or(r.and_then(|r| r.vcpus)),
             "ram_mb": d.map(|d| i64::try_from(d.max_memory_kib / 1024).unwrap_or(i64::MAX))
-                .or(r.and_then(|r| r.ram)),
+                .or(r.and_then(|r| r.ram_mb)),
             "disks": d.map(|d| &d.devices.disks),
             "interfaces": d.map(|d| &d.devices.interfaces),
             "addresses": self.addresses(),
-            "ip_eth0": r.and_then(|r| r.vmip.as_deref()),
+            "ip_eth0": r.and_then(|r| r.ip_eth0.as_deref()),
             "ip_eth1": r.and_then(|r| r.ip_eth1.as_deref()),
             "image": r.and_then(|r| r.image.as_deref()),
             "purpose": r.and_then(|r| r.purpose.as_deref()),
@@ -452,7 +486,7 @@ impl Default for View {
 }
 
 /// The rows of the `vm` table by name, each shared with the views built from it.
-pub type RowMap = BTreeMap<String, Arc<VmRow>>;
+pub type RowMap = BTreeMap<String, Arc<InstanceRecord>>;
 
 fn mb(kib: u64) -> u64 {
     kib / 1024
@@ -749,15 +783,15 @@ fn node_online(nodes: &[NodeState], name: &str) -> bool {
 /// A managed instance: its row, and its domain if the row's node has one.
 fn managed(
     nodes: &[NodeState],
-    row: &Arc<VmRow>,
+    row: &Arc<InstanceRecord>,
     domain: Option<Arc<DomainProbe>>,
     now: SystemTime,
 ) -> InstanceView {
     InstanceView {
-        name: row.vmname.clone(),
-        node: row.hostname.clone(),
+        name: row.name.clone(),
+        node: row.node.clone(),
         node_online: row
-            .hostname
+            .node
             .as_deref()
             .map(|h| node_online(nodes, h))
             .unwrap_or(true),
@@ -778,12 +812,12 @@ fn build_instances(
 ) -> InstanceMap {
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
     for r in rows.values() {
-        instances.insert(r.vmname.clone(), managed(nodes, r, None, now));
+        instances.insert(r.name.clone(), managed(nodes, r, None, now));
     }
     for n in nodes {
         for d in n.domains.iter() {
             if let Some(row) = rows.get(d.name.as_str())
-                && row.hostname.as_deref() == Some(n.name.as_str())
+                && row.node.as_deref() == Some(n.name.as_str())
             {
                 if let Some(iv) = instances.get_mut(&d.name) {
                     iv.domain = Some(d.clone());
@@ -859,7 +893,7 @@ fn update_instances(
             Some(row) => {
                 let mut domain = None;
                 for (n, d) in domains {
-                    if row.hostname.as_deref() != Some(n.name.as_str()) {
+                    if row.node.as_deref() != Some(n.name.as_str()) {
                         return None;
                     }
                     domain = Some(d.clone());
@@ -1221,7 +1255,7 @@ fn round4(x: f64) -> f64 {
 /// any time); an unmanaged domain only while it runs.
 fn counts_against_node(i: &InstanceView) -> bool {
     match (&i.row, &i.domain) {
-        (Some(r), _) => matches!(r.state.as_str(), "building" | "ready" | "deleting"),
+        (Some(r), _) => r.state.holds_room(),
         (None, Some(d)) => d.state.is_active(),
         (None, None) => false,
     }
@@ -1237,7 +1271,7 @@ fn instance_resources(i: &InstanceView) -> (u64, u64) {
         r.and_then(|r| r.vcpus)
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(0),
-        r.and_then(|r| r.ram)
+        r.and_then(|r| r.ram_mb)
             .and_then(|v| u64::try_from(v).ok())
             .unwrap_or(0),
     )
@@ -1410,7 +1444,7 @@ mod tests {
     // Names that collide across nodes and with rows, and one with `@`, so every way a name
     // can depend on others comes up.
     const NAMES: [&str; 5] = ["a", "b", "c", "d", "a@n1"];
-    const STATES: [&str; 5] = ["draft", "building", "ready", "deleting", "failed"];
+    const STATES: [InstanceState; 5] = InstanceState::ALL;
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         use proptest::prelude::*;
@@ -1427,26 +1461,26 @@ mod tests {
         ]
     }
 
-    fn row(name: &str, node: Option<&str>, state: &str, vcpus: i64) -> VmRow {
-        VmRow {
-            vmname: name.into(),
-            hostname: node.map(str::to_string),
-            vmip: None,
-            ram: Some(256),
+    fn row(name: &str, node: Option<&str>, state: InstanceState, vcpus: i64) -> InstanceRecord {
+        InstanceRecord {
+            name: name.into(),
+            node: node.map(str::to_string),
+            ip_eth0: None,
+            ram_mb: Some(256),
             ip_eth1: None,
             vcpus: Some(vcpus),
             disk_gb: None,
             image: None,
             purpose: None,
             git_url: None,
-            state: state.into(),
-            step: String::new(),
+            state,
+            step: crate::db::Step::None,
             error: None,
             owner_uid: 0,
             created_at: 0,
             updated_at: 0,
             spec: None,
-            ssh_private_key: None,
+            sealed_key: None,
             made: crate::db::Made::default(),
             worker: None,
             rev: 0,

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
+pub use crate::model::{InstanceState, Made, Part, Step};
+
 /// Errors from the database layer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
@@ -37,6 +39,9 @@ pub enum DbError {
     /// A per-user limit refuses the change (see `UserQuota`).
     #[error("{0}")]
     Quota(String),
+    /// The row the change was for is gone, or its name now belongs to another incarnation.
+    #[error("{0}")]
+    Replaced(String),
 }
 
 /// What one user may hold, checked by the database in the statement or transaction that
@@ -78,28 +83,35 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Migrations may run longer than one statement; they still must not hang start-up.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A row of the `vm` table.
+/// One instance's row of the `vm` table, converted: typed state and step, the original
+/// columns under the names the rest of kvmfs uses (`vmname` → `name`, `hostname` → `node`,
+/// `vmip` → `ip_eth0`, `ram` → `ram_mb`, `ssh_private_key` → `sealed_key`). Nothing above
+/// `db` sees a column.
 #[derive(Clone, PartialEq, Eq)]
-pub struct VmRow {
-    pub vmname: String,
-    pub hostname: Option<String>,
-    pub vmip: Option<String>,
-    pub ram: Option<i64>,
+pub struct InstanceRecord {
+    pub name: String,
+    /// The node it is placed on (`vm.hostname`).
+    pub node: Option<String>,
+    /// The address on the first network (`vm.vmip`).
+    pub ip_eth0: Option<String>,
+    pub ram_mb: Option<i64>,
+    /// The address on the second network (`vm.ip_eth1`).
     pub ip_eth1: Option<String>,
     pub vcpus: Option<i64>,
     pub disk_gb: Option<i64>,
     pub image: Option<String>,
     pub purpose: Option<String>,
     pub git_url: Option<String>,
-    pub state: String,
-    pub step: String,
+    pub state: InstanceState,
+    pub step: Step,
     pub error: Option<String>,
-    pub owner_uid: i64,
+    /// The uid that made it (`mkdir`).
+    pub owner_uid: u32,
     pub created_at: i64,
     pub updated_at: i64,
     pub spec: Option<String>,
-    /// OpenSSH private key; never printed (see the `Debug` impl).
-    pub ssh_private_key: Option<String>,
+    /// The OpenSSH private key, sealed (see `secrets`); never printed (see `Debug`).
+    pub sealed_key: Option<String>,
     /// What kvmfs made (or was about to make) on the node for this instance.
     pub made: Made,
     /// The daemon running the row's build or delete (see `Cluster::worker_id`).
@@ -107,82 +119,8 @@ pub struct VmRow {
     /// The stamp of the row's last write (see `Db::next_rev`).
     pub rev: i64,
     /// Random id given when the row was made: tells this row from an earlier or later one
-    /// of the same name (see `VmRow::identity`).
+    /// of the same name (see `InstanceRecord::identity`).
     pub incarnation: String,
-}
-
-/// The parts of an instance on its node that kvmfs made, stored in `vm.made`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Made {
-    pub domain: bool,
-    pub disk: bool,
-    pub seed: bool,
-}
-
-/// One part of an instance on its node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Domain,
-    Disk,
-    Seed,
-}
-
-impl Part {
-    /// The part's word in `vm.made`.
-    pub fn word(self) -> &'static str {
-        match self {
-            Part::Domain => "domain",
-            Part::Disk => "disk",
-            Part::Seed => "seed",
-        }
-    }
-}
-
-impl Made {
-    pub fn parse(s: &str) -> Made {
-        let mut m = Made::default();
-        for w in s.split(',') {
-            match w.trim() {
-                "domain" => m.domain = true,
-                "disk" => m.disk = true,
-                "seed" => m.seed = true,
-                _ => {}
-            }
-        }
-        m
-    }
-
-    pub fn has(self, p: Part) -> bool {
-        match p {
-            Part::Domain => self.domain,
-            Part::Disk => self.disk,
-            Part::Seed => self.seed,
-        }
-    }
-
-    pub fn with(mut self, p: Part, on: bool) -> Made {
-        match p {
-            Part::Domain => self.domain = on,
-            Part::Disk => self.disk = on,
-            Part::Seed => self.seed = on,
-        }
-        self
-    }
-
-    pub fn is_empty(self) -> bool {
-        self == Made::default()
-    }
-}
-
-impl std::fmt::Display for Made {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<&str> = [Part::Domain, Part::Disk, Part::Seed]
-            .into_iter()
-            .filter(|p| self.has(*p))
-            .map(Part::word)
-            .collect();
-        f.write_str(&parts.join(","))
-    }
 }
 
 /// What the instances of every kvmfs on the database hold, read under the placement lock.
@@ -194,19 +132,19 @@ pub struct Loads {
     pub managed: std::collections::HashSet<(String, String)>,
 }
 
-impl std::fmt::Debug for VmRow {
+impl std::fmt::Debug for InstanceRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmRow")
-            .field("vmname", &self.vmname)
-            .field("hostname", &self.hostname)
+        f.debug_struct("InstanceRecord")
+            .field("name", &self.name)
+            .field("node", &self.node)
             .field("state", &self.state)
             .field("step", &self.step)
-            .field("vmip", &self.vmip)
+            .field("ip_eth0", &self.ip_eth0)
             .field("ip_eth1", &self.ip_eth1)
             .field("owner_uid", &self.owner_uid)
             .field(
-                "ssh_private_key",
-                &self.ssh_private_key.as_ref().map(|_| "<redacted>"),
+                "sealed_key",
+                &self.sealed_key.as_ref().map(|_| "<redacted>"),
             )
             .finish_non_exhaustive()
     }
@@ -225,28 +163,28 @@ macro_rules! select_vm {
     };
 }
 
-impl VmRow {
+impl InstanceRecord {
     /// The row `insert_draft` writes.
-    fn draft(name: &str, owner: u32, now: i64, rev: i64, incarnation: String) -> VmRow {
-        VmRow {
-            vmname: name.to_string(),
-            hostname: None,
-            vmip: None,
-            ram: None,
+    fn draft(name: &str, owner: u32, now: i64, rev: i64, incarnation: String) -> InstanceRecord {
+        InstanceRecord {
+            name: name.to_string(),
+            node: None,
+            ip_eth0: None,
+            ram_mb: None,
             ip_eth1: None,
             vcpus: None,
             disk_gb: None,
             image: None,
             purpose: None,
             git_url: None,
-            state: "draft".into(),
-            step: String::new(),
+            state: InstanceState::Draft,
+            step: Step::None,
             error: None,
-            owner_uid: i64::from(owner),
+            owner_uid: owner,
             created_at: now,
             updated_at: now,
             spec: None,
-            ssh_private_key: None,
+            sealed_key: None,
             made: Made::default(),
             worker: None,
             rev,
@@ -279,7 +217,7 @@ const REV_MODULUS: i64 = 1_000_003;
 impl VmFingerprint {
     /// The fingerprint the table would have if it held exactly `rows`: compared with the
     /// database's, it tells whether a picture of the table is still whole.
-    pub fn of<'a>(rows: impl IntoIterator<Item = &'a VmRow>) -> VmFingerprint {
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a InstanceRecord>) -> VmFingerprint {
         let mut fp = VmFingerprint {
             rows: 0,
             max_rev: 0,
@@ -308,13 +246,13 @@ pub struct BuildRow<'a> {
 impl BuildRow<'_> {
     /// Changes `row` as `begin_build` changed it in the database, placed on `node` and
     /// worked on by `worker`, so the caller need not read it back.
-    pub fn apply(&self, row: &mut VmRow, node: &str, worker: &str, rev: i64) {
+    pub fn apply(&self, row: &mut InstanceRecord, node: &str, worker: &str, rev: i64) {
         row.rev = rev;
         let n = |v: u64| Some(i64::try_from(v).unwrap_or(i64::MAX));
-        row.state = "building".into();
-        row.step = "placed".into();
-        row.hostname = Some(node.to_string());
-        row.ram = n(self.ram_mb);
+        row.state = InstanceState::Building;
+        row.step = Step::Placed;
+        row.node = Some(node.to_string());
+        row.ram_mb = n(self.ram_mb);
         row.vcpus = Some(i64::from(self.vcpus));
         row.disk_gb = n(self.disk_gb);
         row.image = Some(self.image.to_string());
@@ -651,7 +589,7 @@ impl Db {
     }
 
     /// Every `vm` row.
-    pub async fn list_vms(&self) -> Result<Vec<VmRow>, DbError> {
+    pub async fn list_vms(&self) -> Result<Vec<InstanceRecord>, DbError> {
         let rows = self
             .bounded(sqlx::query(select_vm!("")).fetch_all(&self.pool))
             .await?;
@@ -682,7 +620,7 @@ impl Db {
         name: &str,
         owner: u32,
         quota: &UserQuota,
-    ) -> Result<VmRow, DbError> {
+    ) -> Result<InstanceRecord, DbError> {
         let now = unix_now();
         let owner_id = i64::from(owner);
         let max = limit(quota.drafts, owner_id);
@@ -723,7 +661,7 @@ impl Db {
             .execute(&self.pool),
         )
         .await?;
-        Ok(VmRow::draft(name, owner, now, rev, incarnation))
+        Ok(InstanceRecord::draft(name, owner, now, rev, incarnation))
     }
 
     /// Places a draft (or failed) instance and moves it to `building` with its spec, as one
@@ -737,13 +675,14 @@ impl Db {
         &self,
         name: &str,
         incarnation: &str,
-        owner: i64,
+        owner: u32,
         quota: &UserQuota,
         worker: &str,
         b: &BuildRow<'_>,
         domains: &[(&str, &str)],
         choose: impl FnOnce(&Loads) -> Result<String, E>,
     ) -> Result<(String, i64), E> {
+        let owner = i64::from(owner);
         let work = async {
             let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
@@ -829,10 +768,27 @@ impl Db {
             .await
             .map_err(|e| self.sql_err(e))?;
             if n.rows_affected() == 0 {
-                return Err(DbError::State(format!(
-                    "instance {name} is not a draft (already committed, being deleted, or \
-                     deleted and made again)"
-                )));
+                let now = sqlx::query("SELECT incarnation FROM vm WHERE vmname = ?")
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.sql_err(e))?;
+                let same = match &now {
+                    Some(r) => {
+                        r.try_get::<String, _>(0).map_err(|e| self.sql_err(e))? == incarnation
+                    }
+                    None => false,
+                };
+                return Err(if same {
+                    DbError::State(format!(
+                        "instance {name} is not a draft (already committed, or being deleted)"
+                    ))
+                } else {
+                    DbError::Replaced(format!(
+                        "instance {name} was deleted (or deleted and made again) since this \
+                         file was opened"
+                    ))
+                });
             }
             tx.commit().await.map_err(|e| self.sql_err(e))?;
             Ok(Ok((node, rev)))
@@ -1093,7 +1049,7 @@ impl Db {
         .await
     }
 
-    pub async fn get_vm(&self, name: &str) -> Result<Option<VmRow>, DbError> {
+    pub async fn get_vm(&self, name: &str) -> Result<Option<InstanceRecord>, DbError> {
         let r = self
             .bounded(
                 sqlx::query(select_vm!(" WHERE vmname = ?"))
@@ -1198,7 +1154,7 @@ impl Db {
     pub async fn take_over(
         &self,
         name: &str,
-        state: &str,
+        state: InstanceState,
         from: Option<&str>,
         to: &str,
     ) -> Result<bool, DbError> {
@@ -1211,7 +1167,7 @@ impl Db {
                 .bind(self.next_rev())
                 .bind(to)
                 .bind(name)
-                .bind(state)
+                .bind(state.word())
                 .bind(from.unwrap_or(""))
                 .execute(&self.pool),
             )
@@ -1225,9 +1181,9 @@ impl Db {
         let rows = self
             .bounded(
                 sqlx::query(
-                    "SELECT a.pool, a.address, a.vmname FROM ip_alloc a \
-                     LEFT JOIN vm v ON v.vmname = a.vmname \
-                     WHERE v.vmname IS NULL OR v.state IN ('draft', 'failed') \
+                    "SELECT a.pool, a.address, a.name FROM ip_alloc a \
+                     LEFT JOIN vm v ON v.name = a.name \
+                     WHERE v.name IS NULL OR v.state IN ('draft', 'failed') \
                      ORDER BY a.pool, a.address",
                 )
                 .fetch_all(&self.pool),
@@ -1248,7 +1204,7 @@ impl Db {
             .bounded(
                 sqlx::query(
                     "DELETE FROM ip_alloc WHERE pool = ? AND address = ? AND vmname = ? \
-                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.vmname = ? \
+                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.name = ? \
                      AND vm.state IN ('building', 'ready', 'deleting'))",
                 )
                 .bind(pool)
@@ -1311,27 +1267,36 @@ async fn release_addresses(
         .map(|_| ())
 }
 
-fn vm_row(r: &sqlx::any::AnyRow) -> Result<VmRow, DbError> {
-    let f = || -> Result<VmRow, sqlx::Error> {
-        Ok(VmRow {
-            vmname: r.try_get("vmname")?,
-            hostname: r.try_get("hostname")?,
-            vmip: r.try_get("vmip")?,
-            ram: r.try_get("ram")?,
+fn vm_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, DbError> {
+    let f = || -> Result<InstanceRecord, sqlx::Error> {
+        let state: String = r.try_get("state")?;
+        let mut error: Option<String> = r.try_get("error")?;
+        // A state kvmfs does not know (written by hand): shown as a failure that says so,
+        // and holding nothing.
+        let state = InstanceState::from_word(&state).unwrap_or_else(|| {
+            error = Some(format!("unknown state {state:?} in the database"));
+            InstanceState::Failed
+        });
+        let owner: i64 = r.try_get("owner_uid")?;
+        Ok(InstanceRecord {
+            name: r.try_get("vmname")?,
+            node: r.try_get("hostname")?,
+            ip_eth0: r.try_get("vmip")?,
+            ram_mb: r.try_get("ram")?,
             ip_eth1: r.try_get("ip_eth1")?,
             vcpus: r.try_get("vcpus")?,
             disk_gb: r.try_get("disk_gb")?,
             image: r.try_get("image")?,
             purpose: r.try_get("purpose")?,
             git_url: r.try_get("git_url")?,
-            state: r.try_get("state")?,
-            step: r.try_get("step")?,
-            error: r.try_get("error")?,
-            owner_uid: r.try_get("owner_uid")?,
+            state,
+            step: Step::from_word(&r.try_get::<String, _>("step")?),
+            error,
+            owner_uid: u32::try_from(owner).unwrap_or(u32::MAX),
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
             spec: r.try_get("spec")?,
-            ssh_private_key: r.try_get("ssh_private_key")?,
+            sealed_key: r.try_get("ssh_private_key")?,
             made: Made::parse(&r.try_get::<String, _>("made")?),
             worker: r.try_get("worker")?,
             rev: r.try_get("rev")?,
@@ -1570,17 +1535,12 @@ mod tests {
         let rev = db.begin_delete("web1", "w1", read.rev).await.unwrap();
         let row = db.get_vm("web1").await.unwrap().unwrap();
         assert_eq!(
-            (
-                row.state.as_str(),
-                row.step.as_str(),
-                row.worker.as_deref(),
-                row.rev
-            ),
-            ("deleting", "deleting", Some("w1"), rev)
+            (row.state, row.step, row.worker.as_deref(), row.rev),
+            (InstanceState::Deleting, Step::Deleting, Some("w1"), rev)
         );
         moved(db.vm_fingerprint().await.unwrap(), "begin_delete").await;
         assert!(
-            db.take_over("web1", "deleting", Some("w1"), "w2")
+            db.take_over("web1", InstanceState::Deleting, Some("w1"), "w2")
                 .await
                 .unwrap()
         );
@@ -1703,7 +1663,7 @@ mod tests {
         assert!(matches!(
             db.begin_build("b", "not-b", 0, &q, "w", &build(1), &[], place)
                 .await,
-            Err(DbError::State(_))
+            Err(DbError::Replaced(_))
         ));
     }
 }

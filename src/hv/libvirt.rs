@@ -518,15 +518,26 @@ impl NodeBackend for LibvirtNode {
             if parse_domain_devices(&d.xml_desc(0)?).kvmfs_owner.is_none() {
                 return Ok(Outcome::Foreign);
             }
-            if d.is_active()?
-                && let Err(e) = d.destroy()
-                && d.is_active()?
-            {
-                return Err(e);
-            }
+            // Undefined first, then stopped: a `start` racing this (another mount's `ctl`)
+            // then finds no domain, or a transient running one that the destroy below
+            // removes. The other order left a window where a start brought the domain back
+            // between the destroy and the undefine, which then left it running, transient,
+            // with nothing to delete it.
+            let gone = |e: &virt::error::Error| e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN;
             match d.undefine() {
-                Ok(()) => Ok(Outcome::Removed),
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => Ok(Outcome::Removed),
+                Ok(()) => {}
+                Err(e) if gone(&e) => return Ok(Outcome::Removed),
+                Err(e) => return Err(e),
+            }
+            match d.is_active() {
+                Ok(true) => match d.destroy() {
+                    Ok(()) => Ok(Outcome::Removed),
+                    Err(e) if gone(&e) => Ok(Outcome::Removed),
+                    Err(_) if d.is_active().is_ok_and(|a| !a) => Ok(Outcome::Removed),
+                    Err(e) => Err(e),
+                },
+                Ok(false) => Ok(Outcome::Removed),
+                Err(e) if gone(&e) => Ok(Outcome::Removed),
                 Err(e) => Err(e),
             }
         })?;

@@ -298,7 +298,7 @@ enum Handle {
 #[derive(Clone)]
 struct WriteHandle {
     instance: String,
-    /// The incarnation of the instance this file was opened on (`VmRow::incarnation`): a
+    /// The incarnation of the instance this file was opened on (`InstanceRecord::incarnation`): a
     /// commit or command through it never reaches another instance of the same name.
     incarnation: String,
     kind: FileKind,
@@ -1061,11 +1061,7 @@ impl Tree {
 
     /// Whether `uid` may use instance `name`'s private files (its owner, or root).
     fn owns(&self, view: &View, name: &str, uid: u32) -> bool {
-        uid == 0
-            || view
-                .instances
-                .get(name)
-                .is_some_and(|i| render::instance_uid(i, self.owner.uid) == uid)
+        crate::model::may_act(view.instances.get(name).and_then(|i| i.owner()), uid)
     }
 
     /// Opens a file. `spec.json` and `ctl` may be opened for writing by the instance's
@@ -1092,7 +1088,7 @@ impl Tree {
                 return Err(TreeError::ReadOnly("this file cannot be written"));
             };
             let inst = view.instances.get(&name).ok_or(TreeError::Stale)?;
-            if kind == FileKind::Spec && !render::takes_spec(inst) {
+            if kind == FileKind::Spec && !inst.takes_spec() {
                 return Err(ActionError::Busy(format!(
                     "instance {name} is already committed; its spec.json is read-only"
                 ))
@@ -1100,11 +1096,7 @@ impl Tree {
             }
             // Both files take whole documents: a writer always starts from empty, however
             // it opened the file (the kernel may strip O_TRUNC and truncate separately).
-            let incarnation = inst
-                .row
-                .as_ref()
-                .map(|r| r.incarnation.clone())
-                .unwrap_or_default();
+            let incarnation = inst.incarnation().to_string();
             let fh = self.new_handle(Handle::Write(WriteHandle {
                 instance: name,
                 incarnation,
@@ -1411,10 +1403,10 @@ impl Tree {
         match r.ino {
             Ino::Instance(id) => {
                 let name = r.name.unwrap_or_default();
-                match view.instances.get(&name).and_then(|i| i.row.as_ref()) {
-                    Some(row) => Ok(Folder {
+                match view.instances.get(&name).filter(|i| i.managed()) {
+                    Some(i) => Ok(Folder {
                         id,
-                        incarnation: row.incarnation.clone(),
+                        incarnation: i.incarnation().to_string(),
                         name,
                     }),
                     None => Err(TreeError::ReadOnly(

@@ -81,17 +81,10 @@ pub fn is_reserved_instance_name(name: &str) -> bool {
     MANAGED_FILES.iter().any(|f| f.file_name() == name)
 }
 
-/// Whether an instance still takes a (new) spec: a draft, or a build that failed.
-pub fn takes_spec(i: &InstanceView) -> bool {
-    i.row
-        .as_ref()
-        .is_some_and(|r| matches!(r.state.as_str(), "draft" | "failed"))
-}
-
 /// Permission bits of an instance file.
 pub fn instance_perm(i: &InstanceView, f: FileKind) -> u16 {
     match f {
-        FileKind::Spec if takes_spec(i) => 0o644,
+        FileKind::Spec if i.takes_spec() => 0o644,
         FileKind::SshKey => 0o600,
         FileKind::Ctl => 0o644,
         _ => 0o444,
@@ -126,19 +119,18 @@ pub const INSTANCE_FILE_KINDS: &[FileKind] = MANAGED_FILES;
 
 /// The files an instance folder holds.
 pub fn instance_files(i: &InstanceView) -> &'static [FileKind] {
-    match &i.row {
-        None => UNMANAGED_FILES,
-        Some(r) if r.ssh_private_key.is_some() => MANAGED_FILES,
-        Some(_) => &MANAGED_FILES[..MANAGED_FILES.len() - 1],
+    if !i.managed() {
+        UNMANAGED_FILES
+    } else if i.has_private_key() {
+        MANAGED_FILES
+    } else {
+        &MANAGED_FILES[..MANAGED_FILES.len() - 1]
     }
 }
 
 /// The uid owning an instance's folder: its creator, or the mount's owner.
 pub fn instance_uid(i: &InstanceView, default: u32) -> u32 {
-    i.row
-        .as_ref()
-        .and_then(|r| u32::try_from(r.owner_uid).ok())
-        .unwrap_or(default)
+    i.owner().unwrap_or(default)
 }
 
 /// Target of `nodes/<n>/instances/<i>`.
@@ -179,18 +171,10 @@ pub fn instance_file(i: &InstanceView, f: FileKind) -> Vec<u8> {
             }
             out
         }
-        FileKind::Error => i
-            .row
-            .as_ref()
-            .and_then(|r| r.error.as_deref())
-            .filter(|e| !e.is_empty())
-            .map(line)
-            .unwrap_or_default(),
+        FileKind::Error => i.error_text().map(line).unwrap_or_default(),
         FileKind::Spec => i
-            .row
-            .as_ref()
-            .and_then(|r| r.spec.clone())
-            .map(String::into_bytes)
+            .spec_text()
+            .map(|s| s.as_bytes().to_vec())
             .unwrap_or_default(),
         // Sealed in the row: the tree opens it (`Cluster::private_key`).
         FileKind::SshKey => Vec::new(),

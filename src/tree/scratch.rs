@@ -163,7 +163,7 @@ impl Store {
         let f = self
             .files
             .get(&id)
-            .ok_or_else(|| ActionError::NotFound("scratch file is gone".into()))?;
+            .ok_or_else(|| ActionError::Stale("scratch file is gone".into()))?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(data.len());
         if end > MAX_FILE_BYTES {
@@ -194,7 +194,7 @@ impl Store {
             )));
         }
         let Some(f) = self.files.get(&id) else {
-            return Err(ActionError::NotFound("scratch file is gone".into()));
+            return Err(ActionError::Stale("scratch file is gone".into()));
         };
         let (uid, old) = (f.uid, f.data.len());
         self.check_room(uid, len.saturating_sub(old))?;
