@@ -1181,9 +1181,9 @@ impl Db {
         let rows = self
             .bounded(
                 sqlx::query(
-                    "SELECT a.pool, a.address, a.name FROM ip_alloc a \
-                     LEFT JOIN vm v ON v.name = a.name \
-                     WHERE v.name IS NULL OR v.state IN ('draft', 'failed') \
+                    "SELECT a.pool, a.address, a.vmname FROM ip_alloc a \
+                     LEFT JOIN vm v ON v.vmname = a.vmname \
+                     WHERE v.vmname IS NULL OR v.state IN ('draft', 'failed') \
                      ORDER BY a.pool, a.address",
                 )
                 .fetch_all(&self.pool),
@@ -1204,7 +1204,7 @@ impl Db {
             .bounded(
                 sqlx::query(
                     "DELETE FROM ip_alloc WHERE pool = ? AND address = ? AND vmname = ? \
-                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.name = ? \
+                     AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.vmname = ? \
                      AND vm.state IN ('building', 'ready', 'deleting'))",
                 )
                 .bind(pool)
