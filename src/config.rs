@@ -553,10 +553,23 @@ impl Config {
     }
 
     /// A configuration with defaults and one unreachable node, for unit tests.
-    pub fn for_tests() -> Config {
-        let text = "[[node]]\nname = 'kvm1'\nuri = 'test:///default'\n";
-        Config::parse(text, Path::new("test.toml"), Some("/nonexistent".into()))
-            .expect("the test config is valid")
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Config {
+        Config::from_toml(
+            "[[node]]\nname = 'kvm1'\nuri = 'test:///default'\n",
+            "/nonexistent",
+        )
+        .expect("the test config is valid")
+    }
+
+    /// Parses configuration text as if read from a file in `state_dir`, for in-process
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn from_toml(
+        text: &str,
+        state_dir: impl Into<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Some(state_dir.into()))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

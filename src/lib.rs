@@ -12,11 +12,15 @@ pub mod demo;
 pub mod failpoint;
 pub mod fs;
 pub mod hv;
+#[cfg(test)]
+mod inprocess;
 pub mod model;
 pub mod mount;
 pub mod random;
 pub mod secrets;
 pub mod spec;
 pub mod statedir;
+#[cfg(test)]
+pub mod testing;
 pub mod testnode;
 pub mod tree;

@@ -158,6 +158,29 @@ impl Cluster {
         Self::with_nodes(cfg, db, nodes, worker_id, keys)
     }
 
+    /// Builds the controller over the given backends, one per configured node in the
+    /// configuration's order: the seam in-process tests use (in-memory nodes, `hv::mem`).
+    pub fn with_backends(
+        cfg: Arc<Config>,
+        db: Db,
+        backends: Vec<Arc<dyn NodeBackend>>,
+        worker_id: String,
+        keys: Arc<crate::secrets::KeyRing>,
+    ) -> Arc<Cluster> {
+        let nodes = cfg
+            .nodes
+            .iter()
+            .zip(backends)
+            .map(|(n, backend)| NodeHandle {
+                name: n.name.to_string(),
+                uri: n.uri.clone(),
+                backend,
+                overdue: Arc::new(AtomicUsize::new(0)),
+            })
+            .collect();
+        Self::with_nodes(cfg, db, nodes, worker_id, keys)
+    }
+
     fn with_nodes(
         cfg: Arc<Config>,
         db: Db,

@@ -4,6 +4,8 @@
 //! threads under a deadline and never from a FUSE thread.
 
 pub mod libvirt;
+#[cfg(test)]
+pub mod mem;
 pub mod xml;
 
 use std::sync::Arc;

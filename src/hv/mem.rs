@@ -1,0 +1,451 @@
+//! An in-memory node for in-process tests: a `NodeBackend` that keeps its domains, networks
+//! and pool volumes in memory, understands the XML kvmfs writes, and fails on request —
+//! down (every call refused), slow (every call sleeps), or refusing the n-th call of one
+//! kind — so the controller's rules (placement, builds and their undo, deletes, `ctl`, the
+//! reconciliation, claims) can be tested without libvirt, a mount or root.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::{
+    CpuTimes, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, NetworkProbe,
+    NodeBackend, NodeProbe, VolumeProbe, Volumes,
+};
+
+/// The kinds of call a fault can be set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Call {
+    Probe,
+    CreateVolume,
+    UploadVolume,
+    VolumePath,
+    DeleteVolume,
+    DefineAndStart,
+    DomainOp,
+    RemoveDomain,
+}
+
+#[derive(Debug, Clone)]
+struct MemDomain {
+    uuid: String,
+    state: DomainState,
+    vcpus: u32,
+    memory_kib: u64,
+    devices: Arc<DomainDevices>,
+}
+
+#[derive(Default)]
+struct State {
+    domains: BTreeMap<String, MemDomain>,
+    networks: Vec<NetworkProbe>,
+    volumes: BTreeMap<String, VolumeProbe>,
+    next_uuid: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    down: bool,
+    delay: Duration,
+    /// Calls of a kind that fail, counted from now: the n-th next call fails (1: the next).
+    fail_on: BTreeMap<Call, u32>,
+    /// Calls made so far, by kind.
+    calls: BTreeMap<Call, u32>,
+}
+
+/// See the module note.
+pub struct MemNode {
+    name: String,
+    cpus: u32,
+    memory_kib: u64,
+    state: Mutex<State>,
+    faults: Mutex<Faults>,
+    sink: Mutex<Option<EventSink>>,
+}
+
+impl MemNode {
+    /// A node with `cpus` CPUs, `memory_mb` of RAM, the networks `default` and `overlay`
+    /// (active) and an image `debian-12.qcow2` in its pool.
+    pub fn new(name: &str, cpus: u32, memory_mb: u64) -> Arc<MemNode> {
+        let node = MemNode {
+            name: name.to_string(),
+            cpus,
+            memory_kib: memory_mb * 1024,
+            state: Mutex::new(State::default()),
+            faults: Mutex::new(Faults::default()),
+            sink: Mutex::new(None),
+        };
+        for net in ["default", "overlay"] {
+            node.add_network(net, true);
+        }
+        node.add_volume("debian-12.qcow2", 2 << 30);
+        Arc::new(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn add_network(&self, name: &str, active: bool) {
+        let mut st = self.state.lock();
+        st.networks.retain(|n| n.name != name);
+        st.networks.push(NetworkProbe {
+            name: name.to_string(),
+            bridge: Some(format!("br-{name}")),
+            active,
+            autostart: true,
+            persistent: true,
+            forward: Some("nat".into()),
+            addresses: Vec::new(),
+        });
+    }
+
+    pub fn add_volume(&self, name: &str, bytes: u64) {
+        self.state.lock().volumes.insert(
+            name.to_string(),
+            VolumeProbe {
+                name: name.to_string(),
+                capacity_bytes: bytes,
+                path: Some(format!("/mem/{}/{name}", self.name)),
+            },
+        );
+    }
+
+    /// A domain kvmfs did not make (no kvmfs metadata), running or not.
+    pub fn add_foreign_domain(&self, name: &str, vcpus: u32, memory_mb: u64, running: bool) {
+        let mut st = self.state.lock();
+        st.next_uuid += 1;
+        let uuid = format!("00000000-0000-4000-8000-{:012x}", st.next_uuid);
+        st.domains.insert(
+            name.to_string(),
+            MemDomain {
+                uuid,
+                state: if running {
+                    DomainState::Running
+                } else {
+                    DomainState::Shutoff
+                },
+                vcpus,
+                memory_kib: memory_mb * 1024,
+                devices: Arc::new(DomainDevices::default()),
+            },
+        );
+    }
+
+    /// Every call fails (as a node whose libvirtd is down) while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.faults.lock().down = down;
+    }
+
+    /// Every call sleeps this long first (as a slow node).
+    pub fn set_delay(&self, delay: Duration) {
+        self.faults.lock().delay = delay;
+    }
+
+    /// The `n`-th next call of kind `call` fails (1: the very next).
+    pub fn fail_nth(&self, call: Call, n: u32) {
+        self.faults.lock().fail_on.insert(call, n);
+    }
+
+    /// Calls of kind `call` made so far.
+    pub fn calls(&self, call: Call) -> u32 {
+        self.faults.lock().calls.get(&call).copied().unwrap_or(0)
+    }
+
+    /// The node's domains, by name, with their state.
+    pub fn domains(&self) -> Vec<(String, DomainState)> {
+        self.state
+            .lock()
+            .domains
+            .iter()
+            .map(|(n, d)| (n.clone(), d.state))
+            .collect()
+    }
+
+    /// The names of the pool's volumes.
+    pub fn volumes(&self) -> Vec<String> {
+        self.state.lock().volumes.keys().cloned().collect()
+    }
+
+    /// Sets a domain's state behind kvmfs's back (a guest that powered itself off, say).
+    pub fn set_domain_state(&self, name: &str, state: DomainState) {
+        if let Some(d) = self.state.lock().domains.get_mut(name) {
+            d.state = state;
+        }
+        self.event(name);
+    }
+
+    fn event(&self, name: &str) {
+        if let Some(sink) = self.sink.lock().clone() {
+            sink(super::DomainEvent {
+                name: name.to_string(),
+            });
+        }
+    }
+
+    /// Counts a call, applies the faults set for it, and says whether it fails.
+    fn enter(&self, call: Call) -> Result<(), HvError> {
+        let delay = {
+            let mut f = self.faults.lock();
+            *f.calls.entry(call).or_insert(0) += 1;
+            if f.down {
+                return Err(HvError::Connect {
+                    node: self.name.clone(),
+                    uri: format!("mem://{}", self.name),
+                    message: "the node is down".into(),
+                });
+            }
+            if let Some(n) = f.fail_on.get_mut(&call) {
+                *n -= 1;
+                if *n == 0 {
+                    f.fail_on.remove(&call);
+                    return Err(HvError::Call {
+                        node: self.name.clone(),
+                        message: format!("{call:?} failed (injected)"),
+                    });
+                }
+            }
+            f.delay
+        };
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        Ok(())
+    }
+
+    fn probe_domain(name: &str, d: &MemDomain) -> DomainProbe {
+        DomainProbe {
+            name: name.to_string(),
+            uuid: d.uuid.clone(),
+            state: d.state,
+            reason: None,
+            vcpus: d.vcpus,
+            max_memory_kib: d.memory_kib,
+            memory_kib: d.memory_kib,
+            devices: d.devices.clone(),
+        }
+    }
+
+    fn not_found(&self, what: String) -> HvError {
+        HvError::NotFound {
+            node: self.name.clone(),
+            what,
+        }
+    }
+}
+
+/// The text of the first element called `tag` in `doc`.
+fn text_of<'a>(doc: &'a roxmltree::Document, tag: &str) -> Option<&'a str> {
+    doc.descendants()
+        .find(|n| n.has_tag_name(tag))
+        .and_then(|n| n.text())
+}
+
+/// A size element (`<capacity unit='G'>10</capacity>`) in bytes.
+fn bytes_of(doc: &roxmltree::Document, tag: &str) -> u64 {
+    let Some(node) = doc.descendants().find(|n| n.has_tag_name(tag)) else {
+        return 0;
+    };
+    let n: u64 = node.text().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    match node.attribute("unit").unwrap_or("bytes") {
+        "K" | "KiB" => n << 10,
+        "M" | "MiB" => n << 20,
+        "G" | "GiB" => n << 30,
+        _ => n,
+    }
+}
+
+impl NodeBackend for MemNode {
+    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError> {
+        self.enter(Call::Probe)?;
+        let st = self.state.lock();
+        Ok(NodeProbe {
+            hostname: Some(self.name.clone()),
+            cpus: self.cpus,
+            mhz: 2000,
+            model: "mem".into(),
+            memory_kib: self.memory_kib,
+            free_memory_kib: None,
+            cpu_times: Some(CpuTimes { busy: 0, total: 0 }),
+            domains: st
+                .domains
+                .iter()
+                .map(|(n, d)| Self::probe_domain(n, d))
+                .collect(),
+            networks: st.networks.clone(),
+            volumes: with_pool.then(|| Arc::new(st.volumes.values().cloned().collect())),
+        })
+    }
+
+    fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError> {
+        self.enter(Call::Probe)?;
+        let st = self.state.lock();
+        Ok(names
+            .iter()
+            .map(|n| {
+                let d = st.domains.get(n).map(|d| Self::probe_domain(n, d));
+                (n.clone(), d)
+            })
+            .collect())
+    }
+
+    fn probe_pool(&self) -> Result<Option<Volumes>, HvError> {
+        self.enter(Call::Probe)?;
+        Ok(Some(Arc::new(
+            self.state.lock().volumes.values().cloned().collect(),
+        )))
+    }
+
+    fn probe_volumes_named(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<VolumeProbe>)>, HvError> {
+        self.enter(Call::Probe)?;
+        let st = self.state.lock();
+        Ok(names
+            .iter()
+            .map(|n| (n.clone(), st.volumes.get(n).cloned()))
+            .collect())
+    }
+
+    fn watch(&self, sink: EventSink) {
+        *self.sink.lock() = Some(sink);
+    }
+
+    fn domain_type(&self, configured: &str) -> String {
+        configured.to_string()
+    }
+
+    fn create_volume(&self, xml: &str) -> Result<String, HvError> {
+        self.enter(Call::CreateVolume)?;
+        let doc = roxmltree::Document::parse(xml).map_err(|e| HvError::Call {
+            node: self.name.clone(),
+            message: format!("bad volume XML: {e}"),
+        })?;
+        let name = text_of(&doc, "name").unwrap_or_default().to_string();
+        let mut st = self.state.lock();
+        if st.volumes.contains_key(&name) {
+            return Err(HvError::Call {
+                node: self.name.clone(),
+                message: format!("volume {name} exists already"),
+            });
+        }
+        let path = format!("/mem/{}/{name}", self.name);
+        st.volumes.insert(
+            name.clone(),
+            VolumeProbe {
+                name,
+                capacity_bytes: bytes_of(&doc, "capacity"),
+                path: Some(path.clone()),
+            },
+        );
+        Ok(path)
+    }
+
+    fn upload_volume(&self, name: &str, _data: &[u8]) -> Result<(), HvError> {
+        self.enter(Call::UploadVolume)?;
+        if self.state.lock().volumes.contains_key(name) {
+            Ok(())
+        } else {
+            Err(self.not_found(format!("volume {name}")))
+        }
+    }
+
+    fn volume_path(&self, name: &str) -> Result<Option<String>, HvError> {
+        self.enter(Call::VolumePath)?;
+        Ok(self
+            .state
+            .lock()
+            .volumes
+            .get(name)
+            .and_then(|v| v.path.clone()))
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<bool, HvError> {
+        self.enter(Call::DeleteVolume)?;
+        Ok(self.state.lock().volumes.remove(name).is_some())
+    }
+
+    fn define_and_start(&self, xml: &str) -> Result<(), HvError> {
+        self.enter(Call::DefineAndStart)?;
+        let doc = roxmltree::Document::parse(xml).map_err(|e| HvError::Call {
+            node: self.name.clone(),
+            message: format!("bad domain XML: {e}"),
+        })?;
+        let name = text_of(&doc, "name").unwrap_or_default().to_string();
+        let vcpus = text_of(&doc, "vcpu")
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(1);
+        let memory_kib = bytes_of(&doc, "memory") >> 10;
+        let devices = Arc::new(super::libvirt::parse_domain_devices(xml));
+        {
+            let mut st = self.state.lock();
+            if st.domains.contains_key(&name) {
+                return Err(HvError::Call {
+                    node: self.name.clone(),
+                    message: format!("domain {name} exists already"),
+                });
+            }
+            st.next_uuid += 1;
+            let uuid = format!("00000000-0000-4000-8000-{:012x}", st.next_uuid);
+            st.domains.insert(
+                name.clone(),
+                MemDomain {
+                    uuid,
+                    state: DomainState::Running,
+                    vcpus,
+                    memory_kib,
+                    devices,
+                },
+            );
+        }
+        self.event(&name);
+        Ok(())
+    }
+
+    fn domain_op(&self, name: &str, op: DomainOp) -> Result<(), HvError> {
+        self.enter(Call::DomainOp)?;
+        {
+            let mut st = self.state.lock();
+            let Some(d) = st.domains.get_mut(name) else {
+                return Err(self.not_found(format!("domain {name}")));
+            };
+            let wrong = |message: &str| HvError::WrongState {
+                node: self.name.clone(),
+                message: format!("domain {name} {message}"),
+            };
+            d.state = match (op, d.state.is_active()) {
+                (DomainOp::Start, false) => DomainState::Running,
+                (DomainOp::Start, true) => return Err(wrong("is already running")),
+                (DomainOp::Shutdown | DomainOp::Destroy, true) => DomainState::Shutoff,
+                (DomainOp::Reboot, true) => DomainState::Running,
+                (_, false) => return Err(wrong("is not running")),
+            };
+        }
+        self.event(name);
+        Ok(())
+    }
+
+    fn remove_domain(&self, name: &str) -> Result<bool, HvError> {
+        self.enter(Call::RemoveDomain)?;
+        let removed = {
+            let mut st = self.state.lock();
+            match st.domains.get(name) {
+                None => return Ok(false),
+                Some(d) if d.devices.kvmfs_owner.is_none() => {
+                    return Err(HvError::Foreign {
+                        node: self.name.clone(),
+                        what: format!("domain {name}"),
+                    });
+                }
+                Some(_) => st.domains.remove(name).is_some(),
+            }
+        };
+        self.event(name);
+        Ok(removed)
+    }
+
+    fn reset(&self) {}
+}

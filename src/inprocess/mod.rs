@@ -1,0 +1,5 @@
+//! In-process tests of the lifecycle and of the tree's rules, on the rig of `testing`:
+//! in-memory nodes, SQLite in a temporary folder, the tree called directly. One file per
+//! concern.
+
+mod lifecycle;
