@@ -2,4 +2,9 @@
 //! in-memory nodes, SQLite in a temporary folder, the tree called directly. One file per
 //! concern.
 
+mod builds;
 mod lifecycle;
+mod placement_quotas;
+mod recovery;
+mod tree_files;
+mod tree_writes;
