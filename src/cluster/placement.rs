@@ -32,15 +32,6 @@ pub enum PlaceError {
     NoRoom(String),
 }
 
-impl From<PlaceError> for super::actions::ActionError {
-    fn from(e: PlaceError) -> Self {
-        match e {
-            PlaceError::UnknownNode(_) => super::actions::ActionError::Invalid(e.to_string()),
-            PlaceError::NoRoom(_) => super::actions::ActionError::NoCapacity(e.to_string()),
-        }
-    }
-}
-
 /// (vCPUs, RAM MB) held on each node.
 pub struct Committed<'a> {
     loads: &'a Loads,

@@ -1,0 +1,340 @@
+//! The build, in the background after a commit: each step recorded before it runs, each
+//! part recorded before it is made, and a failed build undone in reverse order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ACTION_CALL_TIMEOUT;
+use crate::cloudinit::{self, Nic};
+use crate::cluster::{CallError, Claim, Cluster};
+use crate::db::{InstanceState, Made, Part, Step};
+use crate::failpoint;
+use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
+use crate::model::{disk_volume, seed_volume};
+use crate::spec::Spec;
+
+/// Deadline for the git reachability check.
+pub(super) const GIT_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The instance a build works on: one incarnation of a name, placed on a node.
+pub(super) struct Target {
+    pub(super) name: String,
+    pub(super) incarnation: String,
+    pub(super) node: String,
+}
+
+pub(super) fn random_mac() -> String {
+    let mut b = [0u8; 3];
+    if crate::random::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        b = [(t >> 16) as u8, (t >> 8) as u8, t as u8];
+    }
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+/// Generates an ed25519 key pair: (OpenSSH public line, OpenSSH private PEM).
+pub(super) fn generate_key(name: &str) -> Result<(String, String), String> {
+    use ssh_key::{Algorithm, LineEnding, PrivateKey, rand_core::OsRng};
+    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| e.to_string())?;
+    key.set_comment(format!("kvmfs-{name}"));
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    Ok((public, private))
+}
+
+/// Checks that a git repository answers before anything is built. The URL is passed after
+/// `--`, with remote helpers and terminal prompts disabled.
+pub(super) async fn check_git(url: &str) -> Result<(), String> {
+    let child = tokio::process::Command::new("git")
+        .args([
+            "-c",
+            "protocol.ext.allow=never",
+            "ls-remote",
+            "--exit-code",
+            "--",
+            url,
+            "HEAD",
+        ])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    match tokio::time::timeout(GIT_CHECK_TIMEOUT, child.wait_with_output()).await {
+        Err(_) => Err(format!(
+            "git repository {url} did not answer within {GIT_CHECK_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("git: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let first = err.lines().next().unwrap_or("no HEAD").trim().to_string();
+            Err(format!("git repository {url} is not reachable: {first}"))
+        }
+    }
+}
+
+impl Cluster {
+    pub(super) async fn step(&self, name: &str, step: Step) -> Result<(), String> {
+        let rev = self
+            .db
+            .set_step(name, step.word())
+            .await
+            .map_err(|e| e.to_string())?;
+        failpoint::hit(&format!("create:{step}"));
+        // What was written is known: show it without reading the row back.
+        self.patch_local_row(name, |r| {
+            r.step = step;
+            r.updated_at = crate::db::unix_now();
+            r.rev = rev;
+        });
+        Ok(())
+    }
+
+    /// Makes one part of an instance on its node, in build step `step`. The part is recorded
+    /// in `vm.made` (with the step) before the call, so an undo, `rmdir` or reconciliation
+    /// knows it may exist; a call the node refused outright made nothing (say, a volume of
+    /// that name was already there, which is then left alone) and is unrecorded.
+    pub(super) async fn make_part<T: Send + 'static>(
+        &self,
+        name: &str,
+        node: usize,
+        made: &mut Made,
+        (part, step): (Part, Step),
+        make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
+    ) -> Result<T, String> {
+        *made = made.with(part, true);
+        let rev = self
+            .db
+            .set_step_and_made(name, step.word(), *made)
+            .await
+            .map_err(|e| e.to_string())?;
+        failpoint::hit(&format!("create:{} recorded", part.word()));
+        let m = *made;
+        self.patch_local_row(name, |r| {
+            r.step = step;
+            r.made = m;
+            r.updated_at = crate::db::unix_now();
+            r.rev = rev;
+        });
+        match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
+            Ok(v) => {
+                failpoint::hit(&format!("create:{} made", part.word()));
+                Ok(v)
+            }
+            Err(CallError::Hv(e)) => {
+                *made = made.with(part, false);
+                match self.db.set_made(name, *made).await {
+                    Ok(rev) => {
+                        let m = *made;
+                        self.patch_local_row(name, |r| {
+                            r.made = m;
+                            r.rev = rev;
+                        });
+                    }
+                    Err(de) => {
+                        tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
+                    }
+                }
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs a build to its end, holding `_claim` (the instance) until then.
+    pub(super) async fn build(
+        self: Arc<Self>,
+        target: Target,
+        spec: Spec,
+        uid: u32,
+        _claim: Claim,
+    ) {
+        let mut made = Made::default();
+        let r = self.build_steps(&target, &spec, uid, &mut made).await;
+        let Target { name, node, .. } = target;
+        if let Some(ni) = self.node_index(&node) {
+            self.refresh_after_action(ni, &name).await;
+        }
+        match r {
+            Ok(()) => match self.db.finish_build(&name).await {
+                Ok(rev) => {
+                    tracing::info!(instance = %name, node = %node, "built and started");
+                    self.patch_local_row(&name, |r| {
+                        r.state = InstanceState::Ready;
+                        r.step = Step::None;
+                        r.updated_at = crate::db::unix_now();
+                        r.rev = rev;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(instance = %name, error = %e, "cannot record the finished build");
+                    self.refresh_row(&name).await;
+                }
+            },
+            Err(msg) => {
+                tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
+                let left = self.remove_parts(&name, &node, made, None).await;
+                if let Err(e) = self.db.fail_build(&name, &msg, left).await {
+                    tracing::error!(instance = %name, error = %e, "cannot record the failed build");
+                }
+                self.refresh_row(&name).await;
+            }
+        }
+    }
+
+    pub(super) async fn build_steps(
+        &self,
+        target: &Target,
+        spec: &Spec,
+        uid: u32,
+        made: &mut Made,
+    ) -> Result<(), String> {
+        let (name, node) = (target.name.as_str(), target.node.as_str());
+        let ni = self
+            .node_index(node)
+            .ok_or_else(|| format!("node {node} is not configured"))?;
+        if let Some(git) = &spec.git {
+            self.step(name, Step::CheckingGit).await?;
+            check_git(git.as_str()).await?;
+        }
+
+        self.step(name, Step::AllocatingAddresses).await?;
+        let mut nics = Vec::new();
+        for (i, net) in self.cfg.networks.iter().enumerate() {
+            let addr = self
+                .db
+                .allocate_ip(&net.name, net.first, net.last, name)
+                .await
+                .map_err(|e| e.to_string())?;
+            failpoint::hit("create:addresses allocated");
+            nics.push(Nic {
+                name: format!("eth{i}"),
+                mac: random_mac(),
+                address: addr,
+                prefix: net.prefix(),
+                gateway: net.gateway,
+                dns: net.dns.clone(),
+            });
+        }
+
+        // The key is made in memory and stored only sealed; the step is recorded with it.
+        let (public, private) = generate_key(name)?;
+        let private = self
+            .keys
+            .seal(
+                &crate::secrets::row_binding(name, &target.incarnation),
+                private.as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+        let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
+        let (ip0, ip1) = (ip(0), ip(1));
+        let rev = self
+            .db
+            .set_addresses_and_keys(
+                name,
+                Step::GeneratingKey.word(),
+                ip0.as_deref(),
+                ip1.as_deref(),
+                &public,
+                &private,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        failpoint::hit("create:keys stored");
+        self.patch_local_row(name, |r| {
+            r.step = Step::GeneratingKey;
+            r.ip_eth0 = ip0;
+            r.ip_eth1 = ip1;
+            r.sealed_key = Some(private);
+            r.updated_at = crate::db::unix_now();
+            r.rev = rev;
+        });
+
+        let image = spec.image.clone();
+        let base = self
+            .action_call(ni, move |b| b.volume_path(&image))
+            .await?
+            .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
+        let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
+        let disk_path = self
+            .make_part(name, ni, made, (Part::Disk, Step::CreatingDisk), move |b| {
+                b.create_volume(&xml)
+            })
+            .await?;
+
+        let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
+        let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
+        let netcfg = cloudinit::network_config(&nics);
+        let iso = cloudinit::build_iso(&meta, &user, &netcfg).map_err(|e| e.to_string())?;
+        let seed_name = seed_volume(name);
+        let xml = raw_volume_xml(&seed_name, iso.len() as u64);
+        let seed_path = self
+            .make_part(name, ni, made, (Part::Seed, Step::WritingSeed), move |b| {
+                let path = b.create_volume(&xml)?;
+                b.upload_volume(&seed_name, &iso)?;
+                Ok(path)
+            })
+            .await?;
+
+        let inst = &self.cfg.instances;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let kernel = nonempty(&inst.kernel);
+        let domain_type = self.nodes[ni].backend.domain_type(&inst.domain_type);
+        let def = DomainDef {
+            name: name.to_string(),
+            domain_type,
+            vcpus: spec.vcpus,
+            ram_mb: spec.ram_mb,
+            disk_path,
+            seed_path: Some(seed_path),
+            interfaces: self
+                .cfg
+                .networks
+                .iter()
+                .zip(&nics)
+                .map(|(n, nic)| (n.name.clone(), nic.mac.clone()))
+                .collect(),
+            initrd: kernel.as_ref().and_then(|_| nonempty(&inst.initrd)),
+            cmdline: kernel.as_ref().and_then(|_| nonempty(&inst.kernel_cmdline)),
+            kernel,
+            owner_uid: uid,
+        };
+        let xml = def.to_xml();
+        self.make_part(name, ni, made, (Part::Domain, Step::Starting), move |b| {
+            b.define_and_start(&xml)
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_openssh() {
+        let (public, private) = generate_key("web1").unwrap();
+        assert!(public.starts_with("ssh-ed25519 "));
+        assert!(public.ends_with(" kvmfs-web1"));
+        assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    }
+
+    #[test]
+    fn macs_are_local() {
+        let m = random_mac();
+        assert!(m.starts_with("52:54:00:"));
+        assert_eq!(m.len(), 17);
+    }
+}

@@ -1,0 +1,215 @@
+//! The actions that change an instance: a front module over one file per action —
+//! `create` (`mkdir`, the commit of `spec.json`), `build` (the background build and its
+//! undo), `delete` (`rmdir`), `control` (`ctl`). Here: the error every action answers with
+//! (one variant per errno), the `ctl` words, and what the actions share (the owner rule, the
+//! claim, bounded node calls, recorded refusals).
+
+mod build;
+mod control;
+mod create;
+mod delete;
+
+use std::time::Duration;
+
+use crate::db::DbError;
+use crate::spec::SpecError;
+
+use super::placement::PlaceError;
+use super::{CallError, Claim, Cluster};
+
+/// Deadline for one hypervisor call made by an action (creating a volume, starting a
+/// domain); longer than a poll's, since QEMU start-up takes real time.
+pub(super) const ACTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an operation waits for another one on the same instance to end.
+pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// Why an action was refused or failed. Each maps to one errno in the FUSE layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NotOwner(String),
+    #[error("{0}")]
+    TooBig(String),
+    #[error("{0}")]
+    Backend(String),
+    /// The instance a handle was opened on is gone, or its name belongs to another one now.
+    #[error("{0}")]
+    Stale(String),
+    /// A per-user limit (`[quotas]`) refuses it.
+    #[error("{0}")]
+    Quota(String),
+}
+
+impl From<DbError> for ActionError {
+    fn from(e: DbError) -> Self {
+        match e.clone() {
+            DbError::Conflict(m) => ActionError::Exists(m),
+            DbError::State(m) => ActionError::Busy(m),
+            DbError::NotFound(m) => ActionError::NotFound(format!("{m} not found")),
+            DbError::PoolExhausted(p) => {
+                ActionError::NoCapacity(format!("address pool {p} is exhausted"))
+            }
+            DbError::Quota(m) => ActionError::Quota(m),
+            DbError::Replaced(m) => ActionError::Stale(m),
+            DbError::Timeout(_) => ActionError::Backend(format!(
+                "{e}: a change sent to it may still be applied when it answers; the \
+                 instance's status shows what happened"
+            )),
+            other => ActionError::Backend(other.to_string()),
+        }
+    }
+}
+
+impl From<PlaceError> for ActionError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::UnknownNode(_) => ActionError::Invalid(e.to_string()),
+            PlaceError::NoRoom(_) => ActionError::NoCapacity(e.to_string()),
+        }
+    }
+}
+
+impl From<SpecError> for ActionError {
+    fn from(e: SpecError) -> Self {
+        ActionError::Invalid(e.to_string())
+    }
+}
+
+/// A control command written to `ctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Start,
+    Stop,
+    Destroy,
+    Reboot,
+}
+
+impl Control {
+    pub const WORDS: &'static str = "start stop destroy reboot";
+
+    pub fn parse(text: &[u8]) -> Result<Control, ActionError> {
+        let word = std::str::from_utf8(text).unwrap_or("").trim();
+        match word {
+            "start" => Ok(Control::Start),
+            "stop" => Ok(Control::Stop),
+            "destroy" => Ok(Control::Destroy),
+            "reboot" => Ok(Control::Reboot),
+            _ => Err(ActionError::Invalid(format!(
+                "unknown command {:?}; ctl takes one of: {}",
+                word.chars().take(40).collect::<String>(),
+                Control::WORDS
+            ))),
+        }
+    }
+}
+
+/// Whether `uid` may change an instance whose row is `row`: its owner, or root.
+pub(super) fn owner_may(
+    name: &str,
+    row: &crate::db::InstanceRecord,
+    uid: u32,
+) -> Result<(), ActionError> {
+    if !crate::model::may_act(Some(row.owner_uid), uid) {
+        return Err(ActionError::NotOwner(format!(
+            "instance {name} belongs to uid {}",
+            row.owner_uid
+        )));
+    }
+    Ok(())
+}
+
+impl Cluster {
+    pub(crate) fn node_index(&self, node: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == node)
+    }
+
+    /// Reloads one `vm` row into the inputs and republishes the view.
+    pub(crate) async fn refresh_row(&self, name: &str) {
+        match self.db.get_vm(name).await {
+            Ok(row) => self.set_local_row(name, row),
+            Err(e) => tracing::warn!(instance = name, error = %e, "cannot reload row"),
+        }
+    }
+
+    /// Checks that `uid` may change instance `name` (its owner, or root), as this mount's
+    /// picture shows it; with `incarnation`, only that incarnation of the name (the one a
+    /// file was opened on).
+    pub(crate) fn check_owner(
+        &self,
+        name: &str,
+        incarnation: Option<&str>,
+        uid: u32,
+    ) -> Result<crate::db::InstanceRecord, ActionError> {
+        let view = self.view();
+        let Some(inst) = view.instances.get(name) else {
+            return Err(match incarnation {
+                Some(_) => ActionError::Stale(format!("instance {name} was deleted")),
+                None => ActionError::NotFound(format!("instance {name} not found")),
+            });
+        };
+        let Some(row) = inst.row.as_deref().cloned() else {
+            return Err(ActionError::NotOwner(format!(
+                "instance {name} is not managed by kvmfs; it is left alone"
+            )));
+        };
+        if incarnation.is_some_and(|i| i != row.incarnation) {
+            return Err(ActionError::Stale(format!(
+                "instance {name} was deleted and made again since this file was opened"
+            )));
+        }
+        owner_may(name, &row, uid)?;
+        Ok(row)
+    }
+
+    /// Records why a spec, command or delete was refused or failed, for the instance's
+    /// `error` file (and the log). The reason shows at once; storing it in the database
+    /// happens in the background, so a dead database delays nothing.
+    pub fn record_error(&self, name: &str, incarnation: Option<&str>, err: &ActionError) {
+        self.log_refusal(name, err);
+        self.set_local_error(name, incarnation, &err.to_string());
+    }
+
+    /// Claims instance `name` for an operation. An operation that is just ending (a build
+    /// publishing its result, the reconciliation) is waited for, at most `CLAIM_WAIT`;
+    /// past that another one is under way.
+    pub(crate) async fn claim_for(&self, name: &str) -> Result<Claim, ActionError> {
+        self.claim_within(name, CLAIM_WAIT).await.ok_or_else(|| {
+            ActionError::Busy(format!(
+                "instance {name} is busy: another operation on it is under way"
+            ))
+        })
+    }
+
+    pub(crate) async fn action_call<T: Send + 'static>(
+        &self,
+        node: usize,
+        f: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
+    ) -> Result<T, String> {
+        self.node_call_within(node, ACTION_CALL_TIMEOUT, f)
+            .await
+            .map_err(|e: CallError| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_words() {
+        assert_eq!(Control::parse(b"start\n").unwrap(), Control::Start);
+        assert_eq!(Control::parse(b"  destroy ").unwrap(), Control::Destroy);
+        assert!(Control::parse(b"explode").is_err());
+        assert!(Control::parse(&[0xff, 0xfe]).is_err());
+    }
+}
