@@ -34,13 +34,18 @@ impl Rig {
     /// A rig with nodes `(name, cpus, memory MB)` and more configuration `extra` (TOML:
     /// `[quotas]`, `[placement]`, more `[[network]]`s…; `[timing]` is the rig's).
     pub async fn new(nodes: &[(&str, u32, u64)], extra: &str) -> Rig {
+        Self::with_timing(nodes, TIMING, extra).await
+    }
+
+    /// As `new`, with `timing` (a whole `[timing]` table) instead of the rig's.
+    pub async fn with_timing(nodes: &[(&str, u32, u64)], timing: &str, extra: &str) -> Rig {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let mems: Vec<Arc<MemNode>> = nodes
             .iter()
             .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
             .collect();
         let mut config = format!(
-            "[database]\nurl = 'sqlite://{}/kvmfs.db'\n{TIMING}{extra}\n",
+            "[database]\nurl = 'sqlite://{}/kvmfs.db'\n{timing}\n{extra}\n",
             dir.path().display()
         );
         for (n, _, _) in nodes {

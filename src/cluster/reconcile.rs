@@ -121,6 +121,19 @@ impl Cluster {
                 report.waiting.push(row.name.clone());
             }
         }
+        // What failed builds could not remove, once their nodes answer.
+        for row in rows
+            .iter()
+            .filter(|r| r.state == InstanceState::Failed && !r.made.is_empty())
+        {
+            let Some(_claim) = self.claim(&row.name) else {
+                continue;
+            };
+            if let Err(e) = self.remove_leftovers(row).await {
+                tracing::debug!(instance = %row.name, error = %e, "leftovers stay for now");
+                report.waiting.push(row.name.clone());
+            }
+        }
         self.release_strays(&mut report).await;
         // Keys another (older) kvmfs on the database stored in the clear.
         if let Err(e) = self.seal_keys_at_rest().await {
@@ -181,10 +194,20 @@ impl Cluster {
                 report.deleted.push(name.to_string());
             }
             _ => {
-                let active = self.view().instances.get(name).is_some_and(|i| {
-                    i.node.as_deref() == node
-                        && i.domain.as_ref().is_some_and(|d| d.state.is_active())
-                });
+                // Asked of the node itself, by the row's name: the picture may not match
+                // this row with its domain yet (it may still hold an older row).
+                let active = match ni {
+                    Some(i) if row.made.domain => {
+                        let n = vec![name.to_string()];
+                        match self.node_call(i, move |b| b.probe_named(&n)).await {
+                            Ok(found) => found
+                                .into_iter()
+                                .any(|(_, d)| d.is_some_and(|d| d.state.is_active())),
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    _ => false,
+                };
                 if row.made.domain && active {
                     self.db
                         .finish_build(name)
@@ -201,7 +224,7 @@ impl Cluster {
                         None => row.made,
                     };
                     let reason = format!(
-                        "interrupted during step {:?}: kvmfs stopped before the build \
+                        "interrupted during step \"{}\": kvmfs stopped before the build \
                          finished; what it made was removed; write spec.json again",
                         row.step
                     );

@@ -558,12 +558,15 @@ pub fn build(
                 }
                 held
             }
-            _ => Held::of(
-                by_node
+            _ => {
+                let mine = by_node
                     .get(n.name.as_str())
                     .map(Vec::as_slice)
-                    .unwrap_or(&[]),
-            ),
+                    .unwrap_or(&[]);
+                let mut held = Held::of(mine);
+                held.add_unlisted(n, mine);
+                held
+            }
         };
         let mut nv = node_view(n, held, placement, now);
         let prev = previous.nodes.get(&n.name);
@@ -968,6 +971,35 @@ impl Held {
             ),
             active: instances.iter().filter(|i| is_active(i)).count(),
             unmanaged_load: Arc::new(instances.iter().filter_map(|i| unmanaged_load(i)).collect()),
+        }
+    }
+
+    /// Adds the active domains of node `n` that no instance shows (their name and their
+    /// `name@node` fallback both taken, or not file names): hidden from `/instances`, they
+    /// still hold room on the node. Only a full build meets them: a change of such a name
+    /// always makes the build a full one (see `update_instances`).
+    fn add_unlisted(&mut self, n: &NodeState, mine: &[&InstanceView]) {
+        let shown: std::collections::HashSet<*const DomainProbe> = mine
+            .iter()
+            .filter_map(|i| i.domain.as_ref().map(Arc::as_ptr))
+            .collect();
+        for d in n.domains.iter() {
+            if shown.contains(&Arc::as_ptr(d)) || !d.state.is_active() {
+                continue;
+            }
+            let (vcpus, ram_mb) = (u64::from(d.vcpus), mb(d.max_memory_kib));
+            self.committed = (self.committed.0 + vcpus, self.committed.1 + ram_mb);
+            // Named apart from every instance (no file name holds a NUL), in order.
+            let u = UnmanagedLoad {
+                instance: format!("{}\0{}", d.name, n.name),
+                domain: d.name.clone(),
+                vcpus,
+                ram_mb,
+            };
+            let at = self
+                .unmanaged_load
+                .partition_point(|x| x.instance.as_str() < u.instance.as_str());
+            Arc::make_mut(&mut self.unmanaged_load).insert(at, u);
         }
     }
 

@@ -749,7 +749,8 @@ impl Db {
                 "UPDATE vm SET rev = ?, state = 'building', step = 'placed', hostname = ?, ram = ?, \
                  vcpus = ?, disk_gb = ?, image = ?, purpose = ?, git_url = ?, spec = ?, \
                  error = NULL, made = '', worker = ?, updated_at = ? \
-                 WHERE vmname = ? AND incarnation = ? AND state IN ('draft', 'failed')",
+                 WHERE vmname = ? AND incarnation = ? AND state IN ('draft', 'failed') \
+                 AND made = ''",
             )
             .bind(rev)
             .bind(node.as_str())
@@ -975,6 +976,33 @@ impl Db {
             tx.commit().await
         })
         .await
+    }
+
+    /// Records what is left of a failed build's parts (`left`) after another attempt to
+    /// remove them; with nothing left, the instance no longer names a node.
+    pub async fn set_leftovers(
+        &self,
+        name: &str,
+        incarnation: &str,
+        left: Made,
+    ) -> Result<i64, DbError> {
+        let rev = self.next_rev();
+        self.bounded(
+            sqlx::query(
+                "UPDATE vm SET rev = ?, made = ?, \
+                 hostname = CASE WHEN ? = '' THEN NULL ELSE hostname END, updated_at = ? \
+                 WHERE vmname = ? AND incarnation = ? AND state = 'failed'",
+            )
+            .bind(rev)
+            .bind(left.to_string())
+            .bind(left.to_string())
+            .bind(unix_now())
+            .bind(name)
+            .bind(incarnation)
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| rev)
     }
 
     /// Records a refused spec or command without changing the state, on incarnation

@@ -62,7 +62,9 @@ pub struct MemNode {
     memory_kib: u64,
     state: Mutex<State>,
     faults: Mutex<Faults>,
-    sink: Mutex<Option<EventSink>>,
+    /// Every daemon watching this node (the in-memory node is shared by the daemons of
+    /// one test, as a real node is).
+    sinks: Mutex<Vec<EventSink>>,
 }
 
 impl MemNode {
@@ -75,7 +77,7 @@ impl MemNode {
             memory_kib: memory_mb * 1024,
             state: Mutex::new(State::default()),
             faults: Mutex::new(Faults::default()),
-            sink: Mutex::new(None),
+            sinks: Mutex::new(Vec::new()),
         };
         for net in ["default", "overlay"] {
             node.add_network(net, true);
@@ -178,7 +180,8 @@ impl MemNode {
     }
 
     fn event(&self, name: &str) {
-        if let Some(sink) = self.sink.lock().clone() {
+        let sinks = self.sinks.lock().clone();
+        for sink in sinks {
             sink(super::DomainEvent {
                 name: name.to_string(),
             });
@@ -311,7 +314,7 @@ impl NodeBackend for MemNode {
     }
 
     fn watch(&self, sink: EventSink) {
-        *self.sink.lock() = Some(sink);
+        self.sinks.lock().push(sink);
     }
 
     fn domain_type(&self, configured: &str) -> String {

@@ -170,9 +170,6 @@ async fn a_build_failing_to_create_the_seed_removes_the_disk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: a failed seed upload leaves NAME.seed.iso on the node (make_part \
-            unrecords the seed although create_volume made it), so the next spec.json fails \
-            with `volume NAME.seed.iso exists already` and rmdir never removes it"]
 async fn a_build_failing_to_upload_the_seed_removes_both_volumes() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     rig.node("n1").fail_nth(Call::UploadVolume, 1);
@@ -192,27 +189,35 @@ async fn a_build_failing_to_start_the_domain_removes_both_volumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: when the undo cannot delete a part, the failed row keeps its node \
-            (the node file reads n1) and the part; the next spec.json fails with `volume \
-            NAME.disk.qcow2 exists already` and, its build unrecording the disk, leaves it \
-            on the node for good"]
-async fn an_undo_that_cannot_remove_a_part_still_clears_the_instance() {
-    // "a part that fails is only logged. Then … its node, addresses and keys are cleared
-    // … writing a new spec starts over with a new placement."
-    let rig = Rig::new(&[("n1", 4, 8192)], "").await;
+async fn an_undo_that_cannot_remove_a_part_keeps_it_recorded_until_it_is_removed() {
+    // "Build", Failure: a part the undo cannot remove stays recorded on its node (`node`
+    // still names it) and is removed before a new spec is placed; addresses and keys are
+    // released at once.
+    let rig = Rig::with_timing(
+        &[("n1", 4, 8192)],
+        "[timing]\nrefresh_ms = 50\nlibvirt_timeout_ms = 1000\nreconcile_ms = 600000\n",
+        "",
+    )
+    .await;
     let n1 = rig.node("n1");
     n1.fail_nth(Call::DefineAndStart, 1);
     n1.fail_nth(Call::DeleteVolume, 1);
     rig.create("vm1", OWNER, SPEC).await.unwrap();
     let status = rig.wait_status("vm1", "failed: ").await;
     assert_eq!(status, "failed: node n1: DefineAndStart failed (injected)");
-    assert_eq!(rig.read("instances/vm1/node").unwrap(), "");
+    assert_eq!(rig.read("instances/vm1/node").unwrap(), "n1\n");
     assert_eq!(rig.read("instances/vm1/ip").unwrap(), "");
     assert!(addresses_of(&rig, "vm1").await.is_empty());
+    assert!(
+        n1.volumes().contains(&"vm1.disk.qcow2".to_string()),
+        "the part left"
+    );
     rig.write("instances/vm1/spec.json", OWNER, SPEC)
         .await
         .unwrap();
     rig.wait_status("vm1", "running").await;
+    let row = rig.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+    assert_eq!(row.made.to_string(), "domain,disk,seed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

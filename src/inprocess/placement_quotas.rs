@@ -558,9 +558,6 @@ async fn root_committing_a_users_spec_counts_against_that_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: an active unmanaged domain that gets no name under /instances (its \
-            `name@node` is taken by another domain, or its name holds a `/`) is left out of \
-            its node's committed vCPUs and RAM, so placement overbooks the node"]
 async fn an_active_domain_whose_fallback_name_is_taken_still_counts() {
     let rig = Rig::new(
         &[("kvm1", 4, 8192), ("kvm2", 4, 8192)],

@@ -334,8 +334,6 @@ async fn an_abandoned_build_before_its_domain_is_undone() {
 
 /// The reason names the step the build was cut off in, as `status` documents it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: reconcile.rs formats the step with {:?} (the Rust variant, e.g. \
-            WritingSeed) instead of the documented quoted word (\"writing seed\")"]
 async fn an_undone_build_names_its_step_as_documented() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let made = Made {
@@ -382,10 +380,6 @@ async fn an_abandoned_build_whose_domain_runs_is_finished() {
 /// reconciling daemon's picture (polled every 50 ms) has caught up with the row: the
 /// documented outcome depends on the row and the node, so it must still be `ready`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: reconcile::recover looks for the domain through the picture's row \
-            (view().instances[name].node/domain), not the database row it acts on; when the \
-            picture still holds an older row (the draft, no node) the running domain is not \
-            seen and a finished build is undone, its running domain removed"]
 async fn a_finished_build_is_recognised_through_a_lagging_picture() {
     let rig = Rig::new(&[("n1", 8, 16384)], "").await;
     let names = ["web1", "web2", "web3", "web4", "web5"];

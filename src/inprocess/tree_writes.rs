@@ -509,9 +509,6 @@ async fn refusals_through_an_old_handle_are_not_recorded_on_the_new_instance() {
 /// "Identity": every operation through a handle opened on an incarnation that is gone
 /// answers `ESTALE`. The close does; the write of an unfinished piece is taken (`Ok`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "kvmfs bug: a spec.json write through a handle of a deleted (or re-made) instance \
-            is buffered and answers Ok (or EINVAL/EFBIG for a gap or oversize write) instead \
-            of ESTALE; only the commit (a complete document, or close) answers ESTALE"]
 async fn an_unfinished_write_through_an_old_handle_answers_estale() {
     let rig = rig().await;
     rig.mkdir("web1", OWNER).await.unwrap();

@@ -6,7 +6,7 @@
 //!
 //! A file belongs to one incarnation of an instance (the tree's instance id, see
 //! `tree::Ino`): a folder made again under the same name starts empty. The bytes of every
-//! file count against its owner's share (`[quotas] scratch_bytes_per_user`, `EDQUOT`) and
+//! file count against its owner's share (`[quotas] scratch_bytes`, `EDQUOT`) and
 //! against the total (`MAX_TOTAL_BYTES`, `ENOSPC`), so no user can take the room others'
 //! editors need.
 
@@ -141,7 +141,7 @@ impl Store {
         if uid != 0 && self.per_user > 0 && held + grow > self.per_user {
             return Err(ActionError::Quota(format!(
                 "uid {uid} holds {held} bytes of scratch files; the limit is {} \
-                 ([quotas] scratch_bytes_per_user)",
+                 ([quotas] scratch_bytes)",
                 self.per_user
             )));
         }

@@ -37,6 +37,10 @@ impl Tree {
             return Ok(len);
         }
         let mut w = self.write_handle(fh)?;
+        // Nothing through a file opened on an instance that is gone, or made again.
+        if !self.is_current(&w) {
+            return Err(TreeError::Stale);
+        }
         match w.kind {
             FileKind::Ctl => {
                 let cmd = match Control::parse(data) {
@@ -116,6 +120,15 @@ impl Tree {
 
     /// Records why an action on an instance its owner may act on failed (not a refusal
     /// because the caller is not the owner, or the instance is gone).
+    /// Whether the instance `w` was opened on is still there (the same incarnation).
+    fn is_current(&self, w: &WriteHandle) -> bool {
+        self.cluster
+            .view()
+            .instances
+            .get(&w.instance)
+            .is_some_and(|i| i.incarnation() == w.incarnation)
+    }
+
     pub(super) fn record_failure<T>(&self, w: &WriteHandle, r: &Result<T, TreeError>) {
         if let Err(TreeError::Action(e)) = r
             && !matches!(
@@ -190,6 +203,9 @@ impl Tree {
         let Ok(w) = self.write_handle(fh) else {
             return Ok(());
         };
+        if !self.is_current(&w) {
+            return Err(TreeError::Stale);
+        }
         if w.kind != FileKind::Spec || !w.dirty || w.buf.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }

@@ -281,10 +281,12 @@ impl Cluster {
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
         let seed_path = self
             .make_part(name, ni, made, (Part::Seed, Step::WritingSeed), move |b| {
-                let path = b.create_volume(&xml)?;
-                b.upload_volume(&seed_name, &iso)?;
-                Ok(path)
+                b.create_volume(&xml)
             })
+            .await?;
+        // A call of its own: the volume exists (and stays recorded for the undo) whether or
+        // not the upload goes through.
+        self.action_call(ni, move |b| b.upload_volume(&seed_name, &iso))
             .await?;
 
         let inst = &self.cfg.instances;

@@ -92,6 +92,11 @@ impl Cluster {
             spec: &spec_text,
         };
         let claim = self.claim_for(name).await?;
+        // What a failed build could not remove goes first: the new placement would forget it.
+        if let Err(e) = self.remove_leftovers(&row).await {
+            self.record_error(name, Some(incarnation), &e);
+            return Err(e);
+        }
         if let Err(e) = self.db.gate() {
             let e = ActionError::from(e);
             self.record_error(name, Some(incarnation), &e);

@@ -129,6 +129,47 @@ impl Cluster {
         }
     }
 
+    /// Removes what a failed build could not (`made` of a `failed` row, on its node): before
+    /// a new spec is placed (which would otherwise forget them) and at every
+    /// reconciliation. `Backend` while some part is still there.
+    pub(crate) async fn remove_leftovers(
+        &self,
+        row: &crate::db::InstanceRecord,
+    ) -> Result<(), ActionError> {
+        if row.state != InstanceState::Failed || row.made.is_empty() {
+            return Ok(());
+        }
+        let name = row.name.as_str();
+        let node = row.node.clone().unwrap_or_default();
+        if !self.view().nodes.get(&node).is_some_and(|n| n.online) {
+            return Err(ActionError::Backend(format!(
+                "instance {name}: its failed build left its {} on node {node}, which is \
+                 offline; try again when it answers",
+                row.made
+            )));
+        }
+        let left = self.remove_parts(name, &node, row.made, None).await;
+        let rev = self.db.set_leftovers(name, &row.incarnation, left).await?;
+        self.patch_local_row(name, |r| {
+            if r.incarnation == row.incarnation {
+                r.made = left;
+                if left.is_empty() {
+                    r.node = None;
+                }
+                r.rev = rev;
+            }
+        });
+        if left.is_empty() {
+            tracing::info!(instance = name, node = %node, "removed what a failed build had left");
+            Ok(())
+        } else {
+            Err(ActionError::Backend(format!(
+                "instance {name}: cannot remove the {left} its failed build left on node \
+                 {node}; try again when the node answers"
+            )))
+        }
+    }
+
     /// The rest of a delete once the row reads `deleting`: removes what `made` lists from
     /// `node`, then deletes the row and its addresses. Shared with the reconciliation, which
     /// finishes deletes a crash cut off.
