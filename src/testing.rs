@@ -16,7 +16,7 @@ use crate::secrets::KeyRing;
 use crate::tree::{Ino, Owner, Tree, TreeError};
 
 /// The rig's timing: quick polls and deadlines, so tests wait little.
-const TIMING: &str = "[timing]\nrefresh_ms = 50\nlibvirt_timeout_ms = 1000\n\
+pub const TIMING: &str = "[timing]\nrefresh_ms = 50\nlibvirt_timeout_ms = 1000\n\
                       db_timeout_ms = 2000\nop_timeout_ms = 3000\nreconcile_ms = 200\n\
                       worker_lease_ms = 3000\n";
 
@@ -39,16 +39,23 @@ impl Rig {
 
     /// As `new`, with `timing` (a whole `[timing]` table) instead of the rig's.
     pub async fn with_timing(nodes: &[(&str, u32, u64)], timing: &str, extra: &str) -> Rig {
-        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let mems: Vec<Arc<MemNode>> = nodes
             .iter()
             .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
             .collect();
+        Self::on_nodes(mems, timing, extra).await
+    }
+
+    /// A rig on nodes made (and perhaps broken) beforehand: what the first poll meets.
+    pub async fn on_nodes(mems: Vec<Arc<MemNode>>, timing: &str, extra: &str) -> Rig {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+
         let mut config = format!(
             "[database]\nurl = 'sqlite://{}/kvmfs.db'\n{timing}\n{extra}\n",
             dir.path().display()
         );
-        for (n, _, _) in nodes {
+        for m in &mems {
+            let n = m.name();
             config.push_str(&format!("[[node]]\nname = '{n}'\nuri = 'mem://{n}'\n"));
         }
         Self::start(dir, mems, config, "w1").await
