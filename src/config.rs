@@ -523,16 +523,9 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The embedded demo: three simulated nodes on libvirt's test driver and SQLite,
-    /// written under `state_dir/demo`.
-    pub fn demo(state_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
-        let state_dir = state_dir.unwrap_or_else(default_state_dir);
-        let nodes = crate::demo::write_demo_nodes(&state_dir.join("demo")).map_err(|source| {
-            ConfigError::Demo {
-                path: state_dir.join("demo"),
-                source,
-            }
-        })?;
+    /// The embedded demo's configuration (see `demo::config`): the given simulated nodes,
+    /// SQLite in `state_dir`, the demo's two networks, defaults for the rest.
+    pub fn demo(state_dir: PathBuf, nodes: Vec<NodeConfig>) -> Result<Config, ConfigError> {
         let cfg = Config {
             database: DatabaseConfig {
                 url: sqlite_url(&state_dir.join("kvmfs.db")),

@@ -2,11 +2,20 @@
 //! (4 GiB of RAM each) with different CPU counts and some pre-existing, unmanaged domains,
 //! so `ls` has something to show and placement has something to decide.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::NodeConfig;
+use crate::config::{Config, ConfigError, NodeConfig, default_state_dir};
 use crate::model::NodeName;
 use crate::testnode::SimNode;
+
+/// The embedded demo: its three simulated nodes written under `STATE_DIR/demo`, SQLite in
+/// the state directory.
+pub fn config(state_dir: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let state_dir = state_dir.unwrap_or_else(default_state_dir);
+    let dir = state_dir.join("demo");
+    let nodes = write_demo_nodes(&dir).map_err(|source| ConfigError::Demo { path: dir, source })?;
+    Config::demo(state_dir, nodes)
+}
 
 /// Writes `kvm1.xml` … `kvm3.xml` under `dir` and returns their node configs.
 pub fn write_demo_nodes(dir: &Path) -> std::io::Result<Vec<NodeConfig>> {

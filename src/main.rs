@@ -139,7 +139,7 @@ fn init_logging() {
 fn load_config(args: &MountArgs) -> anyhow::Result<Config> {
     Ok(match &args.config {
         Some(path) => Config::load(path, args.state_dir.clone())?,
-        None => Config::demo(args.state_dir.clone())?,
+        None => kvmfs::demo::config(args.state_dir.clone())?,
     })
 }
 

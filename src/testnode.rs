@@ -8,6 +8,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::hv::xml::xml_escape;
+
 /// One simulated node.
 #[derive(Debug, Clone)]
 pub struct SimNode {
@@ -172,20 +174,4 @@ impl SimNode {
         let abs = std::fs::canonicalize(path)?;
         Ok(format!("test://{}", abs.display()))
     }
-}
-
-/// Escapes text for XML character data and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }

@@ -24,6 +24,14 @@ pub enum DbError {
     Timeout(Duration),
     #[error("database error: {0}")]
     Query(String),
+    /// The server refused a statement (not for a uniqueness constraint: that is
+    /// `Conflict`); `code` is its SQLSTATE, e.g. `40001` for a deadlock or a Galera
+    /// certification conflict, which is worth retrying.
+    #[error("database error: {message}")]
+    Refused {
+        code: Option<String>,
+        message: String,
+    },
     #[error("database migration failed: {0}")]
     Migrate(String),
     /// A uniqueness constraint refused the write (name or address taken).
@@ -74,6 +82,10 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::Database(ref d) if d.is_unique_violation() => {
                 DbError::Conflict(d.message().to_string())
             }
+            sqlx::Error::Database(ref d) => DbError::Refused {
+                code: d.code().map(|c| c.into_owned()),
+                message: e.to_string(),
+            },
             other => DbError::Query(other.to_string()),
         }
     }

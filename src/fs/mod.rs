@@ -112,32 +112,10 @@ impl KvmFs {
     }
 }
 
-/// The errno for each tree error.
+/// The errno for each tree error (decided beside each error: `TreeError::errno`,
+/// `ActionError::errno`).
 pub fn errno(e: &TreeError) -> Errno {
-    match e {
-        TreeError::NotFound => Errno::ENOENT,
-        TreeError::NotDir => Errno::ENOTDIR,
-        TreeError::IsDir => Errno::EISDIR,
-        TreeError::ReadOnly(_) => Errno::EACCES,
-        TreeError::BadHandle => Errno::EBADF,
-        TreeError::NotSymlink => Errno::EINVAL,
-        TreeError::InProgress => Errno::from_i32(libc::EINPROGRESS),
-        TreeError::NotPermitted(_) => Errno::EPERM,
-        TreeError::CrossDevice => Errno::EXDEV,
-        TreeError::Stale => Errno::ESTALE,
-        TreeError::Action(a) => match a {
-            ActionError::Invalid(_) => Errno::EINVAL,
-            ActionError::Exists(_) => Errno::EEXIST,
-            ActionError::NotFound(_) => Errno::ENOENT,
-            ActionError::NoCapacity(_) => Errno::ENOSPC,
-            ActionError::Busy(_) => Errno::EBUSY,
-            ActionError::NotOwner(_) => Errno::EACCES,
-            ActionError::TooBig(_) => Errno::EFBIG,
-            ActionError::Backend(_) => Errno::EIO,
-            ActionError::Stale(_) => Errno::ESTALE,
-            ActionError::Quota(_) => Errno::from_i32(libc::EDQUOT),
-        },
-    }
+    Errno::from_i32(e.errno())
 }
 
 fn file_attr(a: &Attr) -> FileAttr {

@@ -3,7 +3,21 @@
 
 use std::fmt::Write as _;
 
-use crate::testnode::xml_escape;
+/// Escapes text for XML character data and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Namespace of kvmfs's `<metadata>` element, which marks a domain as kvmfs-managed.
 pub const METADATA_NS: &str = "https://kvmfs.dev/xmlns/instance/1";

@@ -114,6 +114,25 @@ pub struct DirEntry {
     pub name: String,
 }
 
+impl TreeError {
+    /// The errno the caller gets. No catch-all arm: a new variant forces a choice.
+    pub fn errno(&self) -> i32 {
+        match self {
+            TreeError::NotFound => libc::ENOENT,
+            TreeError::NotDir => libc::ENOTDIR,
+            TreeError::IsDir => libc::EISDIR,
+            TreeError::ReadOnly(_) => libc::EACCES,
+            TreeError::BadHandle => libc::EBADF,
+            TreeError::NotSymlink => libc::EINVAL,
+            TreeError::InProgress => libc::EINPROGRESS,
+            TreeError::NotPermitted(_) => libc::EPERM,
+            TreeError::CrossDevice => libc::EXDEV,
+            TreeError::Stale => libc::ESTALE,
+            TreeError::Action(a) => a.errno(),
+        }
+    }
+}
+
 /// Who owns what the daemon itself presents (the mount's owner).
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {

@@ -13,6 +13,34 @@ use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
 use crate::model::{disk_volume, seed_volume};
 use crate::spec::Spec;
 
+/// Why a build failed: what the instance's status and `error` then say
+/// (`failed: <this>`), with the cause kept.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Node(#[from] CallError),
+    #[error("node {0} is not configured")]
+    UnknownNode(String),
+    #[error("image {image} is not in the pool of node {node}")]
+    NoImage { image: String, node: String },
+    #[error("cannot run git: {0}")]
+    GitSpawn(#[source] std::io::Error),
+    #[error("git: {0}")]
+    GitWait(#[source] std::io::Error),
+    #[error("git repository {url} did not answer within {after:?}")]
+    GitSilent { url: String, after: Duration },
+    #[error("git repository {url} is not reachable: {reason}")]
+    GitUnreachable { url: String, reason: String },
+    #[error("cannot make a key pair: {0}")]
+    Key(#[source] ssh_key::Error),
+    #[error(transparent)]
+    Seal(#[from] crate::secrets::SecretError),
+    #[error("cannot make the seed image: {0}")]
+    Seed(String),
+}
+
 /// Deadline for the git reachability check.
 pub(super) const GIT_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -36,21 +64,21 @@ pub(super) fn random_mac() -> String {
 }
 
 /// Generates an ed25519 key pair: (OpenSSH public line, OpenSSH private PEM).
-pub(super) fn generate_key(name: &str) -> Result<(String, String), String> {
+pub(super) fn generate_key(name: &str) -> Result<(String, String), BuildError> {
     use ssh_key::{Algorithm, LineEnding, PrivateKey, rand_core::OsRng};
-    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| e.to_string())?;
+    let mut key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(BuildError::Key)?;
     key.set_comment(format!("kvmfs-{name}"));
     let private = key
         .to_openssh(LineEnding::LF)
-        .map_err(|e| e.to_string())?
+        .map_err(BuildError::Key)?
         .to_string();
-    let public = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+    let public = key.public_key().to_openssh().map_err(BuildError::Key)?;
     Ok((public, private))
 }
 
 /// Checks that a git repository answers before anything is built. The URL is passed after
 /// `--`, with remote helpers and terminal prompts disabled.
-pub(super) async fn check_git(url: &str) -> Result<(), String> {
+pub(super) async fn check_git(url: &str) -> Result<(), BuildError> {
     let child = tokio::process::Command::new("git")
         .args([
             "-c",
@@ -69,28 +97,28 @@ pub(super) async fn check_git(url: &str) -> Result<(), String> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run git: {e}"))?;
+        .map_err(BuildError::GitSpawn)?;
     match tokio::time::timeout(GIT_CHECK_TIMEOUT, child.wait_with_output()).await {
-        Err(_) => Err(format!(
-            "git repository {url} did not answer within {GIT_CHECK_TIMEOUT:?}"
-        )),
-        Ok(Err(e)) => Err(format!("git: {e}")),
+        Err(_) => Err(BuildError::GitSilent {
+            url: url.to_string(),
+            after: GIT_CHECK_TIMEOUT,
+        }),
+        Ok(Err(e)) => Err(BuildError::GitWait(e)),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let err = String::from_utf8_lossy(&out.stderr);
             let first = err.lines().next().unwrap_or("no HEAD").trim().to_string();
-            Err(format!("git repository {url} is not reachable: {first}"))
+            Err(BuildError::GitUnreachable {
+                url: url.to_string(),
+                reason: first,
+            })
         }
     }
 }
 
 impl Cluster {
-    pub(super) async fn step(&self, name: &str, step: Step) -> Result<(), String> {
-        let rev = self
-            .db
-            .set_step(name, step.word())
-            .await
-            .map_err(|e| e.to_string())?;
+    pub(super) async fn step(&self, name: &str, step: Step) -> Result<(), BuildError> {
+        let rev = self.db.set_step(name, step.word()).await?;
         failpoint::hit(&format!("create:{step}"));
         // What was written is known: show it without reading the row back.
         self.patch_local_row(name, |r| {
@@ -112,13 +140,9 @@ impl Cluster {
         made: &mut Made,
         (part, step): (Part, Step),
         make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, BuildError> {
         *made = made.with(part, true);
-        let rev = self
-            .db
-            .set_step_and_made(name, step.word(), *made)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rev = self.db.set_step_and_made(name, step.word(), *made).await?;
         failpoint::hit(&format!("create:{} recorded", part.word()));
         let m = *made;
         self.patch_local_row(name, |r| {
@@ -146,9 +170,9 @@ impl Cluster {
                         tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
                     }
                 }
-                Err(e.to_string())
+                Err(CallError::Hv(e).into())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -182,7 +206,8 @@ impl Cluster {
                     self.refresh_row(&name).await;
                 }
             },
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
                 let left = self.remove_parts(&name, &node, made, None).await;
                 if let Err(e) = self.db.fail_build(&name, &msg, left).await {
@@ -199,11 +224,11 @@ impl Cluster {
         spec: &Spec,
         uid: u32,
         made: &mut Made,
-    ) -> Result<(), String> {
+    ) -> Result<(), BuildError> {
         let (name, node) = (target.name.as_str(), target.node.as_str());
         let ni = self
             .node_index(node)
-            .ok_or_else(|| format!("node {node} is not configured"))?;
+            .ok_or_else(|| BuildError::UnknownNode(node.to_string()))?;
         if let Some(git) = &spec.git {
             self.step(name, Step::CheckingGit).await?;
             check_git(git.as_str()).await?;
@@ -215,8 +240,7 @@ impl Cluster {
             let addr = self
                 .db
                 .allocate_ip(&net.name, net.first, net.last, name)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             failpoint::hit("create:addresses allocated");
             nics.push(Nic {
                 name: format!("eth{i}"),
@@ -230,13 +254,10 @@ impl Cluster {
 
         // The key is made in memory and stored only sealed; the step is recorded with it.
         let (public, private) = generate_key(name)?;
-        let private = self
-            .keys
-            .seal(
-                &crate::secrets::row_binding(name, &target.incarnation),
-                private.as_bytes(),
-            )
-            .map_err(|e| e.to_string())?;
+        let private = self.keys.seal(
+            &crate::secrets::row_binding(name, &target.incarnation),
+            private.as_bytes(),
+        )?;
         let ip = |i: usize| nics.get(i).map(|n| n.address.to_string());
         let (ip0, ip1) = (ip(0), ip(1));
         let rev = self
@@ -249,8 +270,7 @@ impl Cluster {
                 &public,
                 &private,
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         failpoint::hit("create:keys stored");
         self.patch_local_row(name, |r| {
             r.step = Step::GeneratingKey;
@@ -265,7 +285,10 @@ impl Cluster {
         let base = self
             .action_call(ni, move |b| b.volume_path(&image))
             .await?
-            .ok_or_else(|| format!("image {} is not in the pool of node {node}", spec.image))?;
+            .ok_or_else(|| BuildError::NoImage {
+                image: spec.image.clone(),
+                node: node.to_string(),
+            })?;
         let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
         let disk_path = self
             .make_part(name, ni, made, (Part::Disk, Step::CreatingDisk), move |b| {
@@ -276,7 +299,8 @@ impl Cluster {
         let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
         let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
         let netcfg = cloudinit::network_config(&nics);
-        let iso = cloudinit::build_iso(&meta, &user, &netcfg).map_err(|e| e.to_string())?;
+        let iso = cloudinit::build_iso(&meta, &user, &netcfg)
+            .map_err(|e| BuildError::Seed(e.to_string()))?;
         let seed_name = seed_volume(name);
         let xml = raw_volume_xml(&seed_name, iso.len() as u64);
         let seed_path = self

@@ -50,6 +50,24 @@ pub enum ActionError {
     Quota(String),
 }
 
+impl ActionError {
+    /// The errno the caller gets. No catch-all arm: a new variant forces a choice.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ActionError::Invalid(_) => libc::EINVAL,
+            ActionError::Exists(_) => libc::EEXIST,
+            ActionError::NotFound(_) => libc::ENOENT,
+            ActionError::NoCapacity(_) => libc::ENOSPC,
+            ActionError::Busy(_) => libc::EBUSY,
+            ActionError::NotOwner(_) => libc::EACCES,
+            ActionError::TooBig(_) => libc::EFBIG,
+            ActionError::Backend(_) => libc::EIO,
+            ActionError::Stale(_) => libc::ESTALE,
+            ActionError::Quota(_) => libc::EDQUOT,
+        }
+    }
+}
+
 impl From<DbError> for ActionError {
     fn from(e: DbError) -> Self {
         match e.clone() {
@@ -194,10 +212,8 @@ impl Cluster {
         &self,
         node: usize,
         f: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
-    ) -> Result<T, String> {
-        self.node_call_within(node, ACTION_CALL_TIMEOUT, f)
-            .await
-            .map_err(|e: CallError| e.to_string())
+    ) -> Result<T, CallError> {
+        self.node_call_within(node, ACTION_CALL_TIMEOUT, f).await
     }
 }
 
