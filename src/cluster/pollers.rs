@@ -1,0 +1,403 @@
+//! Keeping the picture fresh: one poller per node and one for the database, the domain
+//! events the nodes send, and the re-reads after actions. Each puts what it read into the
+//! inputs (unchanged objects kept as the same `Arc`) and marks what changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::Cluster;
+use super::calls::CallError;
+use super::view::{NodeStatus, RowMap};
+use crate::db::{InstanceRecord, VmFingerprint};
+use crate::hv::DomainProbe;
+
+/// A database poll reads every row at least every this many polls, whatever the
+/// fingerprint says (see `poll_db`).
+pub(super) const FULL_READ_EVERY: u32 = 10;
+
+/// A node poll lists the storage pool every this many polls (and the first time); actions
+/// re-read the volumes they make or remove by name, so the listing only has to catch what
+/// others did to the pool.
+pub(super) const POOL_EVERY: u64 = 10;
+
+/// After a timed-out call, wait this long before trying the node again.
+pub(super) const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Puts what was re-read of some names (`None`: gone) into `list`, which is in name order:
+/// replaced, removed or inserted in place. Returns the names that changed.
+pub(super) fn patch_by_name<T: PartialEq>(
+    list: &mut Vec<T>,
+    name_of: impl Fn(&T) -> &String,
+    found: Vec<(String, Option<T>)>,
+) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (name, item) in found {
+        match (list.binary_search_by(|x| name_of(x).cmp(&name)), item) {
+            (Ok(at), Some(x)) if list[at] != x => list[at] = x,
+            (Ok(_), Some(_)) | (Err(_), None) => continue,
+            (Ok(at), None) => {
+                list.remove(at);
+            }
+            (Err(at), Some(x)) => list.insert(at, x),
+        }
+        changed.push(name);
+    }
+    changed
+}
+
+/// Takes a new probe's domains into `current`, keeping the `Arc` of every domain that did not
+/// change (so views built from it share their instances). Returns the names of the domains
+/// that changed, came or went. Both lists are in name order, so when nothing changed the
+/// domains are found at the same positions.
+pub(super) fn merge_domains(
+    current: &mut Vec<Arc<DomainProbe>>,
+    new: Vec<DomainProbe>,
+) -> Vec<String> {
+    if current.len() == new.len() && current.iter().zip(&new).all(|(a, b)| **a == *b) {
+        return Vec::new();
+    }
+    let old: HashMap<&str, &Arc<DomainProbe>> =
+        current.iter().map(|d| (d.uuid.as_str(), d)).collect();
+    let mut changed: Vec<String> = Vec::new();
+    let merged: Vec<Arc<DomainProbe>> = new
+        .into_iter()
+        .map(|d| match old.get(d.uuid.as_str()) {
+            Some(o) if ***o == d => Arc::clone(o),
+            _ => {
+                changed.push(d.name.clone());
+                Arc::new(d)
+            }
+        })
+        .collect();
+    // Gone: in the old list, not kept in the new one.
+    let kept: std::collections::HashSet<*const DomainProbe> =
+        merged.iter().map(Arc::as_ptr).collect();
+    changed.extend(
+        current
+            .iter()
+            .filter(|d| !kept.contains(&Arc::as_ptr(d)))
+            .map(|d| d.name.clone()),
+    );
+    *current = merged;
+    changed
+}
+
+/// The host part of a libvirt URI, for the `host.ip` column (`qemu+ssh://root@kvm1/system`
+/// → `kvm1`); `localhost` for local URIs.
+pub(super) fn uri_host(uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return "localhost".into();
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("");
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host.to_string()
+    }
+}
+
+impl Cluster {
+    /// Re-reads the domains the nodes report as changed, a batch at a time: what is waiting
+    /// when one batch ends makes the next, so a burst of events costs a few probes.
+    pub(super) async fn follow_events(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    ) {
+        while let Some((i, name)) = rx.recv().await {
+            let mut batch: std::collections::BTreeMap<usize, std::collections::BTreeSet<String>> =
+                std::collections::BTreeMap::new();
+            batch.entry(i).or_default().insert(name);
+            while let Ok((i, name)) = rx.try_recv() {
+                batch.entry(i).or_default().insert(name);
+            }
+            for (i, names) in batch {
+                tracing::debug!(node = i, domains = names.len(), "domain events");
+                self.refresh_domains(i, names.into_iter().collect()).await;
+            }
+        }
+    }
+
+    /// After an action made or removed things on node `i`: re-reads the instance's domain
+    /// and its two volumes (disk and seed), without the cost of a whole poll or even of a
+    /// listing of the pool, whose size grows with the number of instances.
+    pub(crate) async fn refresh_after_action(&self, i: usize, name: &str) {
+        self.refresh_domains(i, vec![name.to_string()]).await;
+        let names = vec![
+            crate::model::disk_volume(name),
+            crate::model::seed_volume(name),
+        ];
+        match self
+            .node_call(i, move |b| b.probe_volumes_named(&names))
+            .await
+        {
+            Ok(found) => {
+                let mut inputs = self.inputs.lock();
+                let st = &mut inputs.nodes[i];
+                let Some(p) = &st.probe else { return };
+                let Some(old) = &p.volumes else { return };
+                let mut volumes = old.to_vec();
+                if !patch_by_name(&mut volumes, |v| &v.name, found).is_empty() {
+                    let mut p = crate::hv::NodeProbe::clone(p);
+                    p.volumes = Some(Arc::new(volumes));
+                    st.probe = Some(Arc::new(p));
+                    self.mark_dirty(&mut inputs);
+                }
+            }
+            Err(e) => tracing::debug!(node = i, error = %e, "cannot re-read the volumes"),
+        }
+    }
+
+    /// Re-reads the named domains of node `i` (after a domain event, or after an action
+    /// changed them) and puts them in the picture at once.
+    pub(crate) async fn refresh_domains(&self, i: usize, names: Vec<String>) {
+        let r = self.node_call(i, move |b| b.probe_named(&names)).await;
+        let found = match r {
+            Ok(f) => f,
+            Err(e) => {
+                // The next poll tells the whole story (and marks the node if it is down).
+                tracing::debug!(node = i, error = %e, "cannot re-read domains");
+                return;
+            }
+        };
+        let mut inputs = self.inputs.lock();
+        let inputs = &mut *inputs;
+        let st = &mut inputs.nodes[i];
+        let found = found
+            .into_iter()
+            .map(|(name, d)| (name, d.map(Arc::new)))
+            .collect();
+        let changed = patch_by_name(&mut st.domains, |d| &d.name, found);
+        for name in &changed {
+            inputs.changed.name(name);
+        }
+        if !changed.is_empty() {
+            // A poll that began before this re-read must not put older domains back.
+            st.domains_epoch += 1;
+            self.mark_dirty(inputs);
+        }
+    }
+
+    pub(super) async fn node_loop(self: Arc<Self>, i: usize) {
+        let mut tick = tokio::time::interval(self.cfg.timing.refresh());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Some(wait) = self.poll_node(i).await {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    pub(super) async fn db_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.timing.refresh());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.poll_db().await;
+        }
+    }
+
+    /// Polls node `i` once; returns how long to back off when the node timed out.
+    pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {
+        let started = Instant::now();
+        let (epoch, with_pool) = {
+            let inputs = self.inputs.lock();
+            let st = &inputs.nodes[i];
+            let listed = st.probe.as_ref().is_some_and(|p| p.volumes.is_some());
+            (
+                st.domains_epoch,
+                !listed || st.polls.is_multiple_of(POOL_EVERY),
+            )
+        };
+        let result = self.node_call(i, move |b| b.probe(with_pool)).await;
+        let mut backoff = None;
+        {
+            let mut inputs = self.inputs.lock();
+            let inputs = &mut *inputs;
+            let prev_cpu = inputs.prev_cpu[i];
+            let st = &mut inputs.nodes[i];
+            // Every instance shows its node's reachability.
+            let mut reachability_changed = false;
+            let mut node_changed = false;
+            match result {
+                Ok(mut probe) => {
+                    if !with_pool {
+                        probe.volumes = st.probe.as_ref().and_then(|p| p.volumes.clone());
+                    }
+                    st.polls += 1;
+                    reachability_changed |= st.status != NodeStatus::Online;
+                    st.status = NodeStatus::Online;
+                    st.cpu_usage = match (prev_cpu, probe.cpu_times) {
+                        (Some(a), Some(b)) if b.total > a.total => Some(
+                            (b.busy.saturating_sub(a.busy)) as f64 / (b.total - a.total) as f64,
+                        ),
+                        _ => st.cpu_usage,
+                    };
+                    let cpu = probe.cpu_times;
+                    let domains = std::mem::take(&mut probe.domains);
+                    // The node's own numbers, or the poll time to the second, moved.
+                    let secs = |t: Option<SystemTime>| {
+                        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs())
+                    };
+                    let now = SystemTime::now();
+                    node_changed |= st.probe.as_deref() != Some(&probe)
+                        || secs(st.updated_at) != secs(Some(now))
+                        || st.cpu_usage.is_some() && cpu != prev_cpu;
+                    // Domains re-read while this poll ran are newer than its list: keep them;
+                    // the next poll brings a list from after them.
+                    if st.domains_epoch == epoch {
+                        for name in merge_domains(&mut st.domains, domains) {
+                            inputs.changed.name(&name);
+                            node_changed = true;
+                        }
+                    }
+                    st.probe = Some(Arc::new(probe));
+                    st.updated_at = Some(now);
+                    inputs.prev_cpu[i] = cpu;
+                }
+                Err(e) => {
+                    if matches!(e, CallError::Timeout(_) | CallError::Stuck) {
+                        backoff = Some(RETRY_AFTER_TIMEOUT);
+                    }
+                    // A node never read shows nothing: say so, or it looks empty.
+                    let msg = match &st.probe {
+                        Some(_) => e.to_string(),
+                        None => format!("not read yet: {e}"),
+                    };
+                    if st.status != NodeStatus::Offline(msg.clone()) {
+                        tracing::warn!(node = %st.name, error = %msg, "node offline");
+                        reachability_changed |= st.status.is_online();
+                    }
+                    node_changed |= st.last_error.as_deref() != Some(msg.as_str());
+                    st.last_error = Some(msg.clone());
+                    st.status = NodeStatus::Offline(msg);
+                }
+            }
+            if reachability_changed {
+                inputs.changed.everything();
+            }
+            if reachability_changed || node_changed {
+                self.mark_dirty(inputs);
+            }
+        }
+        tracing::trace!(node = i, elapsed = ?started.elapsed(), "polled");
+        backoff
+    }
+
+    /// Reads the `vm` table, unless its fingerprint is the one the rows this daemon holds
+    /// give (`VmFingerprint::of`): every write of every kvmfs moves it, and this daemon's
+    /// own writes move the rows it holds alike (they keep the stamp written), so only
+    /// another daemon's writes make it read. Every `FULL_READ_EVERY` polls it reads anyway:
+    /// rows changed by hand, with SQL, move no stamp.
+    pub(super) async fn poll_db(&self) {
+        let epoch = self.inputs.lock().rows_epoch;
+        let fingerprint = self.db.vm_fingerprint().await;
+        if let Ok(fp) = &fingerprint {
+            let inputs = self.inputs.lock();
+            let full_due = self.cfg.timing.refresh() * FULL_READ_EVERY;
+            if inputs.db_error.is_none()
+                && inputs.rows_read.is_some_and(|at| at.elapsed() < full_due)
+                && VmFingerprint::of(inputs.rows.values().map(|r| &**r)) == *fp
+            {
+                return;
+            }
+        }
+        let r = match fingerprint {
+            Ok(_) => self.db.list_vms().await,
+            Err(e) => Err(e),
+        };
+        let mut inputs = self.inputs.lock();
+        match r {
+            Ok(rows) => {
+                inputs.rows_read = Some(Instant::now());
+                let inputs = &mut *inputs;
+                if inputs.db_error.is_some() {
+                    tracing::info!("database reachable again");
+                    inputs.db_error = None;
+                    self.mark_dirty(inputs);
+                }
+                // Rows changed here while the read ran are newer than what it saw.
+                let local_since = &inputs.local_since;
+                let newer = |name: &str| local_since.get(name).is_some_and(|e| *e > epoch);
+                let mut rows: Vec<InstanceRecord> =
+                    rows.into_iter().filter(|r| !newer(&r.name)).collect();
+                for r in &mut rows {
+                    if let Some(e) = inputs.pending_errors.get(&r.name) {
+                        e.apply(r);
+                    }
+                }
+                let kept = inputs.rows.keys().filter(|n| newer(n)).count();
+                let unchanged = rows.len() + kept == inputs.rows.len()
+                    && rows
+                        .iter()
+                        .all(|r| inputs.rows.get(&r.name).is_some_and(|old| **old == *r));
+                if !unchanged {
+                    let mut fresh = RowMap::new();
+                    for r in rows {
+                        // An unchanged row stays the same object, so nothing downstream moves.
+                        let row = match inputs.rows.remove(&r.name) {
+                            Some(old) if *old == r => old,
+                            _ => {
+                                inputs.changed.name(&r.name);
+                                Arc::new(r)
+                            }
+                        };
+                        fresh.insert(row.name.clone(), row);
+                    }
+                    // What is left of the old rows is gone from the table, unless changed here
+                    // since the read began.
+                    for (name, row) in std::mem::replace(&mut inputs.rows, fresh) {
+                        if newer(&name) {
+                            inputs.rows.insert(name, row);
+                        } else {
+                            inputs.changed.name(&name);
+                        }
+                    }
+                    self.mark_dirty(inputs);
+                }
+                inputs.local_since.retain(|_, e| *e > epoch);
+            }
+            Err(e) => {
+                if inputs.db_error.is_none() {
+                    tracing::warn!(error = %e, "database poll failed; serving last known rows");
+                }
+                let msg = Some(e.to_string());
+                if inputs.db_error != msg {
+                    inputs.db_error = msg;
+                    self.mark_dirty(&mut inputs);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re_read_names_are_patched_into_a_name_ordered_list() {
+        let mut list: Vec<String> = ["a", "c", "e"].iter().map(|s| s.to_string()).collect();
+        let found = vec![
+            ("b".to_string(), Some("b".to_string())),
+            ("c".to_string(), Some("c".to_string())),
+            ("e".to_string(), None),
+            ("z".to_string(), None),
+        ];
+        let changed = patch_by_name(&mut list, |s| s, found);
+        assert_eq!(list, ["a", "b", "c"]);
+        assert_eq!(changed, ["b", "e"]);
+    }
+
+    #[test]
+    fn uri_hosts() {
+        assert_eq!(uri_host("qemu+ssh://root@kvm1/system"), "kvm1");
+        assert_eq!(uri_host("qemu+tcp://10.0.0.5:16509/system"), "10.0.0.5");
+        assert_eq!(uri_host("test:///tmp/n.xml"), "localhost");
+        assert_eq!(uri_host("qemu:///system"), "localhost");
+    }
+}
