@@ -423,6 +423,8 @@ pub struct Mounted {
     args: Vec<String>,
     /// The network namespace the daemon runs in, if not this one.
     netns: Option<String>,
+    /// How long the daemon may take to mount.
+    wait: Duration,
 }
 
 impl Mounted {
@@ -458,12 +460,32 @@ impl Mounted {
         Self::start_with(toml, &[], &[], None)
     }
 
+    /// For the benchmark: the daemon logs only warnings, and may take minutes to mount
+    /// (its first poll of 10,000 domains on the test driver, on a loaded machine).
+    pub fn for_bench(toml: &str) -> Mounted {
+        let mut m = Self::prepare(Some(toml), &[], None, Duration::from_secs(300));
+        m.spawn(&[("KVMFS_LOG", "warn")]);
+        m
+    }
+
+    /// The URL of the SQLite database in the state dir (a config without `[database]`).
+    pub fn sqlite_url(&self) -> String {
+        format!("sqlite://{}/kvmfs.db", self.state.path().display())
+    }
+
     fn start_with(
         toml: Option<&str>,
         args: &[&str],
         env: &[(&str, &str)],
         netns: Option<&str>,
     ) -> Mounted {
+        let mut m = Self::prepare(toml, args, netns, Duration::from_secs(30));
+        m.spawn(env);
+        m
+    }
+
+    /// The mountpoint, state dir and configuration, with no daemon yet.
+    fn prepare(toml: Option<&str>, args: &[&str], netns: Option<&str>, wait: Duration) -> Mounted {
         let mnt = tempfile::Builder::new()
             .prefix("kvmfs-mnt")
             .tempdir()
@@ -489,15 +511,14 @@ impl Mounted {
             std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600))
                 .expect("chmod config");
         }
-        let mut m = Mounted {
+        Mounted {
             mnt,
             state,
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: netns.map(str::to_string),
-        };
-        m.spawn(env);
-        m
+            wait,
+        }
     }
 
     /// Starts the daemon on this mountpoint, state dir and config, and waits for the mount.
@@ -538,8 +559,12 @@ impl Mounted {
             {
                 panic!("kvmfs exited ({status}) before mounting:\n{}", self.log());
             }
-            if start.elapsed() > Duration::from_secs(30) {
-                panic!("kvmfs did not mount within 30 s:\n{}", self.log());
+            if start.elapsed() > self.wait {
+                panic!(
+                    "kvmfs did not mount within {:?}:\n{}",
+                    self.wait,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -640,6 +665,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("the daemon's log ends with:");
+            for l in tail.into_iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
         // Also when the daemon is gone: a killed daemon leaves a dead mount behind.
         let _ = Command::new("fusermount3")
             .arg("-u")
