@@ -58,23 +58,7 @@ impl StateDir {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io)?;
-        // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
-        let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut pid = String::new();
-                let _ = lock.read_to_string(&mut pid);
-                let pid = pid.trim();
-                let who = if pid.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {pid})")
-                };
-                return Err(StateDirError::InUse(dir.to_path_buf(), who));
-            }
-            return Err(io(err));
-        }
+        lock_now(&mut lock, dir)?.map_err(io)?;
         lock.set_len(0).map_err(io)?;
         write!(lock, "{}", std::process::id()).map_err(io)?;
 
@@ -108,19 +92,8 @@ impl StateDir {
         let Ok(mut lock) = File::open(dir.join("kvmfs.lock")) else {
             return Ok(());
         };
-        // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
-        let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut pid = String::new();
-            let _ = lock.read_to_string(&mut pid);
-            let pid = pid.trim();
-            let who = if pid.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {pid})")
-            };
-            return Err(StateDirError::InUse(dir.to_path_buf(), who));
-        }
+        // Any other failure to lock is the daemon's to report when it opens the dir.
+        let _ = lock_now(&mut lock, dir)?;
         // The lock goes with the descriptor.
         Ok(())
     }
@@ -225,6 +198,27 @@ pub fn make_private(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Takes the exclusive lock on `lock` (the state dir `dir`'s lock file) without waiting:
+/// `InUse`, naming the pid written in the file, when another process holds it; any other
+/// failure to lock as the inner error.
+fn lock_now(lock: &mut File, dir: &Path) -> Result<std::io::Result<()>, StateDirError> {
+    // SAFETY: flock on a descriptor we own; it has no memory-safety preconditions.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Ok(()));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Ok(Err(err));
+    }
+    let mut pid = String::new();
+    let _ = lock.read_to_string(&mut pid);
+    let who = match pid.trim() {
+        "" => String::new(),
+        pid => format!(" (pid {pid})"),
+    };
+    Err(StateDirError::InUse(dir.to_path_buf(), who))
 }
 
 fn valid_id(s: &str) -> bool {

@@ -167,45 +167,28 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::cluster::view::{Changed, NodeState, NodeStatus, build};
+    use crate::cluster::view::{Changed, NodeState, build, fixtures};
     use crate::hv::{NetworkProbe, NodeProbe, VolumeProbe};
 
     fn node(name: &str, cpus: u32, mib: u64, net_active: bool) -> NodeState {
-        NodeState {
-            name: name.into(),
-            uri: "test:///x".into(),
-            status: NodeStatus::Online,
-            last_error: None,
-            probe: Some(Arc::new(NodeProbe {
-                hostname: None,
-                cpus,
-                mhz: 1,
-                model: "x".into(),
-                memory_kib: mib * 1024,
-                free_memory_kib: None,
-                cpu_times: None,
-                domains: Vec::new(),
-                networks: vec![NetworkProbe {
-                    name: "default".into(),
-                    bridge: None,
-                    active: net_active,
-                    autostart: true,
-                    persistent: true,
-                    forward: None,
-                    addresses: Vec::new(),
-                }],
-                volumes: Some(Arc::new(vec![VolumeProbe {
-                    name: "img".into(),
-                    capacity_bytes: 1,
-                    path: None,
-                }])),
-            })),
-            domains: Vec::new(),
-            cpu_usage: None,
-            updated_at: None,
-            domains_epoch: 0,
-            polls: 0,
-        }
+        let probe = NodeProbe {
+            networks: vec![NetworkProbe {
+                name: "default".into(),
+                bridge: None,
+                active: net_active,
+                autostart: true,
+                persistent: true,
+                forward: None,
+                addresses: Vec::new(),
+            }],
+            volumes: Some(Arc::new(vec![VolumeProbe {
+                name: "img".into(),
+                capacity_bytes: 1,
+                path: None,
+            }])),
+            ..fixtures::probe(cpus, mib)
+        };
+        fixtures::online(name, probe, Vec::new())
     }
 
     fn need(node: Option<&str>) -> Need<'_> {

@@ -4,6 +4,10 @@
 use std::sync::atomic::Ordering as AtomicOrdering;
 
 use sqlx::Row;
+use sqlx::any::AnyArguments;
+
+/// A statement with its arguments bound so far.
+type AnyQuery = sqlx::query::Query<'static, sqlx::Any, AnyArguments>;
 
 use super::addresses::release_addresses;
 use super::rows::{
@@ -242,17 +246,13 @@ impl Db {
     /// Records that `part` of instance `name` exists (or may exist) on its node, or that it
     /// is gone.
     pub async fn set_made(&self, name: &str, made: Made) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query("UPDATE vm SET rev = ?, made = ?, updated_at = ? WHERE vmname = ?")
-                .bind(rev)
-                .bind(made.to_string())
-                .bind(unix_now())
-                .bind(name)
-                .execute(&self.pool),
+        let made = made.to_string();
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, made = ? WHERE vmname = ?",
+            |q| q.bind(made).bind(name),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Records the step a build is in together with the parts it is about to make (one
@@ -263,35 +263,23 @@ impl Db {
         step: &str,
         made: Made,
     ) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query(
-                "UPDATE vm SET rev = ?, step = ?, made = ?, updated_at = ? WHERE vmname = ?",
-            )
-            .bind(rev)
-            .bind(step)
-            .bind(made.to_string())
-            .bind(unix_now())
-            .bind(name)
-            .execute(&self.pool),
+        let made = made.to_string();
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, step = ?, made = ? WHERE vmname = ?",
+            |q| q.bind(step).bind(made).bind(name),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Records the step an operation is in, so a crash can be finished or undone.
     pub async fn set_step(&self, name: &str, step: &str) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query("UPDATE vm SET rev = ?, step = ?, updated_at = ? WHERE vmname = ?")
-                .bind(rev)
-                .bind(step)
-                .bind(unix_now())
-                .bind(name)
-                .execute(&self.pool),
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, step = ? WHERE vmname = ?",
+            |q| q.bind(step).bind(name),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Stores the instance's addresses in the original columns and its key pair, with the
@@ -305,39 +293,29 @@ impl Db {
         public_key: &str,
         private_key: &str,
     ) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query(
-                "UPDATE vm SET rev = ?, step = ?, vmip = ?, ip_eth1 = ?, ssh_public_key = ?, \
-                 ssh_private_key = ?, updated_at = ? WHERE vmname = ?",
-            )
-            .bind(rev)
-            .bind(step)
-            .bind(vmip)
-            .bind(ip_eth1)
-            .bind(public_key)
-            .bind(private_key)
-            .bind(unix_now())
-            .bind(name)
-            .execute(&self.pool),
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, step = ?, vmip = ?, ip_eth1 = ?, \
+             ssh_public_key = ?, ssh_private_key = ? WHERE vmname = ?",
+            |q| {
+                q.bind(step)
+                    .bind(vmip)
+                    .bind(ip_eth1)
+                    .bind(public_key)
+                    .bind(private_key)
+                    .bind(name)
+            },
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     pub async fn finish_build(&self, name: &str) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query(
-                "UPDATE vm SET rev = ?, state = 'ready', step = '', updated_at = ? WHERE vmname = ?",
-            )
-            .bind(rev)
-            .bind(unix_now())
-            .bind(name)
-            .execute(&self.pool),
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, state = 'ready', step = '' WHERE vmname = ?",
+            |q| q.bind(name),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Undoes a failed build in the database: addresses released, node and keys cleared,
@@ -372,23 +350,15 @@ impl Db {
         incarnation: &str,
         left: Made,
     ) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query(
-                "UPDATE vm SET rev = ?, made = ?, \
-                 hostname = CASE WHEN ? = '' THEN NULL ELSE hostname END, updated_at = ? \
-                 WHERE vmname = ? AND incarnation = ? AND state = 'failed'",
-            )
-            .bind(rev)
-            .bind(left.to_string())
-            .bind(left.to_string())
-            .bind(unix_now())
-            .bind(name)
-            .bind(incarnation)
-            .execute(&self.pool),
+        let left = left.to_string();
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, made = ?, \
+             hostname = CASE WHEN ? = '' THEN NULL ELSE hostname END \
+             WHERE vmname = ? AND incarnation = ? AND state = 'failed'",
+            |q| q.bind(left.clone()).bind(left).bind(name).bind(incarnation),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Records a refused spec or command without changing the state, on incarnation
@@ -399,21 +369,13 @@ impl Db {
         incarnation: &str,
         error: Option<&str>,
     ) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        self.bounded(
-            sqlx::query(
-                "UPDATE vm SET rev = ?, error = ?, updated_at = ? \
-                 WHERE vmname = ? AND incarnation = ?",
-            )
-            .bind(rev)
-            .bind(error)
-            .bind(unix_now())
-            .bind(name)
-            .bind(incarnation)
-            .execute(&self.pool),
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, error = ? \
+             WHERE vmname = ? AND incarnation = ?",
+            |q| q.bind(error).bind(name).bind(incarnation),
         )
         .await
-        .map(|_| rev)
+        .map(|(rev, _)| rev)
     }
 
     /// Marks an instance as being deleted by `worker`, if its row is still the one read
@@ -425,23 +387,15 @@ impl Db {
         worker: &str,
         read_rev: i64,
     ) -> Result<i64, DbError> {
-        let rev = self.next_rev();
-        let n = self
-            .bounded(
-                sqlx::query(
-                    "UPDATE vm SET rev = ?, state = 'deleting', step = 'deleting', worker = ?, \
-                     updated_at = ? WHERE vmname = ? AND rev = ? \
-                     AND state IN ('draft', 'ready', 'failed', 'deleting')",
-                )
-                .bind(rev)
-                .bind(worker)
-                .bind(unix_now())
-                .bind(name)
-                .bind(read_rev)
-                .execute(&self.pool),
+        let (rev, changed) = self
+            .stamp_vm(
+                "UPDATE vm SET rev = ?, updated_at = ?, state = 'deleting', step = 'deleting', \
+                 worker = ? WHERE vmname = ? AND rev = ? \
+                 AND state IN ('draft', 'ready', 'failed', 'deleting')",
+                |q| q.bind(worker).bind(name).bind(read_rev),
             )
             .await?;
-        if n.rows_affected() == 0 {
+        if changed == 0 {
             return Err(DbError::State(format!(
                 "instance {name} changed while it was being deleted"
             )));
@@ -496,20 +450,13 @@ impl Db {
         old: &str,
         new: &str,
     ) -> Result<bool, DbError> {
-        let n = self
-            .bounded(
-                sqlx::query(
-                    "UPDATE vm SET rev = ?, ssh_private_key = ? \
-                     WHERE vmname = ? AND ssh_private_key = ?",
-                )
-                .bind(self.next_rev())
-                .bind(new)
-                .bind(name)
-                .bind(old)
-                .execute(&self.pool),
-            )
-            .await?;
-        Ok(n.rows_affected() == 1)
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, ssh_private_key = ? \
+             WHERE vmname = ? AND ssh_private_key = ?",
+            |q| q.bind(new).bind(name).bind(old),
+        )
+        .await
+        .map(|(_, changed)| changed == 1)
     }
 
     /// Makes daemon `to` the worker of an interrupted build or delete, if the row is still
@@ -522,20 +469,31 @@ impl Db {
         from: Option<&str>,
         to: &str,
     ) -> Result<bool, DbError> {
-        let n = self
-            .bounded(
-                sqlx::query(
-                    "UPDATE vm SET rev = ?, worker = ? \
-                     WHERE vmname = ? AND state = ? AND COALESCE(worker, '') = ?",
-                )
-                .bind(self.next_rev())
-                .bind(to)
-                .bind(name)
-                .bind(state.word())
-                .bind(from.unwrap_or(""))
-                .execute(&self.pool),
-            )
-            .await?;
-        Ok(n.rows_affected() == 1)
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, worker = ? \
+             WHERE vmname = ? AND state = ? AND COALESCE(worker, '') = ?",
+            |q| {
+                q.bind(to)
+                    .bind(name)
+                    .bind(state.word())
+                    .bind(from.unwrap_or(""))
+            },
+        )
+        .await
+        .map(|(_, changed)| changed == 1)
+    }
+
+    /// Runs one UPDATE of `vm` rows that gives them a new stamp: `sql` begins
+    /// `UPDATE vm SET rev = ?, updated_at = ?`, those two are bound here, and `bind` binds
+    /// the rest in order. The stamp and how many rows changed.
+    async fn stamp_vm(
+        &self,
+        sql: &'static str,
+        bind: impl FnOnce(AnyQuery) -> AnyQuery,
+    ) -> Result<(i64, u64), DbError> {
+        let rev = self.next_rev();
+        let query = bind(sqlx::query(sql).bind(rev).bind(unix_now()));
+        let done = self.bounded(query.execute(&self.pool)).await?;
+        Ok((rev, done.rows_affected()))
     }
 }

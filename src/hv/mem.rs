@@ -45,6 +45,14 @@ struct State {
     next_uuid: u64,
 }
 
+impl State {
+    /// A UUID no domain of this node has had.
+    fn new_uuid(&mut self) -> String {
+        self.next_uuid += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.next_uuid)
+    }
+}
+
 #[derive(Default)]
 struct Faults {
     down: bool,
@@ -118,8 +126,7 @@ impl MemNode {
     /// A domain kvmfs did not make (no kvmfs metadata), running or not.
     pub fn add_foreign_domain(&self, name: &str, vcpus: u32, memory_mb: u64, running: bool) {
         let mut st = self.state.lock();
-        st.next_uuid += 1;
-        let uuid = format!("00000000-0000-4000-8000-{:012x}", st.next_uuid);
+        let uuid = st.new_uuid();
         st.domains.insert(
             name.to_string(),
             MemDomain {
@@ -391,8 +398,7 @@ impl NodeBackend for MemNode {
                     message: format!("domain {name} exists already"),
                 });
             }
-            st.next_uuid += 1;
-            let uuid = format!("00000000-0000-4000-8000-{:012x}", st.next_uuid);
+            let uuid = st.new_uuid();
             st.domains.insert(
                 name.clone(),
                 MemDomain {

@@ -125,6 +125,14 @@ async fn failed_and_clean_then_rebuilds(rig: &Rig, name: &str, reason: &str) {
     );
 }
 
+/// Makes instance `name` on n1 with its build failing at the `nth` call of `call`, and
+/// waits until it reads `failed: …`.
+async fn build_failing_at(rig: &Rig, name: &str, call: Call, nth: u32) {
+    rig.node("n1").fail_nth(call, nth);
+    rig.create(name, OWNER, SPEC).await.unwrap();
+    rig.wait_status(name, "failed: ").await;
+}
+
 // ---------------------------------------------------------------------------------------
 // A build failing at each step
 
@@ -161,9 +169,7 @@ async fn a_build_failing_to_create_the_disk_leaves_nothing() {
 async fn a_build_failing_to_create_the_seed_removes_the_disk() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let n1 = rig.node("n1");
-    n1.fail_nth(Call::CreateVolume, 2);
-    rig.create("vm1", OWNER, SPEC).await.unwrap();
-    rig.wait_status("vm1", "failed: ").await;
+    build_failing_at(&rig, "vm1", Call::CreateVolume, 2).await;
     // The disk was made, then deleted by the undo.
     assert!(n1.calls(Call::DeleteVolume) >= 1);
     failed_and_clean_then_rebuilds(&rig, "vm1", "node n1: CreateVolume failed (injected)").await;
@@ -181,9 +187,7 @@ async fn a_build_failing_to_upload_the_seed_removes_both_volumes() {
 async fn a_build_failing_to_start_the_domain_removes_both_volumes() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let n1 = rig.node("n1");
-    n1.fail_nth(Call::DefineAndStart, 1);
-    rig.create("vm1", OWNER, SPEC).await.unwrap();
-    rig.wait_status("vm1", "failed: ").await;
+    build_failing_at(&rig, "vm1", Call::DefineAndStart, 1).await;
     assert_eq!(n1.calls(Call::DeleteVolume), 2, "disk and seed undone");
     failed_and_clean_then_rebuilds(&rig, "vm1", "node n1: DefineAndStart failed (injected)").await;
 }
@@ -440,9 +444,7 @@ async fn ctl_before_an_instance_is_ready_is_ebusy() {
     assert_eq!(e, ActionError::Busy("instance draft1 is draft".into()));
     assert_eq!(error_file(&rig, "draft1"), "instance draft1 is draft\n");
 
-    n1.fail_nth(Call::DefineAndStart, 1);
-    rig.create("bad1", OWNER, SPEC).await.unwrap();
-    rig.wait_status("bad1", "failed: ").await;
+    build_failing_at(&rig, "bad1", Call::DefineAndStart, 1).await;
     let e = action_error(ctl(&rig, "bad1", OWNER, "start").await);
     assert_eq!(e, ActionError::Busy("instance bad1 is failed".into()));
 
@@ -508,9 +510,7 @@ async fn rmdir_deletes_drafts_and_failed_instances_without_touching_the_node() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let n1 = rig.node("n1");
     rig.mkdir("draft1", OWNER).await.unwrap();
-    n1.fail_nth(Call::DefineAndStart, 1);
-    rig.create("bad1", OWNER, SPEC).await.unwrap();
-    rig.wait_status("bad1", "failed: ").await;
+    build_failing_at(&rig, "bad1", Call::DefineAndStart, 1).await;
     let (removes, deletes) = (n1.calls(Call::RemoveDomain), n1.calls(Call::DeleteVolume));
 
     rig.rmdir("draft1", OWNER).await.unwrap();
@@ -602,9 +602,7 @@ async fn rmdir_on_an_offline_node_is_eio_and_removes_nothing_until_it_answers() 
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let n1 = rig.node("n1");
     built(&rig, "vm1").await;
-    n1.fail_nth(Call::DefineAndStart, 1);
-    rig.create("bad1", OWNER, SPEC).await.unwrap();
-    rig.wait_status("bad1", "failed: ").await;
+    build_failing_at(&rig, "bad1", Call::DefineAndStart, 1).await;
 
     n1.set_down(true);
     wait_node(&rig, "n1", "offline").await;

@@ -14,6 +14,8 @@
 mod build;
 mod capacity;
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;
 mod types;
 

@@ -12,42 +12,11 @@ use crate::hv::{DomainDevices, DomainState};
 use crate::hv::{DomainProbe, NodeProbe, VolumeProbe};
 
 fn dom(name: &str, vcpus: u32, mib: u64, state: DomainState) -> Arc<DomainProbe> {
-    Arc::new(DomainProbe {
-        name: name.into(),
-        uuid: format!("uuid-{name}"),
-        state,
-        reason: None,
-        vcpus,
-        max_memory_kib: mib * 1024,
-        memory_kib: mib * 1024,
-        devices: Arc::new(DomainDevices::default()),
-    })
+    fixtures::domain(name, vcpus, mib, state)
 }
 
 fn node(name: &str, cpus: u32, mib: u64, domains: Vec<Arc<DomainProbe>>) -> NodeState {
-    NodeState {
-        name: name.into(),
-        uri: "test:///x".into(),
-        status: NodeStatus::Online,
-        last_error: None,
-        probe: Some(Arc::new(NodeProbe {
-            hostname: None,
-            cpus,
-            mhz: 1,
-            model: "x".into(),
-            memory_kib: mib * 1024,
-            free_memory_kib: None,
-            cpu_times: None,
-            domains: Vec::new(),
-            networks: Vec::new(),
-            volumes: None,
-        })),
-        domains,
-        cpu_usage: None,
-        updated_at: None,
-        domains_epoch: 0,
-        polls: 0,
-    }
+    fixtures::online(name, fixtures::probe(cpus, mib), domains)
 }
 
 #[test]
