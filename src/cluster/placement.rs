@@ -164,10 +164,9 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::SystemTime;
 
     use super::*;
-    use crate::cluster::view::{Changed, NodeState, build, fixtures};
+    use crate::cluster::view::{NodeState, fixtures};
     use crate::hv::{NetworkProbe, NodeProbe, VolumeProbe};
 
     fn node(name: &str, cpus: u32, mib: u64, net_active: bool) -> NodeState {
@@ -201,19 +200,6 @@ mod tests {
         }
     }
 
-    fn view(nodes: &[NodeState]) -> View {
-        let p = PlacementConfig::default();
-        build(
-            nodes,
-            &crate::cluster::view::RowMap::new(),
-            None,
-            &p,
-            &View::default(),
-            SystemTime::now(),
-            &Changed::all(),
-        )
-    }
-
     /// What the database says the nodes hold: (node, vCPUs, RAM MB).
     fn loads(held: &[(&str, u64, u64)]) -> Loads {
         Loads {
@@ -227,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_best_score_wins_on_what_the_database_says_is_held() {
-        let v = view(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
+        let v = fixtures::view_of(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
         let p = PlacementConfig::default();
         let none = loads(&[]);
         assert_eq!(
@@ -251,7 +237,7 @@ mod tests {
 
     #[test]
     fn an_inactive_network_filters_the_node_out() {
-        let v = view(&[node("a", 8, 8192, false), node("b", 2, 4096, true)]);
+        let v = fixtures::view_of(&[node("a", 8, 8192, false), node("b", 2, 4096, true)]);
         let p = PlacementConfig::default();
         let none = loads(&[]);
         let held = Committed::from_loads(&none);

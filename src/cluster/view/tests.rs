@@ -1,7 +1,6 @@
 //! The view's tests: names given to domains and rows, status lines, the score, and that
 //! building only what changed gives what building everything gives.
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::build::*;
 use super::capacity::*;
@@ -25,15 +24,7 @@ fn score_follows_the_7_3_rule() {
         node("a", 4, 4096, vec![dom("x", 8, 2048, DomainState::Running)]),
         node("b", 2, 4096, vec![dom("y", 1, 512, DomainState::Shutoff)]),
     ];
-    let v = build(
-        &nodes,
-        &RowMap::new(),
-        None,
-        &PlacementConfig::default(),
-        &View::default(),
-        SystemTime::now(),
-        &Changed::all(),
-    );
+    let v = fixtures::view_of(&nodes);
     let a = &v.nodes["a"];
     // 8 of 16 vCPUs, 2048 of 4096 MB committed.
     assert_eq!(a.free_cpu_share, 0.5);
@@ -50,15 +41,7 @@ fn clashing_unmanaged_names_get_the_node_suffix() {
         node("a", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]),
         node("b", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]),
     ];
-    let v = build(
-        &nodes,
-        &RowMap::new(),
-        None,
-        &PlacementConfig::default(),
-        &View::default(),
-        SystemTime::now(),
-        &Changed::all(),
-    );
+    let v = fixtures::view_of(&nodes);
     assert!(v.instances.contains_key("x"));
     assert!(v.instances.contains_key("x@b"));
     assert_eq!(
@@ -71,15 +54,7 @@ fn clashing_unmanaged_names_get_the_node_suffix() {
 fn offline_node_instances_read_unknown() {
     let mut n = node("a", 1, 1024, vec![dom("x", 1, 1, DomainState::Running)]);
     n.status = NodeStatus::Offline("no answer".into());
-    let v = build(
-        &[n],
-        &RowMap::new(),
-        None,
-        &PlacementConfig::default(),
-        &View::default(),
-        SystemTime::now(),
-        &Changed::all(),
-    );
+    let v = fixtures::view_of(&[n]);
     assert_eq!(v.instances["x"].status(), "unknown: node a is offline");
     assert_eq!(v.nodes["a"].status, "offline: no answer");
     assert_eq!(v.nodes["a"].score, 0.0);
