@@ -11,9 +11,11 @@ pub mod db;
 pub mod demo;
 pub mod failpoint;
 pub mod fs;
+pub mod fstab;
 pub mod hv;
 #[cfg(test)]
 mod inprocess;
+pub mod menu;
 pub mod model;
 pub mod mount;
 pub mod random;

@@ -31,6 +31,12 @@ struct Cli {
 enum Cmd {
     /// Mount the cluster at MOUNTPOINT (the embedded demo when no --config is given).
     Mount(MountArgs),
+    /// The operator's dialog menu over a mount (the original's makeinstance.sh menu).
+    Menu {
+        /// A live kvmfs mount.
+        #[arg(default_value = "/cloud")]
+        mountpoint: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -102,8 +108,31 @@ fn main() {
     unsafe {
         libc::umask(0o077);
     }
-    let cli = Cli::parse();
-    let Cmd::Mount(args) = cli.cmd;
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let args = match kvmfs::fstab::parse(&argv) {
+        // mount(8) for an fstab line (`fuse.kvmfs`, or a `mount.kvmfs` helper).
+        Some(Ok(h)) if h.fake => std::process::exit(0),
+        Some(Ok(h)) => MountArgs {
+            mountpoint: h.mountpoint,
+            config: h.config,
+            foreground: false,
+            state_dir: h.state_dir,
+            allow_other: h.allow_other,
+            log: h.log,
+        },
+        Some(Err(e)) => {
+            eprintln!("kvmfs: {e}");
+            std::process::exit(1);
+        }
+        None => match Cli::parse_from(argv).cmd {
+            Cmd::Mount(args) => args,
+            Cmd::Menu { mountpoint } => {
+                let Err(e) = kvmfs::menu::run(&mountpoint);
+                eprintln!("kvmfs menu: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     let code = if args.foreground {
         init_logging();
         match run_daemon(&args, &mut readiness) {

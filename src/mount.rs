@@ -36,6 +36,8 @@ pub enum MountError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Mount {
     fstype: String,
+    /// The mount's source (`kvmfs` for every kvmfs mount).
+    source: String,
     /// The mount's id: tells it from a mount that later takes its place.
     id: u64,
     /// The device's major and minor numbers; a FUSE connection's number in fusectl
@@ -53,11 +55,13 @@ fn mount_at(path: &Path) -> Option<Mount> {
         let mp = fields.get(4)?;
         let sep = fields.iter().position(|f| *f == "-")?;
         let fstype = fields.get(sep + 1)?;
+        let source = fields.get(sep + 2)?;
         let (major, minor) = fields.get(2)?.split_once(':')?;
         let (major, minor) = (major.parse().ok()?, minor.parse().ok()?);
         let id = fields.first()?.parse().ok()?;
         (unescape_mountinfo(mp) == want).then(|| Mount {
             fstype: fstype.to_string(),
+            source: unescape_mountinfo(source),
             id,
             major,
             minor,
@@ -79,6 +83,37 @@ pub fn is_mounted(path: &Path) -> bool {
 pub fn dead_mount_at(path: &Path) -> bool {
     mounted_at(path).is_some_and(|t| t.starts_with("fuse"))
         && matches!(ask(path, ANSWER_WITHIN), Answer::Gone)
+}
+
+/// Checks that a live kvmfs mount is at `path` (for `kvmfs menu`), without waiting on a
+/// mount that does not answer; the absolute path, or why not, in words for the user.
+pub fn live_kvmfs_at(path: &Path) -> Result<PathBuf, String> {
+    let abs = absolute(path);
+    let shown = abs.display();
+    let Some(m) = mount_at(&abs) else {
+        return Err(format!(
+            "{shown} is not a kvmfs mount: nothing is mounted there (mount it with `kvmfs mount \
+             {shown}`)"
+        ));
+    };
+    if !(m.fstype == "fuse.kvmfs" || m.fstype == "fuse" && m.source == "kvmfs") {
+        return Err(format!(
+            "{shown} is not a kvmfs mount: {} ({}) is mounted there",
+            m.fstype, m.source
+        ));
+    }
+    match ask(&abs, ANSWER_WITHIN) {
+        Answer::Answered => Ok(abs),
+        Answer::Gone => Err(format!(
+            "the kvmfs mount at {shown} is stale: its daemon is gone (mount it again with \
+             `kvmfs mount {shown}`)"
+        )),
+        Answer::Silent => Err(format!(
+            "the kvmfs mount at {shown} does not answer within {}s",
+            ANSWER_WITHIN.as_secs()
+        )),
+        Answer::Failed(e) => Err(format!("the kvmfs mount at {shown} answers: {e}")),
+    }
 }
 
 /// How long a mount's daemon may take to answer `statfs` before `kvmfs mount` takes it for
@@ -288,7 +323,8 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-fn which(cmd: &str) -> Option<PathBuf> {
+/// Where `cmd` is on `PATH`, if it is.
+pub fn which(cmd: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(cmd))

@@ -294,8 +294,8 @@ impl Filesystem for KvmFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.tree.unlink(parent.0, name) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.tree.unlink(parent.0, name, req.uid()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

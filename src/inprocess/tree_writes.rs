@@ -617,16 +617,16 @@ async fn editors_scratch_files_are_created_written_truncated_and_unlinked() {
     assert!(names.contains(&".spec.json.swp".to_string()), "{names:?}");
     assert!(names.contains(&"spec.json".to_string()), "{names:?}");
     for n in ["4913", ".spec.json.swp"] {
-        rig.tree.unlink(dir, os(n)).unwrap();
+        rig.tree.unlink(dir, os(n), OWNER).unwrap();
         assert_eq!(eno(rig.tree.lookup(dir, os(n))), Errno::ENOENT);
-        assert_eq!(eno(rig.tree.unlink(dir, os(n))), Errno::ENOENT);
+        assert_eq!(eno(rig.tree.unlink(dir, os(n), OWNER)), Errno::ENOENT);
     }
     assert_eq!(eno(rig.tree.getattr(probe.ino)), Errno::ESTALE);
     assert!(!names_in(&rig, dir).contains(&"4913".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reserved_name_cannot_be_created_or_unlinked() {
+async fn a_reserved_name_cannot_be_created_and_its_unlink_changes_nothing() {
     let rig = rig().await;
     rig.mkdir("web1", OWNER).await.unwrap();
     let dir = folder(&rig, "web1");
@@ -642,9 +642,16 @@ async fn a_reserved_name_cannot_be_created_or_unlinked() {
             "{n}"
         );
     }
-    for n in ["status", "spec.json", "error"] {
-        assert_eq!(eno(rig.tree.unlink(dir, os(n))), Errno::EACCES, "{n}");
+    // The owner's unlink of kvmfs's own files succeeds and removes nothing (so that `rm -r`
+    // reaches the folder's rmdir); a name the folder does not hold is ENOENT, and only the
+    // owner and root may do it.
+    for n in ["status", "spec.json", "error", "ctl", "info.json", "ip", "node"] {
+        assert_eq!(rig.tree.unlink(dir, os(n), OWNER), Ok(()), "{n}");
+        assert_eq!(rig.tree.unlink(dir, os(n), 0), Ok(()), "{n} by root");
+        assert_eq!(eno(rig.tree.unlink(dir, os(n), OTHER)), Errno::EACCES, "{n}");
     }
+    assert_eq!(eno(rig.tree.unlink(dir, os("ssh_key"), OWNER)), Errno::ENOENT);
+    assert_eq!(eno(rig.tree.unlink(dir, os("nothing"), OWNER)), Errno::ENOENT);
     assert_eq!(names_in(&rig, dir), before);
     assert!(
         rig.read("instances/web1/status")
@@ -958,7 +965,7 @@ async fn rename_between_instance_folders_is_exdev() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kvmfs_files_accept_their_own_mode_and_owner_only() {
+async fn kvmfs_files_accept_their_own_owner_and_an_instances_files_any_mode_unchanged() {
     let rig = rig().await;
     rig.mkdir("web1", OWNER).await.unwrap();
     let dir = folder(&rig, "web1");
@@ -973,12 +980,15 @@ async fn kvmfs_files_accept_their_own_mode_and_owner_only() {
     rig.tree
         .set_attr(dir, Some(0o755), None, None, OWNER)
         .unwrap();
-    // Anything else: EPERM, for the owner and for root.
     for uid in [OWNER, ROOT] {
-        assert_eq!(
-            eno(rig.tree.set_attr(spec, Some(0o600), None, None, uid)),
-            Errno::EPERM
-        );
+        // A mode for the instance's files is accepted from its owner and root, and changes
+        // nothing (copy tools set the source's mode after writing spec.json).
+        let a = rig
+            .tree
+            .set_attr(spec, Some(0o600), None, None, uid)
+            .unwrap();
+        assert_eq!(a.perm, 0o644);
+        // Any other owner or group, and the folder's mode: EPERM.
         assert_eq!(
             eno(rig.tree.set_attr(spec, None, Some(OTHER), None, uid)),
             Errno::EPERM
@@ -992,19 +1002,28 @@ async fn kvmfs_files_accept_their_own_mode_and_owner_only() {
             Errno::EPERM
         );
     }
+    // Not from anyone else.
+    assert_eq!(
+        eno(rig.tree.set_attr(spec, Some(0o600), None, None, OTHER)),
+        Errno::EPERM
+    );
     let a = rig.tree.getattr(spec).unwrap();
     assert_eq!((a.perm, a.uid, a.gid), (0o644, OWNER, gid));
-    // A built instance's spec.json is 0444: that is now the mode accepted.
+    // A built instance's spec.json stays 0444 whatever mode its owner sets.
     rig.write("instances/web1/spec.json", OWNER, SPEC)
         .await
         .unwrap();
     rig.wait_status("web1", "running").await;
     let spec = rig.ino("instances/web1/spec.json").unwrap();
-    rig.tree
-        .set_attr(spec, Some(0o444), None, None, OWNER)
+    let a = rig
+        .tree
+        .set_attr(spec, Some(0o644), None, None, OWNER)
         .unwrap();
+    assert_eq!(a.perm, 0o444);
+    // Other kvmfs files keep the strict rule.
+    let node_status = rig.ino("nodes/n1/status").unwrap();
     assert_eq!(
-        eno(rig.tree.set_attr(spec, Some(0o644), None, None, OWNER)),
+        eno(rig.tree.set_attr(node_status, Some(0o666), None, None, ROOT)),
         Errno::EPERM
     );
 }

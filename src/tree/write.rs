@@ -317,19 +317,30 @@ impl Tree {
     }
 
     /// `unlink`: removes a scratch file; kvmfs's own files cannot be removed.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), TreeError> {
+    /// `unlink` in an instance folder: a scratch file is removed. One of kvmfs's own files
+    /// is not, but its owner's (or root's) unlink succeeds and changes nothing, so that
+    /// `rm -r`, `find -delete` and file managers, which empty a folder before they remove
+    /// it, come to the folder's `rmdir`, which deletes the instance.
+    pub fn unlink(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), TreeError> {
         let folder = self.scratch_parent(parent)?;
         let name = name.to_str().ok_or(TreeError::NotFound)?;
-        let mut store = self.scratch.lock();
-        match store.find(folder.id, name) {
-            Some(id) => {
+        {
+            let mut store = self.scratch.lock();
+            if let Some(id) = store.find(folder.id, name) {
                 store.remove(id);
-                Ok(())
+                return Ok(());
             }
-            None if render::is_reserved_instance_name(name) => Err(TreeError::ReadOnly(
-                "kvmfs's files cannot be removed; rmdir the instance",
-            )),
-            None => Err(TreeError::NotFound),
+        }
+        let view = self.cluster.view();
+        let r = self.resolve(parent, &view)?;
+        match self.child(&r, name)? {
+            Ino::InstanceFile(..) if self.owns(&view, &folder.name, uid) => Ok(()),
+            Ino::InstanceFile(..) => Err(ActionError::NotOwner(format!(
+                "instance {} is not yours",
+                folder.name
+            ))
+            .into()),
+            _ => Err(TreeError::NotFound),
         }
     }
 
@@ -421,7 +432,10 @@ impl Tree {
     }
 
     /// `chmod`/`chown`: scratch files take them (a new owner only from root); kvmfs's own
-    /// files accept only what they already have (editors restore modes after saving).
+    /// files accept only the owner and group they already have, and the mode they already
+    /// have — except that a managed instance's files take any mode from its owner (and root)
+    /// without changing: copy tools (`mc`, `cp -p`, `gio copy`) set the source's mode on
+    /// the `spec.json` they just wrote, which a committed spec has made read-only.
     pub fn set_attr(
         &self,
         ino: u64,
@@ -443,7 +457,11 @@ impl Tree {
             self.scratch.lock().set_attr(id, mode, new_uid, new_gid);
             return self.getattr(ino);
         }
-        let same = mode.is_none_or(|m| m == current.perm)
+        let mode_ignored = matches!(r.ino, Ino::InstanceFile(..))
+            && r.name.as_deref().is_some_and(|n| {
+                view.instances.get(n).is_some_and(|i| i.managed()) && self.owns(&view, n, caller)
+            });
+        let same = mode.is_none_or(|m| m == current.perm || mode_ignored)
             && new_uid.is_none_or(|u| u == current.uid)
             && new_gid.is_none_or(|g| g == current.gid);
         if same {
