@@ -25,10 +25,36 @@ pub struct HelperMount {
 /// The options of a filesystem that `mount(8)` and `mount.fuse3` pass on and kvmfs has no
 /// use for: every kvmfs mount is read-write, `nosuid` and `nodev` whatever they say.
 const IGNORED: &[&str] = &[
-    "rw", "defaults", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
-    "user", "nouser", "users", "owner", "group", "_netdev", "nofail", "atime", "noatime",
-    "relatime", "norelatime", "strictatime", "nostrictatime", "diratime", "nodiratime",
-    "lazytime", "nolazytime", "async", "silent", "loud",
+    "rw",
+    "defaults",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "_netdev",
+    "nofail",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "diratime",
+    "nodiratime",
+    "lazytime",
+    "nolazytime",
+    "async",
+    "silent",
+    "loud",
 ];
 
 /// The command line of a mount helper, if `argv` is one: the program called as
@@ -185,7 +211,9 @@ mod tests {
     fn bad_lines_are_refused_with_the_reason() {
         let err = |a: &[&str]| parse(&argv(a)).unwrap().unwrap_err();
         assert!(err(&["kvmfs", "kvmfs", "/c", "-o", "ro"]).contains("read-write"));
-        assert!(err(&["kvmfs", "kvmfs", "/c", "-o", "colour=red"]).contains("unknown option colour"));
+        assert!(
+            err(&["kvmfs", "kvmfs", "/c", "-o", "colour=red"]).contains("unknown option colour")
+        );
         assert!(err(&["kvmfs", "kvmfs", "/c", "-o", "config="]).contains("config=PATH"));
         assert!(err(&["mount.kvmfs", "/c"]).contains("SOURCE MOUNTPOINT"));
         assert!(err(&["kvmfs", "kvmfs", "/c", "-o"]).contains("-o needs"));

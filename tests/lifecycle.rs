@@ -496,60 +496,23 @@ fn editors_and_tools_save_spec_json() {
 
     // nano at a real terminal, with a backup file and a lock file.
     std::fs::create_dir(m.path("instances/nano1")).unwrap();
-    let sock = format!("kvmfs-test-{}", std::process::id());
-    let tmux = |args: &[&str]| {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&sock)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-    };
-    let dir = m.path("instances/nano1");
-    assert!(
-        tmux(&[
-            "new-session",
-            "-d",
-            "-x",
-            "100",
-            "-y",
-            "20",
-            "-c",
-            dir.to_str().unwrap(),
-            "nano -B --locking spec.json",
-        ])
-        .success()
+    let nano = tmux::Tmux::start(
+        "nano -B --locking spec.json",
+        &m.path("instances/nano1"),
+        &[],
+        100,
+        20,
     );
     // Keys go to nano once it shows its screen, and Enter once it asks for the file name.
-    let screen = || {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&sock)
-            .args(["capture-pane", "-p"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    wait_for(Duration::from_secs(20), "nano to show its screen", || {
-        screen().contains("^X")
-    });
-    assert!(tmux(&["send-keys", "-l", small]).success());
-    wait_for(
-        Duration::from_secs(10),
-        "nano to show what was typed",
-        || screen().contains("m1.small"),
-    );
-    assert!(tmux(&["send-keys", "C-o"]).success());
-    wait_for(
-        Duration::from_secs(10),
-        "nano to ask for the file name",
-        || screen().contains("File Name to Write"),
-    );
-    assert!(tmux(&["send-keys", "Enter"]).success());
+    nano.wait_for("^X");
+    nano.type_text(small);
+    nano.wait_for("m1.small");
+    nano.keys(&["C-o"]);
+    nano.wait_for("File Name to Write");
+    nano.keys(&["Enter"]);
     wait_status(&m, "nano1", "running");
-    assert!(tmux(&["send-keys", "C-x"]).success());
-    let _ = tmux(&["kill-server"]);
+    nano.keys(&["C-x"]);
+    drop(nano);
     assert_eq!(read(m.path("instances/nano1/spec.json")).trim_end(), small);
 
     // A script's atomic save: a temporary file renamed over spec.json.

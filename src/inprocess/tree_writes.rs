@@ -645,13 +645,31 @@ async fn a_reserved_name_cannot_be_created_and_its_unlink_changes_nothing() {
     // The owner's unlink of kvmfs's own files succeeds and removes nothing (so that `rm -r`
     // reaches the folder's rmdir); a name the folder does not hold is ENOENT, and only the
     // owner and root may do it.
-    for n in ["status", "spec.json", "error", "ctl", "info.json", "ip", "node"] {
+    for n in [
+        "status",
+        "spec.json",
+        "error",
+        "ctl",
+        "info.json",
+        "ip",
+        "node",
+    ] {
         assert_eq!(rig.tree.unlink(dir, os(n), OWNER), Ok(()), "{n}");
         assert_eq!(rig.tree.unlink(dir, os(n), 0), Ok(()), "{n} by root");
-        assert_eq!(eno(rig.tree.unlink(dir, os(n), OTHER)), Errno::EACCES, "{n}");
+        assert_eq!(
+            eno(rig.tree.unlink(dir, os(n), OTHER)),
+            Errno::EACCES,
+            "{n}"
+        );
     }
-    assert_eq!(eno(rig.tree.unlink(dir, os("ssh_key"), OWNER)), Errno::ENOENT);
-    assert_eq!(eno(rig.tree.unlink(dir, os("nothing"), OWNER)), Errno::ENOENT);
+    assert_eq!(
+        eno(rig.tree.unlink(dir, os("ssh_key"), OWNER)),
+        Errno::ENOENT
+    );
+    assert_eq!(
+        eno(rig.tree.unlink(dir, os("nothing"), OWNER)),
+        Errno::ENOENT
+    );
     assert_eq!(names_in(&rig, dir), before);
     assert!(
         rig.read("instances/web1/status")
@@ -1023,7 +1041,9 @@ async fn kvmfs_files_accept_their_own_owner_and_an_instances_files_any_mode_unch
     // Other kvmfs files keep the strict rule.
     let node_status = rig.ino("nodes/n1/status").unwrap();
     assert_eq!(
-        eno(rig.tree.set_attr(node_status, Some(0o666), None, None, ROOT)),
+        eno(rig
+            .tree
+            .set_attr(node_status, Some(0o666), None, None, ROOT)),
         Errno::EPERM
     );
 }

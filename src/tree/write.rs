@@ -335,11 +335,9 @@ impl Tree {
         let r = self.resolve(parent, &view)?;
         match self.child(&r, name)? {
             Ino::InstanceFile(..) if self.owns(&view, &folder.name, uid) => Ok(()),
-            Ino::InstanceFile(..) => Err(ActionError::NotOwner(format!(
-                "instance {} is not yours",
-                folder.name
-            ))
-            .into()),
+            Ino::InstanceFile(..) => {
+                Err(ActionError::NotOwner(format!("instance {} is not yours", folder.name)).into())
+            }
             _ => Err(TreeError::NotFound),
         }
     }

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod libvirtd;
+pub mod tmux;
 pub mod users;
 
 pub use kvmfs::testnode::SimNode;
