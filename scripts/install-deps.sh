@@ -26,7 +26,14 @@ PACKAGES=(
     pkg-config
     vim                         # the editor tests edit spec.json with vim and nano
     nano
-    tmux                        # drives nano at a terminal in the editor tests
+    tmux                        # drives nano, the menu and mc at a terminal in the tests
+    dialog                      # kvmfs menu
+    jq                          # kvmfs menu reads the tree's JSON with it
+    mc                          # the tests copy and delete instances with Midnight Commander
+    libglib2.0-bin              # gio: the tests copy and delete instances as file managers do
+    shellcheck                  # a test checks the menu script
+    systemd                     # systemd-analyze verify checks mount/kvmfs.service
+    procps                      # pgrep
     debootstrap                 # the lab's guest image (scripts/lab-image.sh)
     e2fsprogs                   # mkfs.ext4 -d for it; debugfs reads guest logs in the e2e test
     iproute2                    # the lab's network namespaces, bridges and veths

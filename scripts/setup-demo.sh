@@ -63,6 +63,7 @@ Try:
   ls $MP $MP/nodes $MP/instances $MP/networks
   cat $MP/nodes/kvm1/info.json
   cat $MP/instances/legacy-web/status
+  target/release/kvmfs menu $MP          (the dialog menu)
   ls -l $MP/nodes/kvm1/instances
 Unmount (the daemon then exits):
   fusermount3 -u $MP
