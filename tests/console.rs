@@ -5,9 +5,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::tmux::Tmux;
+use common::users::User;
 use common::*;
 
 /// A menu on the demo's mount, with its own temporary folder (checked empty at the end).
@@ -31,12 +33,27 @@ impl Menu {
     }
 
     fn on(m: Mounted, env: &[(&str, &str)]) -> Menu {
+        Self::as_user(m, env, None)
+    }
+
+    /// The menu run by `user` (root when `None`), through `setpriv`.
+    fn as_user(m: Mounted, env: &[(&str, &str)], user: Option<&User>) -> Menu {
         let tmp = tempfile::tempdir().unwrap();
         let mut all = vec![("TMPDIR", tmp.path().to_str().unwrap())];
         all.extend_from_slice(env);
+        let run_as = match user {
+            Some(u) => {
+                std::os::unix::fs::chown(tmp.path(), Some(u.uid), Some(u.gid)).unwrap();
+                format!(
+                    "setpriv --reuid={} --regid={} --clear-groups ",
+                    u.uid, u.gid
+                )
+            }
+            None => String::new(),
+        };
         let t = Tmux::start(
-            &format!("{KVMFS} menu {}", m.mnt.path().display()),
-            m.state.path(),
+            &format!("{run_as}{KVMFS} menu {}", m.mnt.path().display()),
+            Path::new("/"),
             &all,
             110,
             40,
@@ -54,8 +71,9 @@ impl Menu {
         list(self.m.path("instances"))
     }
 
-    /// Leaves the menu with 0 and checks it ended well and removed its temporary files.
-    fn exit(self) {
+    /// Leaves the menu with 0 and checks it ended well and removed its temporary files;
+    /// the mount stays.
+    fn exit(self) -> Mounted {
         self.item("0");
         assert_eq!(self.t.wait_exit(), 0);
         assert!(
@@ -63,6 +81,7 @@ impl Menu {
             "the menu left {:?} behind",
             list(self.tmp.path())
         );
+        self.m
     }
 }
 
@@ -164,7 +183,7 @@ fn the_menu_lists_instances_networks_and_nodes_and_exits_cleanly() {
         );
     }
     t.keys(&["Enter"]);
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -230,7 +249,7 @@ fn the_menu_creates_two_instances_at_once() {
         assert_eq!(spec["image"], "debian-12.qcow2");
     }
     t.keys(&["Enter"]);
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -264,7 +283,7 @@ fn the_menu_deletes_the_chosen_instances() {
     t.keys(&["Tab", "Enter"]);
     t.wait_for(MAIN);
     assert!(menu.instances().contains(&"d2".into()));
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -358,7 +377,7 @@ fn refusals_show_the_reason_and_go_back_to_their_step_leaving_nothing() {
         "m1.small"
     );
     t.keys(&["Enter"]);
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -389,7 +408,7 @@ fn cancel_at_each_step_of_a_create_leaves_nothing() {
         t.wait_for(MAIN);
         assert_eq!(menu.instances(), before, "after leaving at {screen:?}");
     }
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -418,7 +437,7 @@ fn the_menu_stops_and_starts_several_instances() {
     assert!(read(m.path("instances/p1/status")).starts_with("running"));
     assert!(read(m.path("instances/p2/status")).starts_with("shutoff"));
     t.keys(&["Enter"]);
-    menu.exit();
+    let _ = menu.exit();
 }
 
 #[test]
@@ -458,4 +477,83 @@ fn the_menu_script_passes_shellcheck() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn each_user_is_offered_only_their_own_instances() {
+    let m = Mounted::demo_with_args(&["--allow-other"]);
+    wait_online(&m, &["kvm1", "kvm2", "kvm3"]);
+    make(&m, "roots");
+    let alice = User::create("mena");
+    let bob = User::create("menb");
+    let dir = m.path("instances/hers");
+    let run = |u: &User, script: &str| {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", u.uid))
+            .arg(format!("--regid={}", u.gid))
+            .args(["--clear-groups", "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        &alice,
+        &format!("mkdir {0} && printf '{{}}' > {0}/spec.json", dir.display()),
+    );
+    wait_status(&m, "hers", "running");
+
+    // Bob has nothing to delete or stop, though he sees every instance in the lists.
+    let menu = Menu::as_user(m, &[], Some(&bob));
+    menu.item("4");
+    menu.t.wait_for("You have no kvmfs instances.");
+    menu.t.keys(&["Enter"]);
+    menu.item("1");
+    let s = menu.t.wait_for("Instances by node");
+    assert!(s.contains("hers") && s.contains("roots"), "{s}");
+    menu.t.keys(&["Enter"]);
+    // He makes one of his own.
+    let t = &menu.t;
+    menu.item("3");
+    t.wait_for("Placement would choose");
+    t.keys(&["Enter"]);
+    t.wait_for("Base image");
+    t.keys(&["Home", "Down", "Space", "Enter"]);
+    t.wait_for("Instance name:");
+    t.type_text("his");
+    t.keys(&["Enter"]);
+    t.wait_for("What is the instance for?");
+    t.keys(&["Home", "Down", "Space", "Enter"]);
+    t.wait_for("Resources");
+    t.keys(&["Enter"]);
+    t.wait_for("Disk size in GB");
+    t.keys(&["Enter"]);
+    t.wait_for("How many instances");
+    t.keys(&["Enter"]);
+    t.wait_for("Installation finished.");
+    t.keys(&["Enter"]);
+    let info = read_json(menu.m.path("instances/his/info.json"));
+    assert_eq!(info["owner_uid"], bob.uid);
+    assert_eq!(info["purpose"], "custom");
+    let m = menu.exit();
+
+    // Alice is offered hers and not root's, and deletes it.
+    let menu = Menu::as_user(m, &[], Some(&alice));
+    menu.item("4");
+    let s = menu.t.wait_for("Instances to delete");
+    assert!(
+        s.contains("hers") && !s.contains("roots") && !s.contains("his"),
+        "{s}"
+    );
+    menu.t.keys(&["Space", "Enter"]);
+    menu.t.wait_for("Delete these instances?");
+    menu.t.keys(&["Enter"]);
+    menu.t.wait_for("Deleted: hers");
+    menu.t.keys(&["Enter"]);
+    let m = menu.exit();
+    assert!(!list(m.path("instances")).contains(&"hers".to_string()));
+    assert!(list(m.path("instances")).contains(&"roots".to_string()));
 }

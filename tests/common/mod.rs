@@ -434,6 +434,11 @@ impl Mounted {
         Self::start(None)
     }
 
+    /// The embedded demo, with more `kvmfs mount` arguments.
+    pub fn demo_with_args(args: &[&str]) -> Mounted {
+        Self::start_with(None, args, &[], None)
+    }
+
     /// Mounts with a config file holding `toml`.
     pub fn with_config(toml: &str) -> Mounted {
         Self::start(Some(toml))
