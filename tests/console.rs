@@ -557,3 +557,28 @@ fn each_user_is_offered_only_their_own_instances() {
     assert!(!list(m.path("instances")).contains(&"hers".to_string()));
     assert!(list(m.path("instances")).contains(&"roots".to_string()));
 }
+
+#[test]
+fn leaving_by_esc_or_a_closed_terminal_removes_the_temporary_files() {
+    // ESC at the main menu leaves it.
+    let menu = Menu::start();
+    menu.t.wait_for(MAIN);
+    menu.t.keys(&["Escape"]);
+    assert_eq!(menu.t.wait_exit(), 0);
+    assert!(list(menu.tmp.path()).is_empty());
+
+    // The terminal closed in the middle of a list: the menu's files go with it.
+    let menu = Menu::on(menu.m, &[]);
+    menu.item("1");
+    menu.t.wait_for("Instances by node");
+    assert!(
+        !list(menu.tmp.path()).is_empty(),
+        "the list is in a temporary file"
+    );
+    menu.t.close();
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the menu to remove its temporary folder",
+        || list(menu.tmp.path()).is_empty(),
+    );
+}

@@ -114,6 +114,17 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// Closes the terminal, as closing its window does: the program gets SIGHUP.
+    pub fn close(&self) {
+        let _ = self
+            .tmux()
+            .args(["kill-session", "-t", "main"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self
