@@ -91,14 +91,25 @@ impl Tmux {
         })
     }
 
-    /// Waits until `cond` holds for the screen, and returns it.
+    /// Waits until the screen shows every one of `texts`, and returns it.
+    pub fn wait_for_all(&self, texts: &[&str]) -> String {
+        self.wait_until(&format!("the screen to show all of {texts:?}"), |s| {
+            texts.iter().all(|t| s.contains(t))
+        })
+    }
+
+    /// Waits until `cond` holds for the screen and the screen has settled (two captures
+    /// 50 ms apart are the same: a program may be caught halfway through drawing a box),
+    /// and returns it.
     pub fn wait_until(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
+        let mut last = String::new();
         loop {
             let s = self.screen();
-            if cond(&s) {
+            if cond(&s) && s == last {
                 return s;
             }
+            last = s.clone();
             if start.elapsed() > SCREEN_WAIT {
                 panic!("timed out after {SCREEN_WAIT:?} waiting for {what}; the screen:\n{s}");
             }

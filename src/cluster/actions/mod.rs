@@ -176,9 +176,14 @@ impl Cluster {
             });
         };
         let Some(row) = inst.row.as_deref().cloned() else {
-            return Err(ActionError::NotOwner(format!(
-                "instance {name} is not managed by kvmfs; it is left alone"
-            )));
+            // A file opened on a managed instance whose row is gone: that incarnation was
+            // deleted, whatever domain of the name a node shows now.
+            return Err(match incarnation {
+                Some(_) => ActionError::Stale(format!("instance {name} was deleted")),
+                None => ActionError::NotOwner(format!(
+                    "instance {name} is not managed by kvmfs; it is left alone"
+                )),
+            });
         };
         if incarnation.is_some_and(|i| i != row.incarnation) {
             return Err(ActionError::Stale(format!(
