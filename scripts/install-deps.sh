@@ -22,6 +22,8 @@ PACKAGES=(
     fuse3                       # fusermount3
     mariadb-server              # tests start throwaway MariaDB servers
     mariadb-client
+    galera-4                    # tests/galera.rs starts a three-server Galera cluster
+    rsync                       # its joining servers copy their state with rsync
     genisoimage                 # isoinfo: the tests read kvmfs's seed images back
     pkg-config
     vim                         # the editor tests edit spec.json with vim and nano

@@ -238,8 +238,14 @@ fn demo_networks() -> Vec<NetworkConfig> {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `mysql://user:pass@host:3306/db` or `sqlite:///abs/path.db`.
+    /// `mysql://user:pass@host:3306/db` or `sqlite:///abs/path.db`. With `urls`, the first
+    /// of them.
+    #[serde(default)]
     pub url: String,
+    /// The servers of one Galera cluster, in order of preference (see `db::galera`): kvmfs
+    /// uses one and moves to the next that answers when it fails.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// A MariaDB/MySQL replica of `url` that kvmfs fails over to when the primary is gone
     /// and the replica is promoted (see `db::failover`).
     #[serde(default)]
@@ -250,6 +256,7 @@ impl DatabaseConfig {
     /// Whether a URL here carries a password (`scheme://user:password@host/…`).
     pub fn holds_password(&self) -> bool {
         std::iter::once(&self.url)
+            .chain(&self.urls)
             .chain(&self.replica_url)
             .any(|u| url_password(u).is_some_and(|p| !p.is_empty()))
     }
@@ -273,6 +280,10 @@ impl std::fmt::Debug for DatabaseConfig {
         };
         f.debug_struct("DatabaseConfig")
             .field("url", &hide(&self.url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| hide(u)).collect::<Vec<_>>(),
+            )
             .field("replica_url", &self.replica_url.as_deref().map(hide))
             .finish()
     }
@@ -492,9 +503,22 @@ impl Config {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let database = match file.database {
-            Some(d) => d,
+            Some(mut d) => {
+                if let Some(first) = d.urls.first() {
+                    if !d.url.is_empty() {
+                        return Err(ConfigError::Invalid(
+                            "database: set url (one server) or urls (the servers of a Galera \
+                             cluster), not both"
+                                .into(),
+                        ));
+                    }
+                    d.url = first.clone();
+                }
+                d
+            }
             None => DatabaseConfig {
                 url: sqlite_url(&state_dir.join("kvmfs.db")),
+                urls: Vec::new(),
                 replica_url: None,
             },
         };
@@ -529,6 +553,7 @@ impl Config {
         let cfg = Config {
             database: DatabaseConfig {
                 url: sqlite_url(&state_dir.join("kvmfs.db")),
+                urls: Vec::new(),
                 replica_url: None,
             },
             state_dir,
@@ -615,6 +640,36 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "timing values must be > 0 (worker_lease_ms at least 1000)".into(),
             ));
+        }
+        if self.database.url.is_empty() {
+            return Err(ConfigError::Invalid(
+                "database: url (or urls) is needed; leave [database] out for the embedded \
+                 SQLite database"
+                    .into(),
+            ));
+        }
+        if !self.database.urls.is_empty() {
+            let mysql = |u: &str| u.starts_with("mysql://") || u.starts_with("mariadb://");
+            if !self.database.urls.iter().all(|u| mysql(u)) {
+                return Err(ConfigError::Invalid(
+                    "database.urls must all start with mysql:// or mariadb:// (the servers \
+                     of one Galera cluster)"
+                        .into(),
+                ));
+            }
+            let distinct: std::collections::HashSet<&String> = self.database.urls.iter().collect();
+            if distinct.len() != self.database.urls.len() {
+                return Err(ConfigError::Invalid(
+                    "database.urls names a server twice".into(),
+                ));
+            }
+            if self.database.replica_url.is_some() {
+                return Err(ConfigError::Invalid(
+                    "database: replica_url is for a primary and its replica; the servers of a \
+                     Galera cluster (urls) need no failover"
+                        .into(),
+                ));
+            }
         }
         if !(self.database.url.starts_with("mysql://")
             || self.database.url.starts_with("mariadb://")
@@ -708,6 +763,34 @@ mod tests {
     }
 
     #[test]
+    fn galera_urls_are_checked_and_passwords_never_printed() {
+        let base = "[[node]]\nname='a'\nuri='test:///default'\n";
+        let ok = format!(
+            "[database]\nurls=['mysql://k:pw1@g1/kvmfs', 'mysql://k:pw2@g2/kvmfs']\n{base}"
+        );
+        let c = Config::parse(&ok, Path::new("x"), None).unwrap();
+        assert_eq!(c.database.url, "mysql://k:pw1@g1/kvmfs");
+        assert_eq!(c.database.urls.len(), 2);
+        assert!(c.database.holds_password());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("pw1") && !dbg.contains("pw2"), "{dbg}");
+        for (bad, says) in [
+            ("url='mysql://g0/k'\nurls=['mysql://g1/k']", "not both"),
+            ("urls=['mysql://g1/k', 'sqlite:///x.db']", "database.urls"),
+            ("urls=['mysql://g1/k', 'mysql://g1/k']", "twice"),
+            (
+                "urls=['mysql://g1/k', 'mysql://g2/k']\nreplica_url='mysql://r/k'",
+                "replica_url",
+            ),
+            ("replica_url='mysql://r/k'", "url (or urls) is needed"),
+        ] {
+            let e = Config::parse(&format!("[database]\n{bad}\n{base}"), Path::new("x"), None)
+                .unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn replica_urls_are_checked_and_passwords_never_printed() {
         let base = "[[node]]\nname='a'\nuri='test:///default'\n";
         let ok = format!(
@@ -736,6 +819,7 @@ mod tests {
         ] {
             let d = DatabaseConfig {
                 url: url.into(),
+                urls: Vec::new(),
                 replica_url: None,
             };
             assert_eq!(d.holds_password(), pw, "{url}");

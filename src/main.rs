@@ -245,6 +245,14 @@ fn run_daemon(args: &MountArgs, readiness: &mut Readiness) -> anyhow::Result<()>
         .build()?;
     let cluster = rt.block_on(async {
         let db = match &cfg.database.replica_url {
+            None if !cfg.database.urls.is_empty() => {
+                Db::connect_cluster(
+                    &cfg.database.urls,
+                    cfg.timing.db_timeout(),
+                    cfg.timing.refresh(),
+                )
+                .await
+            }
             None => Db::connect(&cfg.database.url, cfg.timing.db_timeout()).await,
             Some(replica) => {
                 Db::connect_with_replica(

@@ -61,6 +61,7 @@ impl Db {
             match r {
                 Ok(_) => return Ok(addr),
                 Err(DbError::Conflict(_)) => continue,
+                Err(e) if e.is_retryable() => continue,
                 Err(e) => return Err(e),
             }
         }

@@ -130,12 +130,7 @@ impl Failover {
 
     /// `before_acquire`: a connection opened before the switch may lead to the old primary.
     pub(super) fn connection_is_current(&self, age: Duration) -> bool {
-        let Some(switched) = self.state.lock().switched_at else {
-            return true;
-        };
-        Instant::now()
-            .checked_sub(age)
-            .is_some_and(|opened| opened > switched)
+        super::opened_after(self.state.lock().switched_at, age)
     }
 
     /// `after_connect`: after the switch, a new connection must reach the replica's server.

@@ -5,6 +5,7 @@
 
 mod addresses;
 mod failover;
+mod galera;
 #[macro_use]
 mod rows;
 mod vm;
@@ -68,6 +69,11 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::Database(ref d) if d.is_unique_violation() => {
                 DbError::Conflict(d.message().to_string())
             }
+            // Error 1047: a Galera server out of the cluster's primary component takes no
+            // statements; to kvmfs it is as good as gone.
+            sqlx::Error::Database(ref d) if d.code().as_deref() == Some("08S01") => {
+                DbError::Unavailable(e.to_string())
+            }
             sqlx::Error::Database(ref d) => DbError::Refused {
                 code: d.code().map(|c| c.into_owned()),
                 message: e.to_string(),
@@ -75,6 +81,30 @@ impl From<sqlx::Error> for DbError {
             other => DbError::Query(other.to_string()),
         }
     }
+}
+
+impl DbError {
+    /// A deadlock, or a Galera certification conflict with a transaction committed on
+    /// another server (error 1213, SQLSTATE 40001): the transaction was rolled back and
+    /// may simply run again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DbError::Refused { code: Some(c), .. } if c == "40001")
+    }
+}
+
+/// How many times a transaction runs when it keeps conflicting (see `Db::transaction`);
+/// every attempt also counts against the one deadline of the call.
+const TX_ATTEMPTS: u32 = 10;
+
+/// Whether a connection `age` old was opened after `switched` (a move of the pool to
+/// another server), so that it cannot lead to the server before.
+fn opened_after(switched: Option<std::time::Instant>, age: Duration) -> bool {
+    let Some(switched) = switched else {
+        return true;
+    };
+    std::time::Instant::now()
+        .checked_sub(age)
+        .is_some_and(|opened| opened > switched)
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -94,6 +124,8 @@ pub struct Db {
     display_url: String,
     /// Set when a replica is configured (see `failover`).
     failover: Option<Arc<failover::Failover>>,
+    /// Set when the servers of a Galera cluster are configured (see `galera`).
+    galera: Option<Arc<galera::Servers>>,
     /// The last `vm.rev` stamp this daemon wrote or saw (see `next_rev`).
     rev_clock: Arc<AtomicI64>,
     /// Set while statements cannot reach the database (see `gate`).
@@ -162,6 +194,7 @@ impl Db {
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
             failover: None,
+            galera: None,
             rev_clock: Arc::new(AtomicI64::new(0)),
             down: Arc::default(),
         })
@@ -179,15 +212,6 @@ impl Db {
     ) -> Result<Db, DbError> {
         install_default_drivers();
         let display_url = redact_url(url);
-        let options = |u: &str| {
-            u.parse::<AnyConnectOptions>().map_err(|e| {
-                DbError::Unavailable(format!(
-                    "{}: {}",
-                    redact_url(u),
-                    redact_message(&e.to_string())
-                ))
-            })
-        };
         let fo = Arc::new(failover::Failover::new(
             display_url.clone(),
             redact_url(replica_url),
@@ -231,6 +255,45 @@ impl Db {
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
             failover: Some(fo),
+            galera: None,
+            rev_clock: Arc::new(AtomicI64::new(0)),
+            down: Arc::default(),
+        })
+    }
+
+    /// Opens a pool to the servers of one Galera cluster, `urls` in order of preference
+    /// (see `galera`): the first that answers, and later the next that answers when a
+    /// watcher, checking every `every` and at once when a statement finds the server gone,
+    /// finds it failing.
+    pub async fn connect_cluster(
+        urls: &[String],
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Db, DbError> {
+        install_default_drivers();
+        let servers = urls
+            .iter()
+            .map(|u| Ok((redact_url(u), options(u)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let servers = Arc::new(galera::Servers::new(servers, timeout));
+        let s = servers.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(timeout)
+            .before_acquire(move |_conn, meta| {
+                let current = s.connection_is_current(meta.age);
+                Box::pin(async move { Ok(current) })
+            })
+            .connect_lazy_with(servers.first_options());
+        servers.start(&pool).await?;
+        tokio::spawn(servers.clone().watch(pool.clone(), every));
+        Ok(Db {
+            pool,
+            timeout,
+            alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            display_url: redact_url(&urls[0]),
+            failover: None,
+            galera: Some(servers),
             rev_clock: Arc::new(AtomicI64::new(0)),
             down: Arc::default(),
         })
@@ -243,9 +306,10 @@ impl Db {
 
     /// An error of the active database, with what is known about the replica.
     fn explain(&self, e: DbError) -> DbError {
-        match &self.failover {
-            Some(f) => f.explain(e),
-            None => e,
+        match (&self.failover, &self.galera) {
+            (Some(f), _) => f.explain(e),
+            (None, Some(g)) => g.explain(e),
+            (None, None) => e,
         }
     }
 
@@ -255,8 +319,9 @@ impl Db {
 
     /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
-        match &self.failover {
-            Some(f) if f.on_replica() => &f.replica_url,
+        match (&self.failover, &self.galera) {
+            (Some(f), _) if f.on_replica() => &f.replica_url,
+            (_, Some(g)) => g.current_url(),
             _ => &self.display_url,
         }
     }
@@ -276,6 +341,37 @@ impl Db {
     ) -> Result<T, DbError> {
         let r = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(|e| self.sql_err(e)),
+            Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
+        };
+        self.note(&r);
+        r
+    }
+
+    /// Runs one transaction, `attempt`, within the deadline, and again when it conflicts with
+    /// another (a deadlock, or on Galera a conflict with a transaction committed on another
+    /// server, reported at commit): at most `TX_ATTEMPTS` times, after a short random pause
+    /// that grows, so that two daemons placing at once settle rather than collide again.
+    /// `attempt` must be a whole transaction: a rolled-back attempt leaves nothing behind.
+    async fn transaction<T, F, Fut>(&self, mut attempt: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let work = async {
+            let mut tries = 1;
+            loop {
+                match attempt().await {
+                    Err(e) if e.is_retryable() && tries < TX_ATTEMPTS => {
+                        tracing::debug!(error = %e, attempt = tries, "transaction conflicted; running it again");
+                        tokio::time::sleep(conflict_pause(tries)).await;
+                        tries += 1;
+                    }
+                    r => return r,
+                }
+            }
+        };
+        let r = match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r.map_err(|e| self.explain(e)),
             Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
         };
         self.note(&r);
@@ -354,7 +450,30 @@ impl Db {
         if let Some(f) = &self.failover {
             f.close().await;
         }
+        if let Some(g) = &self.galera {
+            g.close().await;
+        }
     }
+}
+
+/// The connect options of a MariaDB/MySQL URL; an error without its password.
+fn options(url: &str) -> Result<AnyConnectOptions, DbError> {
+    url.parse::<AnyConnectOptions>().map_err(|e| {
+        DbError::Unavailable(format!(
+            "{}: {}",
+            redact_url(url),
+            redact_message(&e.to_string())
+        ))
+    })
+}
+
+/// The pause before attempt `tries + 1` of a conflicting transaction: random, up to
+/// 2^tries ms (at most 256 ms).
+fn conflict_pause(tries: u32) -> Duration {
+    let mut b = [0u8; 2];
+    let r = crate::random::fill(&mut b).map_or(0, |()| u64::from(u16::from_le_bytes(b)));
+    let most = 1u64 << tries.min(8);
+    Duration::from_millis(1 + r % most)
 }
 
 pub fn unix_now() -> i64 {

@@ -120,32 +120,29 @@ impl Db {
         worker: &str,
         b: &BuildRow<'_>,
         domains: &[(&str, &str)],
-        choose: impl FnOnce(&Loads) -> Result<String, E>,
+        choose: impl Fn(&Loads) -> Result<String, E>,
     ) -> Result<(String, i64), E> {
         let owner = i64::from(owner);
-        let work = async {
-            let mut tx = self.pool.begin().await.map_err(|e| self.sql_err(e))?;
+        let choose = &choose;
+        // One attempt of the transaction; `transaction` runs it again on a conflict.
+        let attempt = move || async move {
+            let mut tx = self.pool.begin().await?;
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| self.sql_err(e))?;
+                .await?;
             let rows = sqlx::query(
                 "SELECT hostname, CAST(SUM(COALESCE(vcpus, 0)) AS SIGNED), \
                  CAST(SUM(COALESCE(ram, 0)) AS SIGNED) FROM vm WHERE hostname IS NOT NULL \
                  AND state IN ('building', 'ready', 'deleting') GROUP BY hostname",
             )
             .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.sql_err(e))?;
+            .await?;
             let mut loads = Loads::default();
             for r in &rows {
                 let n = |i: usize| -> Result<u64, DbError> {
-                    Ok(
-                        u64::try_from(r.try_get::<i64, _>(i).map_err(|e| self.sql_err(e))?)
-                            .unwrap_or(0),
-                    )
+                    Ok(u64::try_from(r.try_get::<i64, _>(i)?).unwrap_or(0))
                 };
-                let node: String = r.try_get(0).map_err(|e| self.sql_err(e))?;
+                let node: String = r.try_get(0)?;
                 loads.by_node.insert(node, (n(1)?, n(2)?));
             }
             for (node, domain) in domains {
@@ -156,8 +153,7 @@ impl Db {
                 .bind(*domain)
                 .bind(*node)
                 .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| self.sql_err(e))?;
+                .await?;
                 if found.is_some() {
                     loads.managed.insert((node.to_string(), domain.to_string()));
                 }
@@ -171,11 +167,10 @@ impl Db {
                 )
                 .bind(owner)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| self.sql_err(e))?;
+                .await?;
                 let mut sums = [0i64; 3];
                 for (i, v) in sums.iter_mut().enumerate() {
-                    *v = held.try_get::<i64, _>(i).map_err(|e| self.sql_err(e))?;
+                    *v = held.try_get::<i64, _>(i)?;
                 }
                 check_quota(owner, quota, sums, b)?;
             }
@@ -207,17 +202,14 @@ impl Db {
             .bind(incarnation)
             .execute(&mut *tx)
             .await
-            .map_err(|e| self.sql_err(e))?;
+            ?;
             if n.rows_affected() == 0 {
                 let now = sqlx::query("SELECT incarnation FROM vm WHERE vmname = ?")
                     .bind(name)
                     .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| self.sql_err(e))?;
+                    .await?;
                 let same = match &now {
-                    Some(r) => {
-                        r.try_get::<String, _>(0).map_err(|e| self.sql_err(e))? == incarnation
-                    }
+                    Some(r) => r.try_get::<String, _>(0)? == incarnation,
                     None => false,
                 };
                 return Err(if same {
@@ -231,16 +223,10 @@ impl Db {
                     ))
                 });
             }
-            tx.commit().await.map_err(|e| self.sql_err(e))?;
-            Ok(Ok((node, rev)))
+            tx.commit().await?;
+            Ok::<Result<(String, i64), E>, DbError>(Ok((node, rev)))
         };
-        let r: Result<Result<(String, i64), E>, DbError> =
-            match tokio::time::timeout(self.timeout, work).await {
-                Ok(r) => r,
-                Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
-            };
-        self.note(&r);
-        r.map_err(E::from)?
+        self.transaction(attempt).await.map_err(E::from)?
     }
 
     /// Records that `part` of instance `name` exists (or may exist) on its node, or that it
@@ -321,7 +307,9 @@ impl Db {
     /// Undoes a failed build in the database: addresses released, node and keys cleared,
     /// the reason kept in `error`. The instance can be given a new spec.
     pub async fn fail_build(&self, name: &str, error: &str, left: Made) -> Result<(), DbError> {
-        self.bounded(async {
+        let left = left.to_string();
+        let left = left.as_str();
+        self.transaction(move || async move {
             let mut tx = self.pool.begin().await?;
             release_addresses(&mut tx, name).await?;
             sqlx::query(
@@ -331,13 +319,13 @@ impl Db {
             )
             .bind(self.next_rev())
             .bind(error)
-            .bind(left.to_string())
-            .bind(left.to_string())
+            .bind(left)
+            .bind(left)
             .bind(unix_now())
             .bind(name)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await
+            tx.commit().await.map_err(DbError::from)
         })
         .await
     }
@@ -405,14 +393,14 @@ impl Db {
 
     /// Deletes the row and releases its addresses, in one transaction.
     pub async fn delete_vm(&self, name: &str) -> Result<(), DbError> {
-        self.bounded(async {
+        self.transaction(move || async move {
             let mut tx = self.pool.begin().await?;
             release_addresses(&mut tx, name).await?;
             sqlx::query("DELETE FROM vm WHERE vmname = ?")
                 .bind(name)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await
+            tx.commit().await.map_err(DbError::from)
         })
         .await
     }

@@ -8,7 +8,7 @@ impl Db {
     /// Records a configured node in `host`, as the original `makevm.sh` did on first use.
     pub async fn register_host(&self, hostname: &str, ip: &str, uri: &str) -> Result<(), DbError> {
         let now = unix_now();
-        self.bounded(async {
+        self.transaction(move || async move {
             let mut tx = self.pool.begin().await?;
             let updated = sqlx::query("UPDATE host SET ip = ?, uri = ? WHERE hostname = ?")
                 .bind(ip)
@@ -28,7 +28,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await
+            tx.commit().await.map_err(DbError::from)
         })
         .await
     }
@@ -50,7 +50,7 @@ impl Db {
     /// Records that daemon `id` is alive (its `worker` row, created on first use).
     pub async fn heartbeat(&self, id: &str, description: &str) -> Result<(), DbError> {
         let now = unix_now();
-        self.bounded(async {
+        self.transaction(move || async move {
             let mut tx = self.pool.begin().await?;
             let updated = sqlx::query("UPDATE worker SET heartbeat_at = ? WHERE id = ?")
                 .bind(now)
@@ -70,7 +70,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await
+            tx.commit().await.map_err(DbError::from)
         })
         .await
     }

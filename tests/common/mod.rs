@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod galera;
 pub mod libvirtd;
 pub mod tmux;
 pub mod users;
@@ -370,9 +371,12 @@ fn spawn_mariadbd(dir: &Path, port: u16, args: &[String]) -> Child {
         .open(dir.join("server.log"))
         .expect("log");
     let mut cmd = Command::new("mariadbd");
-    cmd.arg("--no-defaults")
-        .arg("--user=root")
-        .arg(format!("--datadir={}", dir.join("data").display()))
+    cmd.arg("--no-defaults");
+    // mariadbd keeps the first --user it is given.
+    if !args.iter().any(|a| a.starts_with("--user=")) {
+        cmd.arg("--user=root");
+    }
+    cmd.arg(format!("--datadir={}", dir.join("data").display()))
         .arg(format!("--socket={}", dir.join("sock").display()))
         .arg(format!("--port={port}"))
         .arg("--bind-address=127.0.0.1")
