@@ -21,6 +21,12 @@
 //!
 //! It runs once at start and then every `timing.reconcile_ms`; the heartbeat is written
 //! every sixth of the lease (`timing.worker_lease_ms`).
+//!
+//! Several daemons on one database reconcile once, not once each: the one holding the
+//! reconciliation lease (table `reconcile_lease`, renewed with the heartbeat, taken by
+//! another once it is a lease old) does all of the above. The others only finish their own
+//! abandoned operations (after a restart), which no other daemon would take while they
+//! beat.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -68,12 +74,33 @@ impl Cluster {
         let heartbeat = self.cfg.timing.worker_lease() / 6;
         let mut next_reconcile = tokio::time::Instant::now();
         let mut noticed_before = HashSet::new();
+        let lease = i64::try_from(self.cfg.timing.worker_lease().as_secs()).unwrap_or(i64::MAX);
+        let mut leading = false;
         loop {
             if let Err(e) = self.db.heartbeat(&self.worker_id, &description).await {
                 tracing::debug!(error = %e, "cannot write the heartbeat");
             }
+            let leads = match self.db.hold_reconcile_lease(&self.worker_id, lease).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot renew the reconciliation lease");
+                    false
+                }
+            };
+            if leads != leading {
+                tracing::info!(
+                    worker = %self.worker_id,
+                    "{}",
+                    if leads {
+                        "this daemon now reconciles for every daemon on the database"
+                    } else {
+                        "another daemon reconciles now; this one finishes only its own work"
+                    }
+                );
+                leading = leads;
+            }
             if tokio::time::Instant::now() >= next_reconcile {
-                let report = self.reconcile().await;
+                let report = self.reconcile_as(leads).await;
                 log_report(&report, &mut noticed_before);
                 next_reconcile = tokio::time::Instant::now() + period;
             }
@@ -91,8 +118,14 @@ impl Cluster {
             .is_some_and(|t| crate::db::unix_now() - t <= lease))
     }
 
-    /// One reconciliation round (see the module note).
+    /// One reconciliation round as the lease holder (see the module note).
     pub async fn reconcile(self: &Arc<Self>) -> Report {
+        self.reconcile_as(true).await
+    }
+
+    /// One reconciliation round; without the lease (`leading` false), only of this
+    /// daemon's own abandoned operations.
+    pub async fn reconcile_as(self: &Arc<Self>, leading: bool) -> Report {
         let mut report = Report::default();
         let (rows, beats) = match (self.db.list_vms().await, self.db.heartbeats().await) {
             (Ok(r), Ok(b)) => (r, b),
@@ -105,6 +138,7 @@ impl Cluster {
         let lease = i64::try_from(self.cfg.timing.worker_lease().as_secs()).unwrap_or(i64::MAX);
         let dead = |row: &InstanceRecord| match row.worker.as_deref() {
             Some(w) if w == self.worker_id => true,
+            _ if !leading => false,
             Some(w) => beats.get(w).is_none_or(|t| now - t > lease),
             None => now - row.updated_at > lease,
         };
@@ -120,6 +154,9 @@ impl Cluster {
                 tracing::warn!(instance = %row.name, error = %e, "cannot recover the interrupted operation yet");
                 report.waiting.push(row.name.clone());
             }
+        }
+        if !leading {
+            return report;
         }
         // What failed builds could not remove, once their nodes answer.
         for row in rows

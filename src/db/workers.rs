@@ -85,4 +85,44 @@ impl Db {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(DbError::from)
     }
+
+    /// Takes or renews the reconciliation lease for daemon `id` until `lease_secs` from
+    /// now: it is free, expired, or already `id`'s. Whether `id` holds it.
+    pub async fn hold_reconcile_lease(&self, id: &str, lease_secs: i64) -> Result<bool, DbError> {
+        self.transaction(move || async move {
+            let now = unix_now();
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "UPDATE reconcile_lease SET holder = ?, expires_at = ? \
+                 WHERE id = 1 AND (holder = ? OR expires_at < ?)",
+            )
+            .bind(id)
+            .bind(now.saturating_add(lease_secs))
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let holder: String = sqlx::query("SELECT holder FROM reconcile_lease WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            tx.commit().await?;
+            Ok::<bool, DbError>(holder == id)
+        })
+        .await
+    }
+
+    /// The daemon holding the reconciliation lease and until when (unix seconds).
+    pub async fn reconcile_lease(&self) -> Result<(String, i64), DbError> {
+        let row = self
+            .bounded(
+                sqlx::query("SELECT holder, expires_at FROM reconcile_lease WHERE id = 1")
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok((
+            row.try_get(0).map_err(DbError::from)?,
+            row.try_get(1).map_err(DbError::from)?,
+        ))
+    }
 }

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod galera;
+pub mod lan;
 pub mod libvirtd;
 pub mod tmux;
 pub mod users;
@@ -216,6 +217,26 @@ impl MariaDb {
             || db.sql_try("SELECT 1").is_ok(),
         );
         db
+    }
+
+    /// Starts a server that also listens on `addr`, whose `kvmfs` user may also connect
+    /// from the hosts `pattern` matches (e.g. `10.77.3.%`).
+    pub fn start_listening_on(addr: &str, pattern: &str) -> MariaDb {
+        let db = Self::install(vec![
+            "--skip-log-bin".into(),
+            format!("--bind-address=127.0.0.1,{addr}"),
+        ]);
+        db.create_kvmfs();
+        db.sql(&format!(
+            "CREATE USER 'kvmfs'@'{pattern}' IDENTIFIED BY 'kvmfs-test-pw'; \
+             GRANT ALL ON kvmfs.* TO 'kvmfs'@'{pattern}';"
+        ));
+        db
+    }
+
+    /// `url` with the server reached at `addr`.
+    pub fn url_at(&self, addr: &str) -> String {
+        format!("mysql://kvmfs:kvmfs-test-pw@{addr}:{}/kvmfs", self.port)
     }
 
     fn create_kvmfs(&self) {
@@ -464,6 +485,11 @@ impl Mounted {
     /// of its own, and its FUSE mount would be invisible here.
     pub fn with_config_in_netns(toml: &str, netns: &str) -> Mounted {
         Self::start_with(Some(toml), &[], &[], Some(netns))
+    }
+
+    /// As `with_config_in_netns`, with more environment for the daemon.
+    pub fn with_config_env_in_netns(toml: &str, env: &[(&str, &str)], netns: &str) -> Mounted {
+        Self::start_with(Some(toml), &[], env, Some(netns))
     }
 
     fn start(toml: Option<&str>) -> Mounted {
