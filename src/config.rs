@@ -354,6 +354,10 @@ pub struct TimingConfig {
     /// deletes it was running for abandoned (another daemon on the database takes them
     /// over). It writes its own heartbeat every sixth of this.
     pub worker_lease_ms: u64,
+    /// How often a node that delivers domain events is still listed whole (its domains and
+    /// its pool): a consistency check. Between, it is polled for its own numbers only and
+    /// its domains follow the events.
+    pub full_poll_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -366,6 +370,7 @@ impl Default for TimingConfig {
             kernel_cache_ms: 60_000,
             reconcile_ms: 30_000,
             worker_lease_ms: 30_000,
+            full_poll_ms: 60_000,
         }
     }
 }
@@ -391,6 +396,9 @@ impl TimingConfig {
     }
     pub fn worker_lease(&self) -> Duration {
         Duration::from_millis(self.worker_lease_ms)
+    }
+    pub fn full_poll(&self) -> Duration {
+        Duration::from_millis(self.full_poll_ms)
     }
 }
 
@@ -635,6 +643,7 @@ impl Config {
             || t.db_timeout_ms == 0
             || t.op_timeout_ms == 0
             || t.reconcile_ms == 0
+            || t.full_poll_ms == 0
             || t.worker_lease_ms < 1000
         {
             return Err(ConfigError::Invalid(

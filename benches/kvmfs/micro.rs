@@ -98,6 +98,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
         updated_at: Some(SystemTime::now()),
         domains_epoch: 0,
         polls: 0,
+        full_poll: None,
     };
     let runs = if opts.quick { 200 } else { 2000 };
     let measure = |name: &str, runs: usize, f: &mut dyn FnMut()| match how {

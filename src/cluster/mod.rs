@@ -184,6 +184,7 @@ impl Cluster {
                 updated_at: None,
                 domains_epoch: 0,
                 polls: 0,
+                full_poll: None,
             })
             .collect();
         let (changes, _) = watch::channel(0);

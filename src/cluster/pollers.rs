@@ -10,7 +10,7 @@ use super::Cluster;
 use super::calls::CallError;
 use super::view::{NodeStatus, RowMap};
 use crate::db::{InstanceRecord, VmFingerprint};
-use crate::hv::DomainProbe;
+use crate::hv::{DomainProbe, ProbeScope};
 
 /// A database poll reads every row at least every this many polls, whatever the
 /// fingerprint says (see `poll_db`).
@@ -20,6 +20,31 @@ pub(super) const FULL_READ_EVERY: u32 = 10;
 /// re-read the volumes they make or remove by name, so the listing only has to catch what
 /// others did to the pool.
 pub(super) const POOL_EVERY: u64 = 10;
+
+/// What a poll of a node reads. A node without events (or asked `whole`) lists its domains
+/// every poll and its pool every `POOL_EVERY` polls, as ever. A node that delivers domain
+/// events is listed whole only when its events connection is not the one of its last whole
+/// listing (the first, or events may have been missed since), or `full_poll` has passed
+/// since: the consistency check; between, the poll reads its own numbers only.
+pub(super) fn scope_of(
+    st: &super::view::NodeState,
+    events: Option<u64>,
+    whole: bool,
+    full_poll: Duration,
+) -> ProbeScope {
+    let listed = st.probe.as_ref().is_some_and(|p| p.volumes.is_some());
+    let due = match (events, st.full_poll) {
+        (None, _) | (_, None) => true,
+        (Some(e), Some((at_last, when))) => at_last != Some(e) || when.elapsed() >= full_poll,
+    };
+    if whole || !listed || (due && events.is_some()) {
+        return ProbeScope::ALL;
+    }
+    ProbeScope {
+        domains: due,
+        pool: due && st.polls.is_multiple_of(POOL_EVERY),
+    }
+}
 
 /// After a timed-out call, wait this long before trying the node again.
 pub(super) const RETRY_AFTER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -200,19 +225,27 @@ impl Cluster {
         }
     }
 
-    /// Polls node `i` once; returns how long to back off when the node timed out.
+    /// Polls node `i` once, whole or for its own numbers only (see `scope_of`); returns how
+    /// long to back off when the node timed out.
     pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {
+        self.poll_node_as(i, false).await
+    }
+
+    /// Polls node `i` once, listing its domains and pool whatever the events say.
+    pub(crate) async fn poll_node_whole(&self, i: usize) -> Option<Duration> {
+        self.poll_node_as(i, true).await
+    }
+
+    async fn poll_node_as(&self, i: usize, whole: bool) -> Option<Duration> {
         let started = Instant::now();
-        let (epoch, with_pool) = {
+        let events = self.nodes[i].backend.events();
+        let (epoch, scope) = {
             let inputs = self.inputs.lock();
             let st = &inputs.nodes[i];
-            let listed = st.probe.as_ref().is_some_and(|p| p.volumes.is_some());
-            (
-                st.domains_epoch,
-                !listed || st.polls.is_multiple_of(POOL_EVERY),
-            )
+            let scope = scope_of(st, events, whole, self.cfg.timing.full_poll());
+            (st.domains_epoch, scope)
         };
-        let result = self.node_call(i, move |b| b.probe(with_pool)).await;
+        let result = self.node_call(i, move |b| b.probe(scope)).await;
         let mut backoff = None;
         {
             let mut inputs = self.inputs.lock();
@@ -224,8 +257,11 @@ impl Cluster {
             let mut node_changed = false;
             match result {
                 Ok(mut probe) => {
-                    if !with_pool {
+                    if !scope.pool {
                         probe.volumes = st.probe.as_ref().and_then(|p| p.volumes.clone());
+                    }
+                    if scope.domains {
+                        st.full_poll = Some((events, Instant::now()));
                     }
                     st.polls += 1;
                     reachability_changed |= st.status != NodeStatus::Online;
@@ -249,7 +285,7 @@ impl Cluster {
                         || st.cpu_usage.is_some() && cpu != prev_cpu;
                     // Domains re-read while this poll ran are newer than its list: keep them;
                     // the next poll brings a list from after them.
-                    if st.domains_epoch == epoch {
+                    if scope.domains && st.domains_epoch == epoch {
                         for name in merge_domains(&mut st.domains, domains) {
                             inputs.changed.name(&name);
                             node_changed = true;
@@ -391,6 +427,46 @@ mod tests {
         let changed = patch_by_name(&mut list, |s| s, found);
         assert_eq!(list, ["a", "b", "c"]);
         assert_eq!(changed, ["b", "e"]);
+    }
+
+    #[test]
+    fn a_node_with_events_is_listed_whole_only_when_its_connection_changed_or_it_is_due() {
+        use crate::cluster::view::fixtures::{online, probe};
+        let every = Duration::from_secs(60);
+        let mut listed = probe(2, 1024);
+        listed.volumes = Some(Arc::new(Vec::new()));
+        let mut st = online("n1", listed, Vec::new());
+        let domains_only = ProbeScope {
+            domains: true,
+            pool: false,
+        };
+        let numbers_only = ProbeScope {
+            domains: false,
+            pool: false,
+        };
+        // Without events: domains every poll, the pool every POOL_EVERY polls.
+        st.polls = 3;
+        assert_eq!(scope_of(&st, None, false, every), domains_only);
+        st.polls = POOL_EVERY;
+        assert_eq!(scope_of(&st, None, false, every), ProbeScope::ALL);
+        // With events: whole at first, then the node's numbers only…
+        st.polls = 3;
+        assert_eq!(scope_of(&st, Some(1), false, every), ProbeScope::ALL);
+        st.full_poll = Some((Some(1), Instant::now()));
+        assert_eq!(scope_of(&st, Some(1), false, every), numbers_only);
+        // …whole again on a new connection (events may have been missed), when due, when
+        // asked, and when events stop.
+        assert_eq!(scope_of(&st, Some(2), false, every), ProbeScope::ALL);
+        assert_eq!(scope_of(&st, Some(1), true, every), ProbeScope::ALL);
+        assert_eq!(
+            scope_of(&st, Some(1), false, Duration::ZERO),
+            ProbeScope::ALL
+        );
+        assert_eq!(scope_of(&st, None, false, every), domains_only);
+        // A node whose pool was never listed is listed whole.
+        let mut fresh = online("n2", probe(2, 1024), Vec::new());
+        fresh.full_poll = Some((Some(1), Instant::now()));
+        assert_eq!(scope_of(&fresh, Some(1), false, every), ProbeScope::ALL);
     }
 
     #[test]

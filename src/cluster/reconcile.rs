@@ -200,7 +200,7 @@ impl Cluster {
         {
             // Decide on the node's state now, not on a poll from before the crash.
             if polled.insert(i) {
-                self.poll_node(i).await;
+                self.poll_node_whole(i).await;
             }
             if !self
                 .view()
@@ -277,7 +277,7 @@ impl Cluster {
                 }
                 self.refresh_row(name).await;
                 if let Some(i) = ni {
-                    self.poll_node(i).await;
+                    self.poll_node_whole(i).await;
                 }
             }
         }

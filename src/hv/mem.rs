@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::{
     CpuTimes, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, NetworkProbe,
-    NodeBackend, NodeProbe, VolumeProbe, Volumes,
+    NodeBackend, NodeProbe, ProbeScope, VolumeProbe, Volumes,
 };
 
 /// The kinds of call a fault can be set on.
@@ -73,6 +73,9 @@ pub struct MemNode {
     /// Every daemon watching this node (the in-memory node is shared by the daemons of
     /// one test, as a real node is).
     sinks: Mutex<Vec<EventSink>>,
+    /// What `events` answers: `None` (polls only) unless a test says the node delivers
+    /// events (`set_events`).
+    events: Mutex<Option<u64>>,
 }
 
 impl MemNode {
@@ -86,6 +89,7 @@ impl MemNode {
             state: Mutex::new(State::default()),
             faults: Mutex::new(Faults::default()),
             sinks: Mutex::new(Vec::new()),
+            events: Mutex::new(None),
         };
         for net in ["default", "overlay"] {
             node.add_network(net, true);
@@ -186,6 +190,19 @@ impl MemNode {
         self.event(name);
     }
 
+    /// Says the node delivers events on connection `epoch` (`Some`), or that it does not.
+    pub fn set_events(&self, epoch: Option<u64>) {
+        *self.events.lock() = epoch;
+    }
+
+    /// Changes a domain's state behind kvmfs's back with no event (one a lost connection
+    /// missed).
+    pub fn set_domain_state_silently(&self, name: &str, state: DomainState) {
+        if let Some(d) = self.state.lock().domains.get_mut(name) {
+            d.state = state;
+        }
+    }
+
     fn event(&self, name: &str) {
         let sinks = self.sinks.lock().clone();
         for sink in sinks {
@@ -268,7 +285,7 @@ fn bytes_of(doc: &roxmltree::Document, tag: &str) -> u64 {
 }
 
 impl NodeBackend for MemNode {
-    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError> {
+    fn probe(&self, scope: ProbeScope) -> Result<NodeProbe, HvError> {
         self.enter(Call::Probe)?;
         let st = self.state.lock();
         Ok(NodeProbe {
@@ -279,13 +296,18 @@ impl NodeBackend for MemNode {
             memory_kib: self.memory_kib,
             free_memory_kib: None,
             cpu_times: Some(CpuTimes { busy: 0, total: 0 }),
-            domains: st
-                .domains
-                .iter()
-                .map(|(n, d)| Self::probe_domain(n, d))
-                .collect(),
+            domains: if scope.domains {
+                st.domains
+                    .iter()
+                    .map(|(n, d)| Self::probe_domain(n, d))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             networks: st.networks.clone(),
-            volumes: with_pool.then(|| Arc::new(st.volumes.values().cloned().collect())),
+            volumes: scope
+                .pool
+                .then(|| Arc::new(st.volumes.values().cloned().collect())),
         })
     }
 
@@ -322,6 +344,10 @@ impl NodeBackend for MemNode {
 
     fn watch(&self, sink: EventSink) {
         self.sinks.lock().push(sink);
+    }
+
+    fn events(&self) -> Option<u64> {
+        *self.events.lock()
     }
 
     fn domain_type(&self, configured: &str) -> String {

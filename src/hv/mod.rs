@@ -239,11 +239,29 @@ pub struct DomainEvent {
 /// must not block.
 pub type EventSink = Arc<dyn Fn(DomainEvent) + Send + Sync>;
 
+/// What one `NodeBackend::probe` reads besides the node's own numbers (capacity, memory,
+/// CPU counters, networks), which it always reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeScope {
+    /// Every domain (without it, `NodeProbe::domains` is empty: the caller keeps its own).
+    pub domains: bool,
+    /// The pool's volumes (without it, `NodeProbe::volumes` is `None`).
+    pub pool: bool,
+}
+
+impl ProbeScope {
+    pub const ALL: ProbeScope = ProbeScope {
+        domains: true,
+        pool: true,
+    };
+}
+
 /// What the controller needs from one KVM node. Blocking; see the module note.
 pub trait NodeBackend: Send + Sync + 'static {
-    /// Reads the node's capacity, domains and networks, and with `with_pool` its pool's
-    /// volumes (without it, `volumes` is `None`: the caller keeps what it read before).
-    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError>;
+    /// Reads the node's capacity and networks, and what `scope` asks for of its domains and
+    /// its pool's volumes (what it leaves out is empty or `None`: the caller keeps what it
+    /// read before).
+    fn probe(&self, scope: ProbeScope) -> Result<NodeProbe, HvError>;
     /// Reads the named domains only; `None` for a name with no domain on the node.
     fn probe_named(&self, names: &[String]) -> Result<Vec<(String, Option<DomainProbe>)>, HvError>;
     /// Reads the volumes of the node's storage pool (`None` if the pool is missing).
@@ -258,6 +276,11 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// opens from now on. Without events (or if registering fails) nothing is reported and
     /// the periodic polls alone keep the picture fresh.
     fn watch(&self, sink: EventSink);
+    /// `Some(n)` while the node delivers domain events on its connection, `n` counting the
+    /// connections that did: a new `n` means events may have been missed in between (the
+    /// connection was lost, the close callback said so, or it was opened again). `None`
+    /// without events: only polls tell of changes.
+    fn events(&self) -> Option<u64>;
     /// The domain type instances get on this node (`test` on the test driver).
     fn domain_type(&self, configured: &str) -> String;
     /// Creates a volume in the node's pool from XML; returns its path.

@@ -844,3 +844,40 @@ async fn released_addresses_are_taken_again_lowest_first() {
         );
     }
 }
+
+/// A node that delivers domain events is polled for its own numbers only, and its domains
+/// follow the events; it is listed whole again when its events connection changes (events
+/// may have been missed), so a change no event told of shows then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_events_domains_follow_them_and_a_new_connection_lists_the_node_again() {
+    let timing = format!("{}full_poll_ms = 600000\n", crate::testing::TIMING);
+    let rig = Rig::with_timing(&[("n1", 4, 8192)], &timing, "").await;
+    let n1 = rig.node("n1");
+    built(&rig, "vm1").await;
+    n1.set_events(Some(1));
+    let polls_from = |n: u32| move |_: &Rig| n1.calls(Call::Probe) >= n;
+    // A whole listing for the new connection, then polls of the node's numbers only.
+    rig.wait_for("three polls", polls_from(n1.calls(Call::Probe) + 3))
+        .await;
+
+    n1.set_domain_state_silently("vm1", DomainState::Shutoff);
+    rig.wait_for("five more polls", polls_from(n1.calls(Call::Probe) + 5))
+        .await;
+    assert_eq!(
+        rig.status("vm1").unwrap(),
+        "running",
+        "no event, and no listing of the domains while events are trusted"
+    );
+
+    n1.set_domain_state("vm1", DomainState::Paused);
+    rig.wait_status("vm1", "paused").await;
+
+    n1.set_domain_state_silently("vm1", DomainState::Running);
+    n1.set_events(Some(2));
+    rig.wait_status("vm1", "running").await;
+
+    // Without events, every poll lists the domains again.
+    n1.set_events(None);
+    n1.set_domain_state_silently("vm1", DomainState::Shutoff);
+    rig.wait_status("vm1", "shutoff").await;
+}

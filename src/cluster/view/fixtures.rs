@@ -51,6 +51,7 @@ pub fn online(name: &str, probe: NodeProbe, domains: Vec<Arc<DomainProbe>>) -> N
         updated_at: None,
         domains_epoch: 0,
         polls: 0,
+        full_poll: None,
     }
 }
 

@@ -50,6 +50,10 @@ pub struct NodeState {
     pub domains_epoch: u64,
     /// Successful polls so far (the pool is listed every `POOL_EVERY` of them).
     pub polls: u64,
+    /// The node's events connection (`NodeBackend::events`) at the last full poll, and when
+    /// that poll was: with events, a node is listed whole again only when its connection
+    /// changed or `full_poll_ms` passed.
+    pub full_poll: Option<(Option<u64>, std::time::Instant)>,
 }
 
 /// A node as shown under `/nodes`.

@@ -5,6 +5,7 @@
 //! counters, and closing a connection with its callback. Each block carries its `// SAFETY:`.
 
 use std::ffi::CStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use virt::connect::Connect;
@@ -17,6 +18,13 @@ use crate::hv::{CpuTimes, DomainEvent, EventSink};
 /// Deregisters a connection's event callback and closes it (blocking: call it where nobody
 /// waits for it when the server may be wedged).
 pub(super) fn close(conn: Conn) {
+    if conn.close_callback {
+        // SAFETY: `conn.c` is a live connection with `on_close` registered on it; libvirt
+        // frees its opaque data (`free_lost`).
+        unsafe {
+            sys::virConnectUnregisterCloseCallback(conn.c.as_ptr(), Some(on_close));
+        }
+    }
     if let Some(id) = conn.callback {
         // SAFETY: `conn.c` is a live connection and `id` a callback registered on it; libvirt
         // frees the callback's opaque data (`free_sink`) once it is no longer in use.
@@ -124,7 +132,48 @@ unsafe extern "C" fn on_lifecycle(
     // SAFETY: `opaque` is the `Box<EventSink>` registered with this callback, alive until
     // libvirt calls `free_sink` after the callback can no longer run.
     let sink = unsafe { &*opaque.cast::<EventSink>() };
-    sink(DomainEvent { name });
+    // A panic must not unwind into libvirt's C frames.
+    let delivered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(DomainEvent { name })));
+    if delivered.is_err() {
+        tracing::error!("a domain event handler panicked; the event is dropped");
+    }
+}
+
+/// Registers `on_close` on `c`: when libvirt finds the connection lost (the daemon died, the
+/// network went), it sets `lost`. Whether the driver took it (the remote driver does; the
+/// test driver in this process, which cannot lose its connection, may not).
+pub(super) fn register_close(c: &Connect, lost: Arc<AtomicBool>) -> bool {
+    let opaque = Box::into_raw(Box::new(lost)).cast::<libc::c_void>();
+    // SAFETY: `c` is a live connection; `opaque` is a leaked `Box<Arc<AtomicBool>>` that
+    // libvirt hands back to `free_lost` when the callback is unregistered or replaced.
+    let r = unsafe {
+        sys::virConnectRegisterCloseCallback(c.as_ptr(), Some(on_close), opaque, Some(free_lost))
+    };
+    if r < 0 {
+        // SAFETY: registration failed, so libvirt did not take `opaque`; it is ours to free.
+        unsafe { free_lost(opaque) };
+        return false;
+    }
+    true
+}
+
+/// The close callback: marks the connection lost (no allocation, no lock, cannot panic).
+unsafe extern "C" fn on_close(
+    _conn: sys::virConnectPtr,
+    _reason: libc::c_int,
+    opaque: *mut libc::c_void,
+) {
+    // SAFETY: `opaque` is the `Box<Arc<AtomicBool>>` registered with this callback, alive
+    // until libvirt calls `free_lost`.
+    let lost = unsafe { &*opaque.cast::<Arc<AtomicBool>>() };
+    lost.store(true, Ordering::Release);
+}
+
+/// Frees the flag handed to libvirt with the close callback.
+unsafe extern "C" fn free_lost(opaque: *mut libc::c_void) {
+    // SAFETY: `opaque` came from `Box::into_raw` in `register_close` and is freed once.
+    drop(unsafe { Box::from_raw(opaque.cast::<Arc<AtomicBool>>()) });
 }
 
 /// Frees the sink handed to libvirt at registration.

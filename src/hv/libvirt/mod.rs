@@ -13,7 +13,7 @@ mod ffi;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -23,12 +23,13 @@ use virt::sys;
 
 pub use ffi::start_event_loop;
 use ffi::{
-    all_domain_stats, close, node_cpu_times, node_free_memory, raw_state, register_events, uuid_of,
+    all_domain_stats, close, node_cpu_times, node_free_memory, raw_state, register_close,
+    register_events, uuid_of,
 };
 
 use super::{
     DiskInfo, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, InterfaceInfo,
-    NetworkProbe, NodeBackend, NodeProbe, VolumeProbe, Volumes,
+    NetworkProbe, NodeBackend, NodeProbe, ProbeScope, VolumeProbe, Volumes,
 };
 
 /// What is read once per domain definition: at the domain id it was read at, the device
@@ -81,7 +82,32 @@ const VOLUME_REFRESH_PER_LISTING: usize = 64;
 /// An open connection and the id of its event callback, if one is registered.
 struct Conn {
     c: Connect,
+    /// The lifecycle callback registered on it.
     callback: Option<i32>,
+    /// Set by the connection's close callback (when registered: `close_callback`) when
+    /// libvirt finds the connection lost.
+    lost: Arc<AtomicBool>,
+    close_callback: bool,
+}
+
+impl Conn {
+    /// A new connection, with the lifecycle callback when there is a sink, and then a close
+    /// callback, so that a lost connection ends the trust in its events at once.
+    fn open(node: &str, c: Connect, sink: Option<EventSink>) -> Conn {
+        let callback = sink.and_then(|s| register_events(node, &c, s));
+        let lost = Arc::new(AtomicBool::new(false));
+        let close_callback = callback.is_some() && register_close(&c, lost.clone());
+        Conn {
+            c,
+            callback,
+            lost,
+            close_callback,
+        }
+    }
+
+    fn delivers_events(&self) -> bool {
+        self.callback.is_some() && !self.lost.load(Ordering::Acquire)
+    }
 }
 
 /// One KVM node reached through a libvirt URI.
@@ -100,6 +126,8 @@ pub struct LibvirtNode {
     volumes: Mutex<VolumeCache>,
     /// Whether the driver answers `virConnectGetAllDomainStats`; cleared at its first refusal.
     bulk_stats: AtomicBool,
+    /// Connections stored so far that deliver events (see `NodeBackend::events`).
+    event_connections: AtomicU64,
 }
 
 /// Silences libvirt's default error printer (it writes every error to stderr); errors are
@@ -119,6 +147,7 @@ impl LibvirtNode {
             devices: Mutex::new(HashMap::new()),
             volumes: Mutex::new(VolumeCache::default()),
             bulk_stats: AtomicBool::new(true),
+            event_connections: AtomicU64::new(0),
         }
     }
 
@@ -147,20 +176,20 @@ impl LibvirtNode {
             message: e.message().to_string(),
         })?;
         let sink = self.sink.lock().clone();
-        let callback = sink.and_then(|s| register_events(&self.name, &c, s));
+        let new = Conn::open(&self.name, c.clone(), sink);
         let mut guard = self.conn.lock();
         match guard.as_ref() {
             Some(existing) => {
                 let kept = existing.c.clone();
                 drop(guard);
-                close(Conn { c, callback });
+                close(new);
                 Ok(kept)
             }
             None => {
-                *guard = Some(Conn {
-                    c: c.clone(),
-                    callback,
-                });
+                if new.callback.is_some() {
+                    self.event_connections.fetch_add(1, Ordering::AcqRel);
+                }
+                *guard = Some(new);
                 Ok(c)
             }
         }
@@ -366,33 +395,45 @@ impl LibvirtNode {
     }
 }
 
+impl LibvirtNode {
+    /// Every domain of the node, sorted by name; forgets what was cached of domains gone.
+    fn probe_all_domains(&self, c: &Connect) -> Result<Vec<DomainProbe>, virt::error::Error> {
+        let mut probes = match self.probe_bulk(c)? {
+            Some(p) => p,
+            None => {
+                let domains = c.list_all_domains(0)?;
+                let mut probes = Vec::with_capacity(domains.len());
+                for d in &domains {
+                    match self.probe_domain(d) {
+                        Ok(p) => probes.push(p),
+                        // A domain undefined between the listing and this call is gone.
+                        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                probes
+            }
+        };
+        probes.sort_by(|a, b| a.name.cmp(&b.name));
+        let live: std::collections::HashSet<&str> =
+            probes.iter().map(|p| p.uuid.as_str()).collect();
+        self.devices
+            .lock()
+            .retain(|uuid, _| live.contains(uuid.as_str()));
+        Ok(probes)
+    }
+}
+
 impl NodeBackend for LibvirtNode {
-    fn probe(&self, with_pool: bool) -> Result<NodeProbe, HvError> {
+    fn probe(&self, scope: ProbeScope) -> Result<NodeProbe, HvError> {
         self.with_conn(|c| {
             let info = c.node_info()?;
             let hostname = c.hostname().ok();
-            let mut probes = match self.probe_bulk(c)? {
-                Some(p) => p,
-                None => {
-                    let domains = c.list_all_domains(0)?;
-                    let mut probes = Vec::with_capacity(domains.len());
-                    for d in &domains {
-                        match self.probe_domain(d) {
-                            Ok(p) => probes.push(p),
-                            // A domain undefined between the listing and this call is gone.
-                            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    probes
-                }
+            let probes = if scope.domains {
+                self.probe_all_domains(c)?
+            } else {
+                Vec::new()
             };
-            probes.sort_by(|a, b| a.name.cmp(&b.name));
-            let live: std::collections::HashSet<&str> =
-                probes.iter().map(|p| p.uuid.as_str()).collect();
-            self.devices
-                .lock()
-                .retain(|uuid, _| live.contains(uuid.as_str()));
             Ok(NodeProbe {
                 hostname,
                 cpus: info.cpus,
@@ -402,7 +443,7 @@ impl NodeBackend for LibvirtNode {
                 free_memory_kib: node_free_memory(c),
                 cpu_times: node_cpu_times(c),
                 networks: self.probe_networks(c)?,
-                volumes: if with_pool {
+                volumes: if scope.pool {
                     self.probe_volumes(c)?
                 } else {
                     None
@@ -630,13 +671,24 @@ impl NodeBackend for LibvirtNode {
             return;
         }
         *self.sink.lock() = Some(sink.clone());
-        // A connection opened before this call gets its callback now.
+        // A connection opened before this call gets its callbacks now.
         let mut guard = self.conn.lock();
         if let Some(conn) = guard.as_mut()
             && conn.callback.is_none()
         {
             conn.callback = register_events(&self.name, &conn.c, sink);
+            if conn.callback.is_some() {
+                conn.close_callback = register_close(&conn.c, conn.lost.clone());
+                self.event_connections.fetch_add(1, Ordering::AcqRel);
+            }
         }
+    }
+
+    fn events(&self) -> Option<u64> {
+        let guard = self.conn.lock();
+        let conn = guard.as_ref()?;
+        conn.delivers_events()
+            .then(|| self.event_connections.load(Ordering::Acquire))
     }
 }
 
@@ -794,7 +846,7 @@ mod tests {
             .write(&dir.path().join("n.xml"))
             .unwrap();
         let node = LibvirtNode::new("n", &uri, "default");
-        let p = node.probe(true).unwrap();
+        let p = node.probe(ProbeScope::ALL).unwrap();
         assert_eq!(p.cpus, 4);
         assert_eq!(p.memory_kib, 4096 * 1024);
         assert_eq!(p.domains.len(), 2);
