@@ -23,10 +23,12 @@
 mod handles;
 mod ino;
 mod invalidate;
+mod prom;
 mod render;
 mod resolve;
 mod scratch;
 mod write;
+mod zabbix;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,12 +39,15 @@ use parking_lot::Mutex;
 
 use crate::cluster::Cluster;
 use crate::cluster::actions::ActionError;
+use crate::cluster::view as cluster_view;
 
 use handles::Handle;
 pub use ino::Ino;
 use ino::Names;
 pub use invalidate::Invalidations;
-pub use render::FileKind;
+pub use prom::SERIES_PER_INSTANCE;
+pub use render::{FileKind, MetricsFile};
+pub use zabbix::AGENT_FILE_LIMIT;
 
 /// Errors the tree reports; the FUSE layer maps each to one errno.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +160,9 @@ pub struct Tree {
     /// whoever follows the views (`mark_invalidated`), 0 while nobody does.
     invalidated: tokio::sync::watch::Sender<u64>,
     following: std::sync::atomic::AtomicBool,
+    /// The view's part of `/metrics/kvmfs.prom`, for the view version it was rendered from:
+    /// a `stat`, `open` and `read` of the file render the cluster once per view.
+    prom_cache: Mutex<Option<(u64, Arc<String>)>>,
 }
 
 impl Tree {
@@ -174,7 +182,33 @@ impl Tree {
             kernel_cache,
             invalidated: tokio::sync::watch::channel(0).0,
             following: std::sync::atomic::AtomicBool::new(false),
+            prom_cache: Mutex::new(None),
         }
+    }
+
+    /// The daemon's counters (the FUSE layer counts its operations there).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.cluster.metrics()
+    }
+
+    /// `/metrics/kvmfs.prom` as of `view` and the counters now.
+    pub(super) fn prom(&self, view: &cluster_view::View) -> Vec<u8> {
+        let part = {
+            let mut cache = self.prom_cache.lock();
+            match &*cache {
+                Some((version, part)) if *version == view.version => part.clone(),
+                _ => {
+                    let part = Arc::new(prom::view_part(view));
+                    *cache = Some((view.version, part.clone()));
+                    part
+                }
+            }
+        };
+        let daemon = prom::daemon_part(self.metrics());
+        let mut out = Vec::with_capacity(part.len() + daemon.len());
+        out.extend_from_slice(part.as_bytes());
+        out.extend_from_slice(daemon.as_bytes());
+        out
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
