@@ -193,15 +193,22 @@ impl Tree {
 
     /// `/metrics/kvmfs.prom` as of `view` and the counters now.
     pub(super) fn prom(&self, view: &cluster_view::View) -> Vec<u8> {
-        let part = {
-            let mut cache = self.prom_cache.lock();
-            match &*cache {
-                Some((version, part)) if *version == view.version => part.clone(),
-                _ => {
-                    let part = Arc::new(prom::view_part(view));
+        let cached = self
+            .prom_cache
+            .lock()
+            .as_ref()
+            .filter(|(version, _)| *version == view.version)
+            .map(|(_, part)| part.clone());
+        let part = match cached {
+            Some(part) => part,
+            None => {
+                // Rendered outside the lock: other readers are not held up behind it.
+                let part = Arc::new(prom::view_part(view));
+                let mut cache = self.prom_cache.lock();
+                if cache.as_ref().is_none_or(|(v, _)| *v < view.version) {
                     *cache = Some((view.version, part.clone()));
-                    part
                 }
+                part
             }
         };
         let daemon = prom::daemon_part(self.metrics());
