@@ -320,7 +320,7 @@ fn node_exporter_reports_a_scrape_error_on_a_mount_without_allow_other() {
 /// Zabbix agent 6.0 as Debian ships it: started as root, dropping to its `zabbix` user, on a
 /// free loopback port, with its pid file and log in a folder of its own.
 struct Agent {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     started: Started,
     port: u16,
 }
@@ -355,7 +355,7 @@ impl Agent {
             Command::new("zabbix_agentd").arg("-f").arg("-c").arg(&conf),
         );
         let mut a = Agent {
-            _dir: dir,
+            dir,
             started,
             port,
         };
@@ -473,7 +473,7 @@ fn zabbix_agent_answers_every_key_of_the_template_with_the_trees_values() {
     assert!(keys.len() >= 12, "{keys:?}");
 
     // The agent really dropped to its own user.
-    let pid = std::fs::read_to_string(agent._dir.path().join("agent.pid")).unwrap();
+    let pid = std::fs::read_to_string(agent.dir.path().join("agent.pid")).unwrap();
     let status = read(format!("/proc/{}/status", pid.trim()));
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     let zabbix_uid = Command::new("id").args(["-u", "zabbix"]).output().unwrap();
