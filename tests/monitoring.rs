@@ -354,11 +354,7 @@ impl Agent {
             "zabbix_agentd",
             Command::new("zabbix_agentd").arg("-f").arg("-c").arg(&conf),
         );
-        let mut a = Agent {
-            dir,
-            started,
-            port,
-        };
+        let mut a = Agent { dir, started, port };
         wait_for(READY, "zabbix_agentd to answer agent.ping", || {
             a.started.alive();
             a.try_ask("agent.ping").is_some_and(|r| r == Ok("1".into()))

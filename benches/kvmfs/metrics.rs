@@ -20,7 +20,11 @@ pub struct MetricsRow {
 }
 
 pub fn metrics(opts: &Opts) -> Vec<MetricsRow> {
-    let sizes: &[usize] = if opts.quick { &[300, 1000] } else { &[300, 10_000] };
+    let sizes: &[usize] = if opts.quick {
+        &[300, 1000]
+    } else {
+        &[300, 10_000]
+    };
     sizes.iter().map(|&n| metrics_row(opts, n)).collect()
 }
 
@@ -38,7 +42,11 @@ fn metrics_row(opts: &Opts, n: usize) -> MetricsRow {
     let text = std::fs::read_to_string(&prom).expect("read kvmfs.prom");
     let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     MetricsRow {
-        instances: m.path("instances").read_dir().map(|d| d.count()).unwrap_or(0),
+        instances: m
+            .path("instances")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0),
         cat_prom,
         prom_bytes: text.len(),
         series: samples.len(),
@@ -47,6 +55,8 @@ fn metrics_row(opts: &Opts, n: usize) -> MetricsRow {
             .filter(|l| l.starts_with("kvmfs_instance_"))
             .count(),
         cat_instances_json,
-        instances_json_bytes: std::fs::metadata(&json).map(|m| m.len() as usize).unwrap_or(0),
+        instances_json_bytes: std::fs::metadata(&json)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0),
     }
 }

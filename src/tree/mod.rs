@@ -160,9 +160,10 @@ pub struct Tree {
     /// whoever follows the views (`mark_invalidated`), 0 while nobody does.
     invalidated: tokio::sync::watch::Sender<u64>,
     following: std::sync::atomic::AtomicBool,
-    /// The view's part of `/metrics/kvmfs.prom`, for the view version it was rendered from:
-    /// a `stat`, `open` and `read` of the file render the cluster once per view.
-    prom_cache: Mutex<Option<(u64, Arc<String>)>>,
+    /// What `/metrics` renders from a view (the view's part of `kvmfs.prom`, the discovery
+    /// files), with the view version it was rendered from: the `lookup`, `getattr` and
+    /// `open` of one `cat` render the cluster once per view.
+    metrics_cache: Mutex<HashMap<MetricsFile, (u64, Arc<Vec<u8>>)>>,
 }
 
 impl Tree {
@@ -182,7 +183,7 @@ impl Tree {
             kernel_cache,
             invalidated: tokio::sync::watch::channel(0).0,
             following: std::sync::atomic::AtomicBool::new(false),
-            prom_cache: Mutex::new(None),
+            metrics_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -191,29 +192,38 @@ impl Tree {
         self.cluster.metrics()
     }
 
-    /// `/metrics/kvmfs.prom` as of `view` and the counters now.
-    pub(super) fn prom(&self, view: &cluster_view::View) -> Vec<u8> {
+    /// What `f` renders from `view` (for `kvmfs.prom`, its view part), kept per view.
+    pub(super) fn from_view(&self, view: &cluster_view::View, f: MetricsFile) -> Arc<Vec<u8>> {
         let cached = self
-            .prom_cache
+            .metrics_cache
             .lock()
-            .as_ref()
+            .get(&f)
             .filter(|(version, _)| *version == view.version)
-            .map(|(_, part)| part.clone());
-        let part = match cached {
-            Some(part) => part,
-            None => {
-                // Rendered outside the lock: other readers are not held up behind it.
-                let part = Arc::new(prom::view_part(view));
-                let mut cache = self.prom_cache.lock();
-                if cache.as_ref().is_none_or(|(v, _)| *v < view.version) {
-                    *cache = Some((view.version, part.clone()));
-                }
-                part
-            }
-        };
+            .map(|(_, bytes)| bytes.clone());
+        if let Some(bytes) = cached {
+            return bytes;
+        }
+        // Rendered outside the lock: other readers are not held up behind it.
+        let bytes = Arc::new(match f {
+            MetricsFile::Prom => prom::view_part(view).into_bytes(),
+            MetricsFile::ZabbixNodes | MetricsFile::ZabbixInstances => render::zabbix_file(view, f),
+        });
+        let mut cache = self.metrics_cache.lock();
+        if cache.get(&f).is_none_or(|(v, _)| *v < view.version) {
+            cache.insert(f, (view.version, bytes.clone()));
+        }
+        bytes
+    }
+
+    /// A file of `/metrics` as of `view` (and, for `kvmfs.prom`, the counters now).
+    pub(super) fn metrics_file(&self, view: &cluster_view::View, f: MetricsFile) -> Vec<u8> {
+        let part = self.from_view(view, f);
+        if f != MetricsFile::Prom {
+            return part.to_vec();
+        }
         let daemon = prom::daemon_part(self.metrics());
         let mut out = Vec::with_capacity(part.len() + daemon.len());
-        out.extend_from_slice(part.as_bytes());
+        out.extend_from_slice(&part);
         out.extend_from_slice(daemon.as_bytes());
         out
     }

@@ -351,7 +351,7 @@ pub fn daemon_part(m: &Metrics) -> String {
     o.s
 }
 
-/// The whole file (the tree keeps the view's part per view: `Tree::prom`).
+/// The whole file (the tree keeps the view's part per view: `Tree::metrics_file`).
 #[cfg(test)]
 pub fn render(v: &View, m: &Metrics) -> Vec<u8> {
     let mut s = view_part(v);

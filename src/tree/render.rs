@@ -262,8 +262,8 @@ pub fn flavor_file(name: &str, fl: &Flavor, f: FileKind) -> Vec<u8> {
     }
 }
 
-/// A Zabbix discovery file (`MetricsFile::Prom` is rendered by the tree, which keeps the
-/// view's part of it; see `Tree::prom`).
+/// A Zabbix discovery file (`MetricsFile::Prom` is rendered by the tree, with the counters;
+/// see `Tree::metrics_file`).
 pub fn zabbix_file(v: &View, f: MetricsFile) -> Vec<u8> {
     match f {
         MetricsFile::ZabbixNodes => super::zabbix::nodes(v),

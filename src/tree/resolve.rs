@@ -373,8 +373,7 @@ impl Tree {
             }
             Ino::RootStatus => Ok(render::root_status(v)),
             // Rendered from the view and the counters at each read: no backend call.
-            Ino::MetricsFile(MetricsFile::Prom) => Ok(self.prom(v)),
-            Ino::MetricsFile(f) => Ok(render::zabbix_file(v, f)),
+            Ino::MetricsFile(f) => Ok(self.metrics_file(v, f)),
             Ino::Scratch(id) => self
                 .scratch
                 .lock()

@@ -12,33 +12,47 @@ use crate::cluster::view::View;
 /// The size past which the Zabbix agent refuses a file for `vfs.file.contents`.
 pub const AGENT_FILE_LIMIT: usize = 64 * 1024;
 
-fn array(objects: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
-    let mut out = b"[".to_vec();
+/// A JSON string (quoted and escaped).
+fn string(s: &str) -> String {
+    // Serialising a `str` cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A JSON array of objects whose values are strings, one object a line.
+fn array<'a>(objects: impl Iterator<Item = Vec<(&'static str, &'a str)>>) -> Vec<u8> {
+    let mut out = String::from("[");
     let mut first = true;
     for o in objects {
-        out.extend_from_slice(if first { b"\n" } else { b",\n" });
+        out.push_str(if first { "\n{" } else { ",\n{" });
         first = false;
-        // A Value of strings always serialises.
-        out.extend(serde_json::to_vec(&o).unwrap_or_default());
+        for (i, (k, v)) in o.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&string(k));
+            out.push(':');
+            out.push_str(&string(v));
+        }
+        out.push('}');
     }
-    out.extend_from_slice(b"\n]\n");
-    out
+    out.push_str("\n]\n");
+    out.into_bytes()
 }
 
 /// `nodes.json`: `{"{#NODE}": name}` per configured node.
 pub fn nodes(v: &View) -> Vec<u8> {
-    array(v.nodes.keys().map(|n| serde_json::json!({ "{#NODE}": n })))
+    array(v.nodes.keys().map(|n| vec![("{#NODE}", n.as_str())]))
 }
 
 /// `instances.json`: `{"{#INSTANCE}", "{#NODE}", "{#PURPOSE}"}` per instance.
 pub fn instances(v: &View) -> Vec<u8> {
     array(v.instances.iter().map(|(name, i)| {
         let purpose = i.row.as_ref().and_then(|r| r.purpose.as_deref());
-        serde_json::json!({
-            "{#INSTANCE}": name,
-            "{#NODE}": i.node.as_deref().unwrap_or(""),
-            "{#PURPOSE}": purpose.unwrap_or(""),
-        })
+        vec![
+            ("{#INSTANCE}", name.as_str()),
+            ("{#NODE}", i.node.as_deref().unwrap_or("")),
+            ("{#PURPOSE}", purpose.unwrap_or("")),
+        ]
     }))
 }
 
