@@ -138,6 +138,9 @@ impl TreeError {
     }
 }
 
+/// Bytes rendered from a view, with the view's version.
+type Rendered = (u64, Arc<Vec<u8>>);
+
 /// Who owns what the daemon itself presents (the mount's owner).
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -163,7 +166,7 @@ pub struct Tree {
     /// What `/metrics` renders from a view (the view's part of `kvmfs.prom`, the discovery
     /// files), with the view version it was rendered from: the `lookup`, `getattr` and
     /// `open` of one `cat` render the cluster once per view.
-    metrics_cache: Mutex<HashMap<MetricsFile, (u64, Arc<Vec<u8>>)>>,
+    metrics_cache: Mutex<HashMap<MetricsFile, Rendered>>,
 }
 
 impl Tree {
@@ -193,7 +196,11 @@ impl Tree {
     }
 
     /// What `f` renders from `view` (for `kvmfs.prom`, its view part), kept per view.
-    pub(super) fn from_view(&self, view: &cluster_view::View, f: MetricsFile) -> Arc<Vec<u8>> {
+    pub(super) fn rendered_from_view(
+        &self,
+        view: &cluster_view::View,
+        f: MetricsFile,
+    ) -> Arc<Vec<u8>> {
         let cached = self
             .metrics_cache
             .lock()
@@ -217,7 +224,7 @@ impl Tree {
 
     /// A file of `/metrics` as of `view` (and, for `kvmfs.prom`, the counters now).
     pub(super) fn metrics_file(&self, view: &cluster_view::View, f: MetricsFile) -> Vec<u8> {
-        let part = self.from_view(view, f);
+        let part = self.rendered_from_view(view, f);
         if f != MetricsFile::Prom {
             return part.to_vec();
         }
