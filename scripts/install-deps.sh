@@ -42,7 +42,16 @@ PACKAGES=(
     util-linux                  # unshare, nsenter
     curl                        # the e2e test fetches the guests' pages
     openssh-client              # and logs in to them
+    zabbix-agent                # tests/monitoring.rs: zabbix_agentd reads the mount (template keys)
+    prometheus                  # promtool: checks kvmfs.prom and the alert rules, runs their tests
+    prometheus-node-exporter    # its textfile collector serves /metrics/kvmfs.prom in the tests
 )
+
+# Packages whose Debian service would start at install and keep running (the agent on port
+# 10050, node_exporter on 9100, a Prometheus server on 9090). The tests start these programs
+# themselves, with their own configuration on free loopback ports, so the packaged services
+# are neither started at install nor enabled.
+SERVICES=(zabbix-agent prometheus prometheus-node-exporter)
 
 installed() {
     [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]
@@ -80,6 +89,17 @@ done
 for cmd_pkg in git:git python3:python3; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg#*:}")
 done
+# While installing, refuse every service start (invoke-rc.d asks policy-rc.d; 101 = not
+# allowed), unless the machine already has a policy of its own (containers often do).
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [[ ${#missing[@]} -gt 0 && ! -e $policy ]]; then
+    printf '#!/bin/sh\n# installed by kvmfs scripts/install-deps.sh for one apt-get run\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own_policy=1
+    trap 'rm -f "$policy"' EXIT
+fi
+
 if [[ ${#missing[@]} -gt 0 ]]; then
     # Never together with qemu-utils: the machine may carry a newer qemu-utils from
     # backports, and asking for both in one call fails with "held broken packages".
@@ -94,6 +114,24 @@ elif ! command -v qemu-img >/dev/null 2>&1; then
     # Marked installed but its qemu-img is gone: put the files back.
     apt_install --reinstall qemu-utils
 fi
+
+if [[ $own_policy -eq 1 ]]; then
+    rm -f "$policy"
+    trap - EXIT
+fi
+
+# The monitoring services this run installed stay off (a package may enable or start its
+# service when no policy stopped it): stopped, and not started at boot. Services that were
+# there before are the machine's own business and left alone; the tests never use them.
+for s in "${SERVICES[@]}"; do
+    [[ " ${missing[*]} " == *" $s "* ]] || continue
+    if [[ -d /run/systemd/system ]]; then
+        systemctl disable --now --quiet "$s" 2>/dev/null || true
+    elif [[ -x /etc/init.d/$s ]]; then
+        /etc/init.d/"$s" stop >/dev/null 2>&1 || true
+        update-rc.d "$s" disable >/dev/null 2>&1 || true
+    fi
+done
 
 if [[ ${#missing[@]} -eq 0 && $updated -eq 0 ]]; then
     echo "install-deps.sh: all packages present; nothing to install"

@@ -16,6 +16,7 @@ pub mod hv;
 #[cfg(test)]
 mod inprocess;
 pub mod menu;
+pub mod metrics;
 pub mod model;
 pub mod mount;
 pub mod random;

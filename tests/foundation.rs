@@ -19,6 +19,7 @@ fn demo_shows_nodes_instances_and_networks() {
             "flavors",
             "images",
             "instances",
+            "metrics",
             "networks",
             "nodes",
             "status"
@@ -94,7 +95,19 @@ fn stat_size_equals_bytes_read_for_every_file() {
                 stack.push(e.path());
             } else if meta.is_file() {
                 let data = std::fs::read(e.path()).unwrap();
-                assert_eq!(meta.len(), data.len() as u64, "{}", e.path().display());
+                if e.path() == m.path("metrics/kvmfs.prom") {
+                    // Live counters (this walk's own operations among them) move between
+                    // the stat and the read: the length is the stat's moment's, give or
+                    // take a few digits.
+                    assert!(
+                        meta.len().abs_diff(data.len() as u64) < 256 && !data.is_empty(),
+                        "kvmfs.prom: stat {} vs read {}",
+                        meta.len(),
+                        data.len()
+                    );
+                } else {
+                    assert_eq!(meta.len(), data.len() as u64, "{}", e.path().display());
+                }
                 if e.path().extension().is_some_and(|x| x == "json") {
                     serde_json::from_slice::<serde_json::Value>(&data)
                         .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));

@@ -12,6 +12,7 @@ pub struct Doc {
     pub scale: Vec<ScaleRow>,
     pub creates: Vec<CreateRow>,
     pub micro: Option<Micro>,
+    pub metrics: Vec<MetricsRow>,
     pub profile: Result<String, String>,
     pub load: (String, String),
     pub elapsed: Duration,
@@ -30,6 +31,7 @@ impl Default for Doc {
             scale: Vec::new(),
             creates: Vec::new(),
             micro: None,
+            metrics: Vec::new(),
             profile: Err("not run".into()),
             load: (String::new(), String::new()),
             elapsed: Duration::ZERO,
@@ -42,16 +44,26 @@ pub const BEGIN: &str =
 
 pub const END: &str = "<!-- bench:end -->";
 
+pub const METRICS_BEGIN: &str =
+    "<!-- bench-metrics:begin (written by scripts/bench.sh --only metrics, or a full run) -->";
+
+pub const METRICS_END: &str = "<!-- bench-metrics:end -->";
+
 /// Puts this run's report between its markers in the existing file, keeping everything else
 /// (other benchmark commands write their own sections); appends it when there are none.
 pub fn splice(existing: &str, report: &str) -> String {
-    let block = format!("{BEGIN}\n{}\n{END}\n", report.trim_end());
-    match (existing.find(BEGIN), existing.find(END)) {
+    splice_between(existing, BEGIN, END, report)
+}
+
+/// `splice` for the block between `begin` and `end`.
+pub fn splice_between(existing: &str, begin: &str, end: &str, report: &str) -> String {
+    let block = format!("{begin}\n{}\n{end}\n", report.trim_end());
+    match (existing.find(begin), existing.find(end)) {
         (Some(b), Some(e)) if b < e => {
             format!(
                 "{}{block}{}",
                 &existing[..b],
-                &existing[e + END.len()..].trim_start_matches('\n')
+                &existing[e + end.len()..].trim_start_matches('\n')
             )
         }
         _ if existing.trim().is_empty() => format!("# Benchmarks\n\n{block}"),
@@ -89,6 +101,50 @@ pub fn git(args: &[&str]) -> String {
 }
 
 impl Doc {
+    /// The monitoring files' block: `cat` of `kvmfs.prom` and `instances.json`, sizes and
+    /// series, with the machine and date of this run.
+    pub fn render_metrics(&self, opts: &Opts) -> String {
+        let mut s = String::new();
+        let date = Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let _ = writeln!(s, "### Monitoring files (`/metrics`)\n");
+        let _ = writeln!(
+            s,
+            "`cat` (the command) of `/metrics/kvmfs.prom`, what node_exporter's textfile \
+             collector reads at every scrape, and of `/metrics/zabbix/instances.json`, the \
+             Zabbix discovery file; managed instances on 3 test-driver nodes in the daemon, \
+             medians of {} runs. Both are rendered from the view at each read (the view's part \
+             of `kvmfs.prom` once per view), without a call to a node or the database. \
+             Machine: {}; date: {date}; commit `{}`.\n",
+            opts.runs(),
+            machine(),
+            git(&["rev-parse", "--short=12", "HEAD"])
+        );
+        let _ = writeln!(
+            s,
+            "| Instances | `cat kvmfs.prom` | Size | Series | Per instance | Other series | `cat instances.json` | Size |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for r in &self.metrics {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} KiB | {} | {:.0} | {} | {} | {:.1} KiB |",
+                r.instances,
+                ms(r.cat_prom),
+                r.prom_bytes as f64 / 1024.0,
+                r.series,
+                r.instance_series as f64 / r.instances.max(1) as f64,
+                r.series - r.instance_series,
+                ms(r.cat_instances_json),
+                r.instances_json_bytes as f64 / 1024.0
+            );
+        }
+        s
+    }
+
     pub fn render(&self, opts: &Opts) -> String {
         let mut s = String::new();
         let commit = git(&["rev-parse", "--short=12", "HEAD"]);

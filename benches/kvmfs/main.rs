@@ -11,6 +11,8 @@
 //! - how the walk and the daemon's memory grow up to 10,000 instances;
 //! - create throughput (`mkdir` + `spec.json` to `running`, 16 writers) on SQLite and MariaDB;
 //! - placement over 100 nodes, and building a view of 10,000 instances;
+//! - `cat /metrics/kvmfs.prom` and the Zabbix discovery file at 300 and 10,000 instances,
+//!   with the series count (its own section of the report, `--only metrics`);
 //! - optionally, where the daemon's CPU goes, sampled with `perf` (`--profile`).
 //!
 //! Wall-clock numbers are medians of several runs; the machine is shared, so they are noisy.
@@ -24,6 +26,7 @@ mod creates;
 mod doc;
 mod lab;
 mod listing;
+mod metrics;
 mod micro;
 mod profile;
 mod scale;
@@ -38,6 +41,7 @@ pub use doc::*;
 pub use kvmfs::testnode::SimNode;
 pub use lab::*;
 pub use listing::*;
+pub use metrics::*;
 pub use micro::*;
 pub use profile::*;
 pub use scale::*;
@@ -125,12 +129,23 @@ fn main() {
     let load_before = loadavg();
 
     // The report is rewritten after every section, so a section that fails keeps the others.
+    // The monitoring files have a block of their own: `--only metrics` rewrites only it.
+    let main_sections = ["listing", "virsh", "scale", "creates", "micro"]
+        .iter()
+        .any(|s| opts.wants(s))
+        || opts.profile;
     let save = |doc: &mut Doc| {
         doc.load = (load_before.clone(), loadavg());
         doc.elapsed = started.elapsed();
         let old = std::fs::read_to_string(&opts.out).unwrap_or_default();
-        std::fs::write(&opts.out, splice(&old, &doc.render(&opts)))
-            .expect("write the benchmark report");
+        let mut new = old.clone();
+        if main_sections {
+            new = splice(&new, &doc.render(&opts));
+        }
+        if !doc.metrics.is_empty() {
+            new = splice_between(&new, METRICS_BEGIN, METRICS_END, &doc.render_metrics(&opts));
+        }
+        std::fs::write(&opts.out, new).expect("write the benchmark report");
     };
     if opts.wants("listing") {
         doc.listing = section("listing and reading, 300 instances", || listing(&opts));
@@ -146,6 +161,10 @@ fn main() {
     }
     if opts.wants("creates") {
         doc.creates = section("creates", || creates(&opts));
+        save(&mut doc);
+    }
+    if opts.wants("metrics") {
+        doc.metrics = section("monitoring files", || metrics(&opts));
         save(&mut doc);
     }
     if opts.wants("micro") {

@@ -56,6 +56,12 @@ impl Cluster {
             return Err(CallError::Stuck);
         }
         let backend = node.backend.clone();
+        let started = std::time::Instant::now();
+        let latency = |m: &crate::metrics::Metrics| {
+            if let Some(n) = m.node(i) {
+                n.backend_calls.observe(started.elapsed());
+            }
+        };
         // Whoever comes second — the call returning or the deadline passing — settles the
         // overdue count, under this lock, so a call is counted overdue exactly while it is.
         let state = Arc::new(Mutex::new(CallState::Running));
@@ -69,7 +75,9 @@ impl Cluster {
             *s = CallState::Done;
             r
         });
-        match tokio::time::timeout(deadline, handle).await {
+        let r = tokio::time::timeout(deadline, handle).await;
+        latency(&self.metrics);
+        match r {
             Ok(Ok(r)) => r.map_err(CallError::Hv),
             Ok(Err(join)) => Err(CallError::Panicked(join.to_string())),
             Err(_) => {

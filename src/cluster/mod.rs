@@ -95,6 +95,8 @@ pub struct Cluster {
     keys: Arc<crate::secrets::KeyRing>,
     /// When a refusal was last logged per instance, and how many since (`log_refusal`).
     refusals_logged: Mutex<HashMap<String, (Instant, u32)>>,
+    /// What this daemon did, counted (`/metrics/kvmfs.prom`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -189,6 +191,10 @@ impl Cluster {
             .collect();
         let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            nodes.iter().map(|n| n.name.clone()),
+            db.failovers(),
+        ));
         Arc::new(Cluster {
             inputs: Mutex::new(Inputs {
                 prev_cpu: vec![None; nodes.len()],
@@ -217,7 +223,13 @@ impl Cluster {
             claims_changed: Arc::new(tokio::sync::Notify::new()),
             keys,
             refusals_logged: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// This daemon's counters.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     pub fn config(&self) -> &Config {

@@ -221,7 +221,9 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let started = std::time::Instant::now();
             self.poll_db().await;
+            self.metrics.db_poll.observe(started.elapsed());
         }
     }
 

@@ -177,6 +177,13 @@ impl Cluster {
             tracing::debug!(error = %e, "cannot seal private keys yet");
         }
         self.notice_disagreements(&rows, &mut report);
+        let repairs = report.finished.len()
+            + report.undone.len()
+            + report.deleted.len()
+            + report.released.len();
+        self.metrics
+            .reconcile_repairs
+            .add(u64::try_from(repairs).unwrap_or(u64::MAX));
         report
     }
 

@@ -68,6 +68,8 @@ pub(super) struct Failover {
     wake: tokio::sync::Notify,
     /// One check at a time (the watcher's and the start-up one).
     checking: tokio::sync::Mutex<()>,
+    /// Counts the moves to the replica (`/metrics/kvmfs.prom`).
+    pub(super) failovers: Arc<crate::metrics::Counter>,
 }
 
 fn is_unreachable(e: &DbError) -> bool {
@@ -121,6 +123,7 @@ impl Failover {
             }),
             wake: tokio::sync::Notify::new(),
             checking: tokio::sync::Mutex::new(()),
+            failovers: Arc::default(),
         }
     }
 
@@ -305,6 +308,7 @@ impl Failover {
             s.switched_unix = unix_now();
             s.replica_server_id = Some(replica_server_id);
         }
+        self.failovers.inc();
         pool.set_connect_options(self.replica_options.clone());
         tracing::error!(
             primary = %self.primary_url,

@@ -130,6 +130,8 @@ pub struct Db {
     rev_clock: Arc<AtomicI64>,
     /// Set while statements cannot reach the database (see `gate`).
     down: Arc<parking_lot::Mutex<Option<Down>>>,
+    /// Counts the moves to the replica (shared with the failover, and with the metrics).
+    failovers: Arc<crate::metrics::Counter>,
 }
 
 /// Why the database could not be reached, and when a change may try it again.
@@ -197,6 +199,7 @@ impl Db {
             galera: None,
             rev_clock: Arc::new(AtomicI64::new(0)),
             down: Arc::default(),
+            failovers: Arc::default(),
         })
     }
 
@@ -254,6 +257,7 @@ impl Db {
             timeout,
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url,
+            failovers: fo.failovers.clone(),
             failover: Some(fo),
             galera: None,
             rev_clock: Arc::new(AtomicI64::new(0)),
@@ -297,6 +301,11 @@ impl Db {
             rev_clock: Arc::new(AtomicI64::new(0)),
             down: Arc::default(),
         })
+    }
+
+    /// The count of moves to the replica (0 or 1: a move is for good).
+    pub fn failovers(&self) -> Arc<crate::metrics::Counter> {
+        self.failovers.clone()
     }
 
     /// Whether this database failed over to its replica.

@@ -19,6 +19,7 @@ use fuser::{
 };
 
 use crate::cluster::actions::ActionError;
+use crate::metrics::FuseOp;
 use crate::tree::{Attr, EntryKind, OpenMode, Tree, TreeError};
 
 /// This daemon's mount, as the FUSE layer sees its end.
@@ -107,8 +108,19 @@ impl KvmFs {
                     "no answer within {limit:?}"
                 )))),
             };
+            if let Err(e) = &r {
+                tree.metrics().error(e.errno());
+            }
             reply(r);
         });
+    }
+}
+
+impl KvmFs {
+    /// The errno for `e`, counted (`kvmfs_fuse_errors_total`).
+    fn fail(&self, e: &TreeError) -> Errno {
+        self.tree.metrics().error(e.errno());
+        errno(e)
     }
 }
 
@@ -182,16 +194,18 @@ impl Filesystem for KvmFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.tree.metrics().op(FuseOp::Lookup);
         match self.tree.lookup(parent.0, name) {
             Ok(a) => reply.entry(&self.ttl(&a), &file_attr(&a), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.tree.metrics().op(FuseOp::Getattr);
         match self.tree.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -213,6 +227,7 @@ impl Filesystem for KvmFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.tree.metrics().op(FuseOp::Setattr);
         // A truncation of a writable file, and modes and owners of scratch files, are
         // changes kvmfs takes; timestamps that tools set after writing (touch, cp -p) are
         // accepted and ignored.
@@ -228,14 +243,15 @@ impl Filesystem for KvmFs {
         };
         match r {
             Ok(a) => reply.attr(&self.ttl(&a), &file_attr(&a)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.tree.metrics().op(FuseOp::Readlink);
         match self.tree.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -248,6 +264,7 @@ impl Filesystem for KvmFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.tree.metrics().op(FuseOp::Mkdir);
         let (name, uid, ttl) = (name.to_owned(), req.uid(), self.ttl);
         self.spawn(
             move |t| Box::pin(async move { t.mkdir(parent.0, &name, uid).await }),
@@ -268,7 +285,8 @@ impl Filesystem for KvmFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.tree.refuse_create(parent.0)));
+        self.tree.metrics().op(FuseOp::Mknod);
+        reply.error(self.fail(&self.tree.refuse_create(parent.0)));
     }
 
     fn create(
@@ -281,6 +299,7 @@ impl Filesystem for KvmFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.tree.metrics().op(FuseOp::Create);
         let mode = (mode & !umask & 0o7777) as u16;
         match self.tree.create(parent.0, name, mode, req.uid(), req.gid()) {
             Ok((a, fh)) => reply.created(
@@ -290,14 +309,15 @@ impl Filesystem for KvmFs {
                 FileHandle(fh),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.tree.metrics().op(FuseOp::Unlink);
         match self.tree.unlink(parent.0, name, req.uid()) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -311,9 +331,11 @@ impl Filesystem for KvmFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.tree.metrics().op(FuseOp::Rename);
         if flags.contains(RenameFlags::RENAME_EXCHANGE)
             || flags.contains(RenameFlags::RENAME_WHITEOUT)
         {
+            self.tree.metrics().error(libc::EINVAL);
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
@@ -333,6 +355,7 @@ impl Filesystem for KvmFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.tree.metrics().op(FuseOp::Rmdir);
         let (name, uid) = (name.to_owned(), req.uid());
         self.spawn(
             move |t| Box::pin(async move { t.rmdir(parent.0, &name, uid).await }),
@@ -344,6 +367,7 @@ impl Filesystem for KvmFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.tree.metrics().op(FuseOp::Open);
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         match self.tree.open(ino.0, write, req.uid()) {
             // Pages stay cached across opens (kvmfs invalidates them when the file changes),
@@ -354,7 +378,7 @@ impl Filesystem for KvmFs {
             ),
             // direct_io: every read and write reaches kvmfs, never cut to a cached size.
             Ok((fh, OpenMode::Direct)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -369,9 +393,10 @@ impl Filesystem for KvmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.tree.metrics().op(FuseOp::Read);
         match self.tree.read(fh.0, ino.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -387,6 +412,7 @@ impl Filesystem for KvmFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.tree.metrics().op(FuseOp::Write);
         let (data, uid) = (data.to_vec(), req.uid());
         self.spawn(
             move |t| Box::pin(async move { t.write(fh.0, offset, &data, uid).await }),
@@ -405,6 +431,7 @@ impl Filesystem for KvmFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.tree.metrics().op(FuseOp::Flush);
         let uid = req.uid();
         self.spawn(
             move |t| Box::pin(async move { t.flush(fh.0, uid).await }),
@@ -425,14 +452,16 @@ impl Filesystem for KvmFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.tree.metrics().op(FuseOp::Release);
         self.tree.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.tree.metrics().op(FuseOp::Opendir);
         match self.tree.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -444,9 +473,10 @@ impl Filesystem for KvmFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.tree.metrics().op(FuseOp::Readdir);
         let entries = match self.tree.dir_entries(fh.0) {
             Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(self.fail(&e)),
         };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, e) in entries.iter().enumerate().skip(start) {
@@ -465,6 +495,7 @@ impl Filesystem for KvmFs {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
+        self.tree.metrics().op(FuseOp::Readdirplus);
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let r = self
             .tree
@@ -498,7 +529,7 @@ impl Filesystem for KvmFs {
             });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 
@@ -510,15 +541,18 @@ impl Filesystem for KvmFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.tree.metrics().op(FuseOp::Releasedir);
         self.tree.release(fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
+        self.tree.metrics().op(FuseOp::Fsync);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        self.tree.metrics().op(FuseOp::Statfs);
         reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 
@@ -533,16 +567,19 @@ impl Filesystem for KvmFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.tree.metrics().op(FuseOp::Ioctl);
         // Not a terminal, not a device: what a regular file answers.
+        self.tree.metrics().error(libc::ENOTTY);
         reply.error(Errno::ENOTTY);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.tree.metrics().op(FuseOp::Access);
         // Permission bits are enforced by the kernel (default_permissions); only existence
         // is checked here.
         match self.tree.getattr(ino.0) {
             Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.fail(&e)),
         }
     }
 }

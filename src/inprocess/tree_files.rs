@@ -61,12 +61,13 @@ async fn the_root_lists_its_folders_and_status() {
             "flavors",
             "images",
             "instances",
+            "metrics",
             "networks",
             "nodes",
             "status"
         ])
     );
-    for d in ["", "nodes", "networks", "images", "flavors"] {
+    for d in ["", "nodes", "networks", "images", "flavors", "metrics"] {
         let a = attr(&rig, d);
         assert_eq!((a.kind, a.perm), (EntryKind::Dir, 0o555), "/{d}");
     }
@@ -682,4 +683,95 @@ async fn a_built_instance_whose_domain_vanished_reads_missing() {
     assert_eq!(rig.read("instances/web1/node").unwrap(), "n1\n");
     assert!(listing(&rig, "instances/web1").contains(&"ssh_key".to_string()));
     assert_eq!(listing(&rig, "nodes/n1/instances"), dots(&["web1"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_read_only_files_rendered_from_the_view() {
+    let rig = Rig::new(&[("n1", 4, 8192), ("n2", 2, 4096)], "").await;
+    rig.create("web", USER, SPEC).await.unwrap();
+    rig.wait_status("web", "running").await;
+    assert_eq!(listing(&rig, "metrics"), dots(&["kvmfs.prom", "zabbix"]));
+    assert_eq!(
+        listing(&rig, "metrics/zabbix"),
+        dots(&["instances.json", "nodes.json"])
+    );
+    for f in [
+        "metrics/kvmfs.prom",
+        "metrics/zabbix/nodes.json",
+        "metrics/zabbix/instances.json",
+    ] {
+        let a = attr(&rig, f);
+        assert_eq!((a.kind, a.perm), (EntryKind::File, 0o444), "{f}");
+        // Live counters: never cached by the kernel.
+        assert!(!a.cacheable, "{f}");
+        assert!(a.size > 0, "{f}");
+    }
+    let prom = rig.read("metrics/kvmfs.prom").unwrap();
+    assert!(
+        prom.contains("kvmfs_instance_state{instance=\"web\",node=\"n1\",state=\"running\"} 1\n")
+            || prom.contains(
+                "kvmfs_instance_state{instance=\"web\",node=\"n2\",state=\"running\"} 1\n"
+            ),
+        "{prom}"
+    );
+    assert!(prom.contains("kvmfs_instances_created_total 1\n"), "{prom}");
+    assert!(prom.contains("kvmfs_node_up{node=\"n2\"} 1\n"));
+    assert_eq!(
+        json(&rig, "metrics/zabbix/nodes.json"),
+        serde_json::json!([{"{#NODE}": "n1"}, {"{#NODE}": "n2"}])
+    );
+    let node = rig.read("instances/web/node").unwrap();
+    assert_eq!(
+        json(&rig, "metrics/zabbix/instances.json"),
+        serde_json::json!([{"{#INSTANCE}": "web", "{#NODE}": node.trim(), "{#PURPOSE}": "custom"}])
+    );
+
+    // Nothing under /metrics can be written, made, removed or renamed: EACCES (the kernel's
+    // mode bits refuse it first for everyone but root); chmod and chown are EPERM.
+    let eacces = |r: Result<(), TreeError>| assert_eq!(r.map_err(|e| e.errno()), Err(libc::EACCES));
+    let dir = rig.ino("metrics").unwrap();
+    let zabbix = rig.ino("metrics/zabbix").unwrap();
+    let prom_ino = rig.ino("metrics/kvmfs.prom").unwrap();
+    eacces(rig.tree.open(prom_ino, true, 0).map(|_| ()));
+    eacces(rig.tree.truncate(prom_ino, None, 0, 0).map(|_| ()));
+    eacces(
+        rig.tree
+            .mkdir(dir, std::ffi::OsStr::new("x"), 0)
+            .await
+            .map(|_| ()),
+    );
+    eacces(rig.tree.rmdir(dir, std::ffi::OsStr::new("zabbix"), 0).await);
+    eacces(rig.tree.unlink(dir, std::ffi::OsStr::new("kvmfs.prom"), 0));
+    eacces(
+        rig.tree
+            .unlink(zabbix, std::ffi::OsStr::new("nodes.json"), 0),
+    );
+    eacces(
+        rig.tree
+            .create(dir, std::ffi::OsStr::new("other.prom"), 0o644, 0, 0)
+            .map(|_| ()),
+    );
+    eacces(
+        rig.tree
+            .rename(
+                dir,
+                std::ffi::OsStr::new("kvmfs.prom"),
+                dir,
+                std::ffi::OsStr::new("x"),
+                false,
+                0,
+            )
+            .await,
+    );
+    assert_eq!(
+        rig.tree
+            .set_attr(prom_ino, Some(0o644), None, None, 0)
+            .map_err(|e| e.errno()),
+        Err(libc::EPERM)
+    );
+    assert_eq!(
+        rig.tree.refuse_create(prom_ino).errno(),
+        libc::ENOTDIR,
+        "a file is no folder"
+    );
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::FileKind;
+use super::{FileKind, MetricsFile};
 
 /// What an inode is, decoded from its number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,12 @@ pub enum Ino {
     FlavorFile(u64, FileKind),
     /// An editor's or tool's file in an instance folder (see `scratch`).
     Scratch(u64),
+    /// `/metrics`: files for monitoring agents.
+    MetricsDir,
+    /// `/metrics/zabbix`: Zabbix low-level discovery.
+    ZabbixDir,
+    /// `/metrics/kvmfs.prom`, `/metrics/zabbix/nodes.json`, `…/instances.json`.
+    MetricsFile(MetricsFile),
 }
 
 pub(super) const TAG_ROOT: u64 = 1;
@@ -49,6 +55,12 @@ pub(super) const TAG_IMAGES: u64 = 5;
 pub(super) const TAG_FLAVORS: u64 = 6;
 
 pub(super) const TAG_ROOT_STATUS: u64 = 7;
+
+pub(super) const TAG_METRICS: u64 = 8;
+
+pub(super) const TAG_ZABBIX: u64 = 9;
+
+pub(super) const TAG_METRICS_FILE: u64 = 10; // 10..16: by MetricsFile index
 
 pub(super) const TAG_NODE: u64 = 16;
 
@@ -99,6 +111,9 @@ impl Ino {
             Ino::Flavor(id) => id << 8 | TAG_FLAVOR,
             Ino::FlavorFile(id, f) => id << 8 | (TAG_FLAVOR_FILE + f.index()),
             Ino::Scratch(id) => id << 8 | TAG_SCRATCH,
+            Ino::MetricsDir => TAG_METRICS,
+            Ino::ZabbixDir => TAG_ZABBIX,
+            Ino::MetricsFile(f) => TAG_METRICS_FILE + f.index(),
         }
     }
 
@@ -113,6 +128,11 @@ impl Ino {
             TAG_IMAGES if id == 0 => Some(Ino::ImagesDir),
             TAG_FLAVORS if id == 0 => Some(Ino::FlavorsDir),
             TAG_ROOT_STATUS if id == 0 => Some(Ino::RootStatus),
+            TAG_METRICS if id == 0 => Some(Ino::MetricsDir),
+            TAG_ZABBIX if id == 0 => Some(Ino::ZabbixDir),
+            t if id == 0 && (TAG_METRICS_FILE..TAG_METRICS_FILE + 6).contains(&t) => {
+                MetricsFile::from_index(t - TAG_METRICS_FILE).map(Ino::MetricsFile)
+            }
             TAG_IMAGE => with_id(Ino::Image(id)),
             TAG_FLAVOR => with_id(Ino::Flavor(id)),
             TAG_SCRATCH => with_id(Ino::Scratch(id)),
@@ -216,6 +236,11 @@ mod tests {
             Ino::InstanceFile(9, FileKind::Error),
             Ino::Network(2),
             Ino::NetworkFile(2, FileKind::Status),
+            Ino::MetricsDir,
+            Ino::ZabbixDir,
+            Ino::MetricsFile(MetricsFile::Prom),
+            Ino::MetricsFile(MetricsFile::ZabbixNodes),
+            Ino::MetricsFile(MetricsFile::ZabbixInstances),
         ];
         for i in all {
             assert_eq!(Ino::decode(i.encode()), Some(i), "{i:?}");

@@ -23,10 +23,12 @@
 mod handles;
 mod ino;
 mod invalidate;
+mod prom;
 mod render;
 mod resolve;
 mod scratch;
 mod write;
+mod zabbix;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,12 +39,15 @@ use parking_lot::Mutex;
 
 use crate::cluster::Cluster;
 use crate::cluster::actions::ActionError;
+use crate::cluster::view as cluster_view;
 
 use handles::Handle;
 pub use ino::Ino;
 use ino::Names;
 pub use invalidate::Invalidations;
-pub use render::FileKind;
+pub use prom::SERIES_PER_INSTANCE;
+pub use render::{FileKind, MetricsFile};
+pub use zabbix::AGENT_FILE_LIMIT;
 
 /// Errors the tree reports; the FUSE layer maps each to one errno.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,6 +138,9 @@ impl TreeError {
     }
 }
 
+/// Bytes rendered from a view, with the view's version.
+type Rendered = (u64, Arc<Vec<u8>>);
+
 /// Who owns what the daemon itself presents (the mount's owner).
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
@@ -155,6 +163,10 @@ pub struct Tree {
     /// whoever follows the views (`mark_invalidated`), 0 while nobody does.
     invalidated: tokio::sync::watch::Sender<u64>,
     following: std::sync::atomic::AtomicBool,
+    /// What `/metrics` renders from a view (the view's part of `kvmfs.prom`, the discovery
+    /// files), with the view version it was rendered from: the `lookup`, `getattr` and
+    /// `open` of one `cat` render the cluster once per view.
+    metrics_cache: Mutex<HashMap<MetricsFile, Rendered>>,
 }
 
 impl Tree {
@@ -174,7 +186,53 @@ impl Tree {
             kernel_cache,
             invalidated: tokio::sync::watch::channel(0).0,
             following: std::sync::atomic::AtomicBool::new(false),
+            metrics_cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The daemon's counters (the FUSE layer counts its operations there).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.cluster.metrics()
+    }
+
+    /// What `f` renders from `view` (for `kvmfs.prom`, its view part), kept per view.
+    pub(super) fn rendered_from_view(
+        &self,
+        view: &cluster_view::View,
+        f: MetricsFile,
+    ) -> Arc<Vec<u8>> {
+        let cached = self
+            .metrics_cache
+            .lock()
+            .get(&f)
+            .filter(|(version, _)| *version == view.version)
+            .map(|(_, bytes)| bytes.clone());
+        if let Some(bytes) = cached {
+            return bytes;
+        }
+        // Rendered outside the lock: other readers are not held up behind it.
+        let bytes = Arc::new(match f {
+            MetricsFile::Prom => prom::view_part(view).into_bytes(),
+            MetricsFile::ZabbixNodes | MetricsFile::ZabbixInstances => render::zabbix_file(view, f),
+        });
+        let mut cache = self.metrics_cache.lock();
+        if cache.get(&f).is_none_or(|(v, _)| *v < view.version) {
+            cache.insert(f, (view.version, bytes.clone()));
+        }
+        bytes
+    }
+
+    /// A file of `/metrics` as of `view` (and, for `kvmfs.prom`, the counters now).
+    pub(super) fn metrics_file(&self, view: &cluster_view::View, f: MetricsFile) -> Vec<u8> {
+        let part = self.rendered_from_view(view, f);
+        if f != MetricsFile::Prom {
+            return part.to_vec();
+        }
+        let daemon = prom::daemon_part(self.metrics());
+        let mut out = Vec::with_capacity(part.len() + daemon.len());
+        out.extend_from_slice(&part);
+        out.extend_from_slice(daemon.as_bytes());
+        out
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {

@@ -76,6 +76,49 @@ impl FileKind {
     }
 }
 
+/// The files of `/metrics`. The index is part of the inode number: append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricsFile {
+    /// `/metrics/kvmfs.prom`: Prometheus's text format (`prom`).
+    Prom,
+    /// `/metrics/zabbix/nodes.json`: Zabbix discovery of the nodes (`zabbix`).
+    ZabbixNodes,
+    /// `/metrics/zabbix/instances.json`: Zabbix discovery of the instances.
+    ZabbixInstances,
+}
+
+impl MetricsFile {
+    pub const IN_METRICS: &[MetricsFile] = &[MetricsFile::Prom];
+    /// In name order.
+    pub const IN_ZABBIX: &[MetricsFile] = &[MetricsFile::ZabbixInstances, MetricsFile::ZabbixNodes];
+
+    pub fn index(self) -> u64 {
+        match self {
+            MetricsFile::Prom => 0,
+            MetricsFile::ZabbixNodes => 1,
+            MetricsFile::ZabbixInstances => 2,
+        }
+    }
+
+    pub fn from_index(i: u64) -> Option<MetricsFile> {
+        [
+            MetricsFile::Prom,
+            MetricsFile::ZabbixNodes,
+            MetricsFile::ZabbixInstances,
+        ]
+        .into_iter()
+        .find(|f| f.index() == i)
+    }
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            MetricsFile::Prom => "kvmfs.prom",
+            MetricsFile::ZabbixNodes => "nodes.json",
+            MetricsFile::ZabbixInstances => "instances.json",
+        }
+    }
+}
+
 /// Names in an instance folder that only kvmfs's own files may have.
 pub fn is_reserved_instance_name(name: &str) -> bool {
     MANAGED_FILES.iter().any(|f| f.file_name() == name)
@@ -216,6 +259,16 @@ pub fn flavor_file(name: &str, fl: &Flavor, f: FileKind) -> Vec<u8> {
         FileKind::Vcpus => line(&fl.vcpus.to_string()),
         FileKind::RamMb => line(&fl.ram_mb.to_string()),
         _ => Vec::new(),
+    }
+}
+
+/// A Zabbix discovery file (`MetricsFile::Prom` is rendered by the tree, with the counters;
+/// see `Tree::metrics_file`).
+pub fn zabbix_file(v: &View, f: MetricsFile) -> Vec<u8> {
+    match f {
+        MetricsFile::ZabbixNodes => super::zabbix::nodes(v),
+        MetricsFile::ZabbixInstances => super::zabbix::instances(v),
+        MetricsFile::Prom => Vec::new(),
     }
 }
 

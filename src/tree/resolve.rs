@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use super::ino::{Ino, instance_key, split_instance_key};
-use super::{Attr, DirEntry, EntryKind, FileKind, Handle, Tree, TreeError, render};
+use super::{Attr, DirEntry, EntryKind, FileKind, Handle, MetricsFile, Tree, TreeError, render};
 use crate::cluster::view::View;
 
 /// What a resolved inode is, with the view it was resolved in.
@@ -28,7 +28,10 @@ impl Tree {
             | Ino::NetworksDir
             | Ino::ImagesDir
             | Ino::FlavorsDir
-            | Ino::RootStatus => None,
+            | Ino::RootStatus
+            | Ino::MetricsDir
+            | Ino::ZabbixDir
+            | Ino::MetricsFile(_) => None,
             Ino::Node(id) | Ino::NodeInstances(id) | Ino::NodeFile(id, _) => {
                 let n = names.nodes.name(id).ok_or(TreeError::NotFound)?;
                 view.nodes.get(n).ok_or(TreeError::Stale)?;
@@ -111,11 +114,17 @@ impl Tree {
             kind: EntryKind::File,
             name: f.file_name().to_string(),
         };
+        let metrics_file = |f: MetricsFile| DirEntry {
+            ino: Ino::MetricsFile(f).encode(),
+            kind: EntryKind::File,
+            name: f.file_name().to_string(),
+        };
         let entries = match r.ino {
             Ino::Root => vec![
                 dir(Ino::FlavorsDir, "flavors"),
                 dir(Ino::ImagesDir, "images"),
                 dir(Ino::InstancesDir, "instances"),
+                dir(Ino::MetricsDir, "metrics"),
                 dir(Ino::NetworksDir, "networks"),
                 dir(Ino::NodesDir, "nodes"),
                 DirEntry {
@@ -210,7 +219,20 @@ impl Tree {
                 .iter()
                 .map(|f| file(Ino::FlavorFile(id, *f), *f))
                 .collect(),
-            Ino::NodeFile(..)
+            Ino::MetricsDir => {
+                let mut e: Vec<DirEntry> = MetricsFile::IN_METRICS
+                    .iter()
+                    .map(|f| metrics_file(*f))
+                    .collect();
+                e.push(dir(Ino::ZabbixDir, "zabbix"));
+                e
+            }
+            Ino::ZabbixDir => MetricsFile::IN_ZABBIX
+                .iter()
+                .map(|f| metrics_file(*f))
+                .collect(),
+            Ino::MetricsFile(_)
+            | Ino::NodeFile(..)
             | Ino::InstanceFile(..)
             | Ino::NetworkFile(..)
             | Ino::ImageFile(..)
@@ -233,6 +255,14 @@ impl Tree {
                 .find(|f| f.file_name() == name)
                 .ok_or(TreeError::NotFound)
         };
+        let metrics_in = |files: &[MetricsFile]| {
+            files
+                .iter()
+                .copied()
+                .find(|f| f.file_name() == name)
+                .map(Ino::MetricsFile)
+                .ok_or(TreeError::NotFound)
+        };
         let mut names = self.names.lock();
         let ino = match r.ino {
             Ino::Root => match name {
@@ -241,6 +271,7 @@ impl Tree {
                 "networks" => Ino::NetworksDir,
                 "images" => Ino::ImagesDir,
                 "flavors" => Ino::FlavorsDir,
+                "metrics" => Ino::MetricsDir,
                 "status" => Ino::RootStatus,
                 _ => return Err(TreeError::NotFound),
             },
@@ -290,7 +321,11 @@ impl Tree {
             Ino::Network(id) => Ino::NetworkFile(id, file_in(render::NETWORK_FILES)?),
             Ino::Image(id) => Ino::ImageFile(id, file_in(render::IMAGE_FILES)?),
             Ino::Flavor(id) => Ino::FlavorFile(id, file_in(render::FLAVOR_FILES)?),
-            Ino::NodeFile(..)
+            Ino::MetricsDir if name == "zabbix" => Ino::ZabbixDir,
+            Ino::MetricsDir => metrics_in(MetricsFile::IN_METRICS)?,
+            Ino::ZabbixDir => metrics_in(MetricsFile::IN_ZABBIX)?,
+            Ino::MetricsFile(_)
+            | Ino::NodeFile(..)
             | Ino::InstanceFile(..)
             | Ino::NetworkFile(..)
             | Ino::ImageFile(..)
@@ -337,6 +372,8 @@ impl Tree {
                 Ok(render::flavor_file(name, fl, f))
             }
             Ino::RootStatus => Ok(render::root_status(v)),
+            // Rendered from the view and the counters at each read: no backend call.
+            Ino::MetricsFile(f) => Ok(self.metrics_file(v, f)),
             Ino::Scratch(id) => self
                 .scratch
                 .lock()
@@ -367,7 +404,24 @@ impl Tree {
         let network_mtime = || v.networks.get(name).map(|n| n.changed_at);
         let image_mtime = || v.images.get(name).map(|i| i.changed_at);
         let attr = match r.ino {
-            Ino::Root | Ino::NodesDir | Ino::NetworksDir | Ino::ImagesDir | Ino::FlavorsDir => base,
+            Ino::Root
+            | Ino::NodesDir
+            | Ino::NetworksDir
+            | Ino::ImagesDir
+            | Ino::FlavorsDir
+            | Ino::MetricsDir
+            | Ino::ZabbixDir => base,
+            // Live counters: never cached by the kernel (TTL 0, opened with direct_io), so
+            // every `stat` and `cat` asks kvmfs; the mtime is that moment.
+            Ino::MetricsFile(_) => Attr {
+                kind: EntryKind::File,
+                size: self.content(r)?.len() as u64,
+                perm: 0o444,
+                nlink: 1,
+                mtime: std::time::SystemTime::now(),
+                cacheable: false,
+                ..base
+            },
             // World-writable: anyone may create an instance. Not sticky: the kernel's sticky
             // rule would answer EPERM before kvmfs is asked; kvmfs itself lets only an
             // instance's owner (or root) remove it (EACCES), and takes no other entries here.
@@ -556,7 +610,10 @@ impl Tree {
             | Ino::NetworksDir
             | Ino::ImagesDir
             | Ino::FlavorsDir
-            | Ino::RootStatus => Ino::Root.encode(),
+            | Ino::RootStatus
+            | Ino::MetricsDir => Ino::Root.encode(),
+            Ino::ZabbixDir | Ino::MetricsFile(MetricsFile::Prom) => Ino::MetricsDir.encode(),
+            Ino::MetricsFile(_) => Ino::ZabbixDir.encode(),
             Ino::Image(_) => Ino::ImagesDir.encode(),
             Ino::ImageFile(id, _) => Ino::Image(id).encode(),
             Ino::Flavor(_) => Ino::FlavorsDir.encode(),

@@ -476,9 +476,10 @@ impl Tree {
         let view = self.cluster.view();
         match self.resolve(parent, &view) {
             Ok(r) => match r.ino {
-                Ino::NodeFile(..) | Ino::InstanceFile(..) | Ino::NetworkFile(..) => {
-                    TreeError::NotDir
-                }
+                Ino::NodeFile(..)
+                | Ino::InstanceFile(..)
+                | Ino::NetworkFile(..)
+                | Ino::MetricsFile(_) => TreeError::NotDir,
                 _ => TreeError::ReadOnly("nothing can be created here"),
             },
             Err(e) => e,

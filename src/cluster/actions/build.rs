@@ -184,9 +184,14 @@ impl Cluster {
         uid: u32,
         _claim: Claim,
     ) {
+        let started = std::time::Instant::now();
         let mut made = Made::default();
         let r = self.build_steps(&target, &spec, uid, &mut made).await;
         let Target { name, node, .. } = target;
+        let node_metrics = self.node_index(&node).and_then(|ni| self.metrics.node(ni));
+        if let Some(m) = node_metrics {
+            m.builds.observe(started.elapsed());
+        }
         if let Some(ni) = self.node_index(&node) {
             self.refresh_after_action(ni, &name).await;
         }
@@ -208,6 +213,7 @@ impl Cluster {
             },
             Err(e) => {
                 let msg = e.to_string();
+                self.metrics.builds_failed.inc();
                 tracing::warn!(instance = %name, node = %node, error = %msg, "build failed; undoing");
                 let left = self.remove_parts(&name, &node, made, None).await;
                 if let Err(e) = self.db.fail_build(&name, &msg, left).await {

@@ -42,6 +42,7 @@ impl Cluster {
                 return Err(e);
             }
         }
+        self.metrics.instances_created.inc();
         tracing::info!(instance = %name, uid, "draft created");
         Ok(())
     }

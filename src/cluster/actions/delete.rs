@@ -204,6 +204,7 @@ impl Cluster {
             }
         }
         self.db.delete_vm(name).await?;
+        self.metrics.instances_deleted.inc();
         self.set_local_row(name, None);
         // Re-read the domain and the pool so the gone domain does not linger as an
         // unmanaged one.

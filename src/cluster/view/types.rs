@@ -275,6 +275,49 @@ impl InstanceView {
         }
     }
 
+    /// The first word of `status` (`running`, `building`, `unknown`, …): one of
+    /// `INSTANCE_STATES`, what the metrics count instances by.
+    pub fn state_word(&self) -> &'static str {
+        if let Some(row) = &self.row {
+            match row.state {
+                InstanceState::Draft => return "draft",
+                InstanceState::Building => return "building",
+                InstanceState::Deleting => return "deleting",
+                InstanceState::Failed => return "failed",
+                InstanceState::Ready => {}
+            }
+        }
+        if !self.node_online {
+            return "unknown";
+        }
+        match &self.domain {
+            Some(d) => d.state.word(),
+            None => "missing",
+        }
+    }
+
+    /// vCPUs: the domain's, else the row's (0 when neither says).
+    pub fn vcpus(&self) -> u64 {
+        match (&self.domain, &self.row) {
+            (Some(d), _) => u64::from(d.vcpus),
+            (None, Some(r)) => r.vcpus.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+            (None, None) => 0,
+        }
+    }
+
+    /// Memory in bytes: the domain's maximum, else the row's `ram_mb` (0 when neither says).
+    pub fn memory_bytes(&self) -> u64 {
+        match (&self.domain, &self.row) {
+            (Some(d), _) => d.max_memory_kib.saturating_mul(1024),
+            (None, Some(r)) => r
+                .ram_mb
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0)
+                .saturating_mul(1 << 20),
+            (None, None) => 0,
+        }
+    }
+
     /// Addresses: the database's static addresses for managed instances.
     pub fn addresses(&self) -> Vec<String> {
         let Some(row) = self.row.as_deref() else {
@@ -317,6 +360,25 @@ impl InstanceView {
         })
     }
 }
+
+/// Every word `InstanceView::state_word` gives: kvmfs's operations, `unknown` (node
+/// offline), the domain's state words, and `missing` (a row without its domain).
+pub const INSTANCE_STATES: &[&str] = &[
+    "draft",
+    "building",
+    "deleting",
+    "failed",
+    "unknown",
+    "missing",
+    "running",
+    "blocked",
+    "paused",
+    "shutdown",
+    "shutoff",
+    "crashed",
+    "pmsuspended",
+    "nostate",
+];
 
 /// A network, merged over the nodes that define it.
 #[derive(Debug, Clone)]
