@@ -222,6 +222,12 @@ fn two_mounts_on_two_galera_servers_place_what_fits_and_go_on_when_a_server_dies
         log.contains("database server changed"),
         "B moved to another server; {eios} EIOs; its log:\n{log}"
     );
+    let prom = read(b.path("metrics/kvmfs.prom"));
+    assert!(
+        prom.lines()
+            .any(|l| l == "kvmfs_database_failovers_total 1"),
+        "{prom}"
+    );
 
     // What was deleted is gone everywhere, what was kept is there, nothing is half-made.
     for n in gone {

@@ -45,6 +45,8 @@ pub(super) struct Servers {
     wake: tokio::sync::Notify,
     /// One check at a time.
     checking: tokio::sync::Mutex<()>,
+    /// Moves to another server (`kvmfs_database_failovers_total`).
+    pub(super) moves: std::sync::Arc<crate::metrics::Counter>,
 }
 
 impl Servers {
@@ -71,6 +73,7 @@ impl Servers {
             }),
             wake: tokio::sync::Notify::new(),
             checking: tokio::sync::Mutex::new(()),
+            moves: Default::default(),
         }
     }
 
@@ -140,6 +143,7 @@ impl Servers {
             from
         };
         pool.set_connect_options(self.options[to].clone());
+        self.moves.inc();
         tracing::error!(
             from = %self.urls[from],
             to = %self.urls[to],
@@ -254,6 +258,7 @@ mod tests {
         s.switch(&pool, 2, "test");
         assert_eq!(s.current_url(), "mysql://k:***@127.0.0.1:3/kvmfs");
         assert!(pool.connect_options().database_url.as_str().contains(":3/"));
+        assert_eq!(s.moves.get(), 1);
         assert!(!s.connection_is_current(Duration::from_millis(10)));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(s.connection_is_current(Duration::from_millis(5)));

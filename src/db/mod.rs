@@ -297,13 +297,15 @@ impl Db {
             alloc_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             display_url: redact_url(&urls[0]),
             failover: None,
+            failovers: servers.moves.clone(),
             galera: Some(servers),
             rev_clock: Arc::new(AtomicI64::new(0)),
             down: Arc::default(),
         })
     }
 
-    /// The count of moves to the replica (0 or 1: a move is for good).
+    /// The count of moves to the replica (0 or 1: a move is for good), or to another server
+    /// of a Galera cluster.
     pub fn failovers(&self) -> Arc<crate::metrics::Counter> {
         self.failovers.clone()
     }
