@@ -9,7 +9,7 @@
 #   sudo scripts/bench.sh [--quick] [--only SECTIONS] [--profile [--perf-dir DIR]]
 #                         [--creates N] [--out FILE] [--no-e2e]
 #
-# --quick and --only (listing, virsh, scale, creates, micro, metrics) leave the lab out, as --no-e2e
+# --quick and --only (listing, virsh, scale, creates, micro, metrics, events) leave the lab out, as --no-e2e
 # does.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -136,6 +136,25 @@ fn another_mounts_changes_reach_this_mounts_cached_files() {
     });
 }
 
+/// Defines a domain `extra` on `d` behind kvmfs's back, waits until `m` shows it, and
+/// returns the path of its `status`.
+fn define_extra(d: &Libvirtd, m: &Mounted) -> std::path::PathBuf {
+    let xml = d.dir.path().join("extra.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='test'><name>extra</name><memory>131072</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os></domain>",
+    )
+    .unwrap();
+    d.virsh(&["define", xml.to_str().unwrap()]);
+    let extra = m.path("instances/extra/status");
+    assert_eq!(
+        wait_read(&extra, "shutoff", Duration::from_secs(10)),
+        "shutoff\n"
+    );
+    extra
+}
+
 #[test]
 fn status_follows_a_domain_change_made_outside_kvmfs() {
     let d = Libvirtd::start(IMAGE);
@@ -161,19 +180,7 @@ fn status_follows_a_domain_change_made_outside_kvmfs() {
     );
 
     // A domain defined and undefined outside kvmfs comes and goes.
-    let xml = d.dir.path().join("extra.xml");
-    std::fs::write(
-        &xml,
-        "<domain type='test'><name>extra</name><memory>131072</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64'>hvm</type></os></domain>",
-    )
-    .unwrap();
-    d.virsh(&["define", xml.to_str().unwrap()]);
-    let extra = m.path("instances/extra/status");
-    assert_eq!(
-        wait_read(&extra, "shutoff", Duration::from_secs(10)),
-        "shutoff\n"
-    );
+    let extra = define_extra(&d, &m);
     d.virsh(&["undefine", "extra"]);
     wait_for(Duration::from_secs(10), "extra to go", || {
         std::fs::metadata(&extra).is_err()
@@ -192,19 +199,7 @@ fn a_node_daemon_that_died_is_listed_whole_on_the_new_connection() {
          [[node]]\nname = 'n1'\nuri = '{}'\npool = 'default-pool'\n",
         d.uri()
     ));
-    let xml = d.dir.path().join("extra.xml");
-    std::fs::write(
-        &xml,
-        "<domain type='test'><name>extra</name><memory>131072</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64'>hvm</type></os></domain>",
-    )
-    .unwrap();
-    d.virsh(&["define", xml.to_str().unwrap()]);
-    let extra = m.path("instances/extra/status");
-    assert_eq!(
-        wait_read(&extra, "shutoff", Duration::from_secs(10)),
-        "shutoff\n"
-    );
+    let extra = define_extra(&d, &m);
     // The new daemon starts from the test driver's initial state, without `extra`; no
     // event ever says it went.
     d.restart(IMAGE);

@@ -13,6 +13,8 @@
 //! - placement over 100 nodes, and building a view of 10,000 instances;
 //! - `cat /metrics/kvmfs.prom` and the Zabbix discovery file at 300 and 10,000 instances,
 //!   with the series count (its own section of the report, `--only metrics`);
+//! - domain events: how soon a change behind kvmfs's back shows, and the idle cost at
+//!   10,000 instances with and without whole listings at every poll (`--only events`);
 //! - optionally, where the daemon's CPU goes, sampled with `perf` (`--profile`).
 //!
 //! Wall-clock numbers are medians of several runs; the machine is shared, so they are noisy.
@@ -24,6 +26,7 @@
 mod common;
 mod creates;
 mod doc;
+mod events;
 mod lab;
 mod listing;
 mod metrics;
@@ -38,6 +41,7 @@ use std::time::Instant;
 
 pub use creates::*;
 pub use doc::*;
+pub use events::*;
 pub use kvmfs::testnode::SimNode;
 pub use lab::*;
 pub use listing::*;
@@ -145,6 +149,9 @@ fn main() {
         if !doc.metrics.is_empty() {
             new = splice_between(&new, METRICS_BEGIN, METRICS_END, &doc.render_metrics(&opts));
         }
+        if let Some(events) = &doc.events {
+            new = splice_between(&new, EVENTS_BEGIN, EVENTS_END, &render_events(events));
+        }
         std::fs::write(&opts.out, new).expect("write the benchmark report");
     };
     if opts.wants("listing") {
@@ -165,6 +172,13 @@ fn main() {
     }
     if opts.wants("metrics") {
         doc.metrics = section("monitoring files", || metrics(&opts));
+        save(&mut doc);
+    }
+    if opts.wants("events") {
+        match section("domain events", || events(&opts)) {
+            Ok(r) => doc.events = Some(r),
+            Err(e) => eprintln!("bench: events not measured: {e}"),
+        }
         save(&mut doc);
     }
     if opts.wants("micro") {

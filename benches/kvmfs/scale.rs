@@ -35,6 +35,15 @@ pub fn scale(opts: &Opts) -> Vec<ScaleRow> {
 /// A mount of `n` managed instances on 3 nodes, in the daemon or behind `daemon`; returns
 /// the lab (which must outlive the mount) and how long mounting and adopting took.
 pub fn scale_mount(n: usize, daemon: Option<&PrivateLibvirtd>) -> (Lab, Mounted, f64) {
+    scale_mount_with(n, daemon, "")
+}
+
+/// `scale_mount` with more `[timing]` lines.
+pub fn scale_mount_with(
+    n: usize,
+    daemon: Option<&PrivateLibvirtd>,
+    timing: &str,
+) -> (Lab, Mounted, f64) {
     let per_node = n / 3;
     let mut lab = Lab::new(3, per_node);
     let mut extra = String::new();
@@ -50,6 +59,10 @@ pub fn scale_mount(n: usize, daemon: Option<&PrivateLibvirtd>) -> (Lab, Mounted,
             .collect();
         // The first poll reads every domain once, one round trip each.
         extra.push_str("[timing]\nlibvirt_timeout_ms = 30000\n");
+        extra.push_str(timing);
+    } else if !timing.is_empty() {
+        extra.push_str("[timing]\n");
+        extra.push_str(timing);
     }
     let t = Instant::now();
     let m = Mounted::for_bench(&lab.config(&extra));

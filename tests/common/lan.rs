@@ -23,13 +23,14 @@ fn ip(args: &[&str]) {
 }
 
 impl Lan {
-    /// A bridge and `n` namespaces on it, on a /24 of 10.77/16 chosen by the process id.
+    /// A bridge and `n` namespaces on it, on a /24 of 10.78/16 chosen by the process id
+    /// (the lab of `scripts/lab.sh` uses 10.77/16).
     pub fn new(n: usize) -> Lan {
         let id = std::process::id() % 250;
         let lan = Lan {
             bridge: format!("kvmfsbr{id}"),
             namespaces: (0..n).map(|i| format!("kvmfs-ctl{id}-{i}")).collect(),
-            prefix: format!("10.77.{id}"),
+            prefix: format!("10.78.{id}"),
         };
         ip(&["link", "add", &lan.bridge, "type", "bridge"]);
         ip(&[
@@ -61,7 +62,7 @@ impl Lan {
         format!("{}.1", self.prefix)
     }
 
-    /// The LAN's addresses as a MariaDB host pattern (`10.77.N.%`).
+    /// The LAN's addresses as a MariaDB host pattern (`10.78.N.%`).
     pub fn host_pattern(&self) -> String {
         format!("{}.%", self.prefix)
     }
