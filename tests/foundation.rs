@@ -389,7 +389,7 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
     let b = sim_node(nodes.path(), "kvm-b", &SimNode::new(2, 4096));
     let m = Mounted::with_config(&format!(
         "[database]\nurl = '{}'\n\
-         [timing]\nrefresh_ms = 200\n\
+         [timing]\nrefresh_ms = 200\nfull_poll_ms = 2000\n\
          [[node]]\nname = 'kvm-a'\nuri = '{a}'\nip = '10.0.0.11'\n\
          [[node]]\nname = 'kvm-b'\nuri = '{b}'\n",
         db.url()
@@ -422,7 +422,7 @@ fn mariadb_config_registers_hosts_and_reads_vm_rows() {
         "old-web\tkvm-a\t211.183.3.7\t1024\t172.16.123.7\n"
     );
     // An update by hand moves no stamp of kvmfs's: it shows at the next whole read, at most
-    // 10 polls (2 s here) later.
+    // `full_poll_ms` (2 s here) later.
     db.sql("UPDATE kvmfs.vm SET vmip = '211.183.3.8' WHERE vmname = 'old-web'");
     wait_for(Duration::from_secs(5), "the changed row to show", || {
         read(m.path("instances/old-web/ip")) == "211.183.3.8\n172.16.123.7\n"

@@ -87,8 +87,13 @@ pub fn render_events(r: &EventsReport) -> String {
     );
     let _ = writeln!(
         s,
-        "**A change behind kvmfs's back.** `virsh destroy test` and `virsh start test`,          alternately ({} times), on a private libvirtd serving the test driver's `default`          node, which kvmfs mounts with the default timing; the time from the `virsh`          command's return to `instances/test/status` reading the new state (read every          0.2 ms): median {}, 90th percentile {}, most {}. The `virsh` command itself took          {} (median). Without events a change shows at the next poll: up to `refresh_ms`          (500 ms) plus the poll.
-",
+        "**A change behind kvmfs's back.** `virsh destroy test` and `virsh start test`, \
+         alternately ({} times), on a private libvirtd serving the test driver's `default` \
+         node, which kvmfs mounts with the default timing; the time from the `virsh` \
+         command's return to `instances/test/status` reading the new state (read every \
+         0.2 ms): median {}, 90th percentile {}, most {}. The `virsh` command itself took \
+         {} (median). Without events a change shows at the next poll: up to `refresh_ms` \
+         (500 ms) plus the poll.\n",
         seen.len(),
         ms(pick(&seen, 0.5)),
         ms(pick(&seen, 0.9)),
@@ -97,8 +102,10 @@ pub fn render_events(r: &EventsReport) -> String {
     );
     let _ = writeln!(
         s,
-        "**Idle at 9,999 instances behind a libvirtd** (3 nodes, each a test-driver node          file served by a private libvirtd; `refresh_ms` 500). Idle CPU is the daemon's CPU          time per second over 10 s with nothing changing, after the first listings; RSS          is its `VmRSS` then.
-"
+        "**Idle at 9,999 instances behind a libvirtd** (3 nodes, each a test-driver node \
+         file served by a private libvirtd; `refresh_ms` 500). Idle CPU is the daemon's CPU \
+         time per second over 10 s with nothing changing, after the first listings; RSS \
+         is its `VmRSS` then.\n"
     );
     let _ = writeln!(s, "| Polling | Idle CPU | Daemon RSS |");
     let _ = writeln!(s, "|---|---|---|");
@@ -109,6 +116,18 @@ pub fn render_events(r: &EventsReport) -> String {
             cpu * 100.0,
             *rss as f64 / 1024.0
         );
+    }
+    match &r.idle_profile {
+        Ok(top) => {
+            let _ = writeln!(
+                s,
+                "\nWhere the idle daemon's time goes with events (`perf`, 10 s):\n\n```\n{}\n```",
+                top.join("\n")
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "\nNot profiled: {e}");
+        }
     }
     s
 }

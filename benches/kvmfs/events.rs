@@ -17,6 +17,8 @@ pub struct EventsReport {
     pub virsh_call: Vec<Duration>,
     /// (label, idle CPU share, RSS KiB) at 9,999 instances behind a libvirtd.
     pub idle: Vec<(&'static str, f64, u64)>,
+    /// Where the idle daemon's time goes with events (`perf`'s top functions), if sampled.
+    pub idle_profile: Result<Vec<String>, String>,
 }
 
 /// Reads `p` until it starts with `prefix` (at most 10 s).
@@ -70,7 +72,12 @@ fn change_seen(report: &mut EventsReport) -> Result<(), String> {
     Ok(())
 }
 
-fn idle(report: &mut EventsReport, label: &'static str, timing: &str) -> Result<(), String> {
+fn idle(
+    report: &mut EventsReport,
+    label: &'static str,
+    timing: &str,
+    profile: bool,
+) -> Result<(), String> {
     let d = PrivateLibvirtd::start()?;
     let (_lab, m, _) = scale_mount_with(9999, Some(&d), timing);
     // Past the first whole listings.
@@ -83,6 +90,13 @@ fn idle(report: &mut EventsReport, label: &'static str, timing: &str) -> Result<
     report
         .idle
         .push((label, (c1 - c0) as f64 / hz / 10.0, rss_kib(m.pid())));
+    if profile {
+        let data = d.dir.path().join("perf-idle-events.data");
+        report.idle_profile = perf_sample(m.pid(), &data, || {
+            std::thread::sleep(Duration::from_secs(10));
+        })
+        .map(|(_, top)| top);
+    }
     Ok(())
 }
 
@@ -91,13 +105,20 @@ pub fn events(_opts: &Opts) -> Result<EventsReport, String> {
         change_seen: Vec::new(),
         virsh_call: Vec::new(),
         idle: Vec::new(),
+        idle_profile: Err("not sampled".into()),
     };
     change_seen(&mut report)?;
-    idle(&mut report, "events (default: full_poll_ms = 60000)", "")?;
+    idle(
+        &mut report,
+        "events (default: full_poll_ms = 60000)",
+        "",
+        true,
+    )?;
     idle(
         &mut report,
         "every poll whole (full_poll_ms = refresh_ms = 500)",
         "full_poll_ms = 500\n",
+        false,
     )?;
     Ok(report)
 }

@@ -12,10 +12,6 @@ use super::view::{NodeStatus, RowMap};
 use crate::db::{InstanceRecord, VmFingerprint};
 use crate::hv::{DomainProbe, ProbeScope};
 
-/// A database poll reads every row at least every this many polls, whatever the
-/// fingerprint says (see `poll_db`).
-pub(super) const FULL_READ_EVERY: u32 = 10;
-
 /// A node poll lists the storage pool every this many polls (and the first time); actions
 /// re-read the volumes they make or remove by name, so the listing only has to catch what
 /// others did to the pool.
@@ -329,14 +325,14 @@ impl Cluster {
     /// Reads the `vm` table, unless its fingerprint is the one the rows this daemon holds
     /// give (`VmFingerprint::of`): every write of every kvmfs moves it, and this daemon's
     /// own writes move the rows it holds alike (they keep the stamp written), so only
-    /// another daemon's writes make it read. Every `FULL_READ_EVERY` polls it reads anyway:
-    /// rows changed by hand, with SQL, move no stamp.
+    /// another daemon's writes make it read. Every `full_poll_ms` it reads anyway (the
+    /// consistency check, as for the nodes): rows changed by hand, with SQL, move no stamp.
     pub(super) async fn poll_db(&self) {
         let epoch = self.inputs.lock().rows_epoch;
         let fingerprint = self.db.vm_fingerprint().await;
         if let Ok(fp) = &fingerprint {
             let inputs = self.inputs.lock();
-            let full_due = self.cfg.timing.refresh() * FULL_READ_EVERY;
+            let full_due = self.cfg.timing.full_poll();
             if inputs.db_error.is_none()
                 && inputs.rows_read.is_some_and(|at| at.elapsed() < full_due)
                 && VmFingerprint::of(inputs.rows.values().map(|r| &**r)) == *fp
