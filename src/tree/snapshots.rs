@@ -262,6 +262,26 @@ impl Tree {
         Ok(())
     }
 
+    /// `unlink` of a snapshot's `info.json`: changes nothing, for the owner (or root), so
+    /// that `rm -r` comes to the snapshot's `rmdir`.
+    pub(super) fn snapshot_unlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        uid: u32,
+    ) -> Result<(), TreeError> {
+        let view = self.cluster.view();
+        let r = self.resolve(parent, &view)?;
+        let instance = r.name.clone().unwrap_or_default();
+        match name.to_str().map(|n| self.child(&r, n)) {
+            Some(Ok(Ino::SnapshotInfo(_))) if self.owns(&view, &instance, uid) => Ok(()),
+            Some(Ok(Ino::SnapshotInfo(_))) => {
+                Err(ActionError::NotOwner(format!("instance {instance} is not yours")).into())
+            }
+            _ => Err(TreeError::NotFound),
+        }
+    }
+
     /// Records in the instance's `error` file why a snapshot operation its owner asked for
     /// failed (not that the caller is not the owner, or that the instance is gone).
     fn record_snapshot_failure<T>(&self, instance: &str, inc: &str, r: &Result<T, TreeError>) {

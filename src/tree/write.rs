@@ -329,12 +329,14 @@ impl Tree {
         Ok((attr, self.new_handle(Handle::Scratch(id))))
     }
 
-    /// `unlink`: removes a scratch file; kvmfs's own files cannot be removed.
     /// `unlink` in an instance folder: a scratch file is removed. One of kvmfs's own files
     /// is not, but its owner's (or root's) unlink succeeds and changes nothing, so that
     /// `rm -r`, `find -delete` and file managers, which empty a folder before they remove
     /// it, come to the folder's `rmdir`, which deletes the instance.
     pub fn unlink(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), TreeError> {
+        if let Some(Ino::Snapshot(_)) = Ino::decode(parent) {
+            return self.snapshot_unlink(parent, name, uid);
+        }
         let folder = self.scratch_parent(parent)?;
         let name = name.to_str().ok_or(TreeError::NotFound)?;
         {
