@@ -1001,6 +1001,63 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_on_the_test_driver() {
+        quiet_libvirt_errors();
+        let dir = tempfile::tempdir().unwrap();
+        let uri = crate::testnode::SimNode::new(4, 4096)
+            .domain("a", 1, 512, true)
+            .write(&dir.path().join("n.xml"))
+            .unwrap();
+        let node = LibvirtNode::new("n", &uri, "default");
+        node.create_snapshot("a", "s1").unwrap();
+        assert!(matches!(
+            node.create_snapshot("a", "s1"),
+            Err(HvError::WrongState { .. })
+        ));
+        node.domain_op("a", DomainOp::Destroy).unwrap();
+        node.create_snapshot("a", "s2").unwrap();
+        let l = node.list_snapshots("a").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].state, l[0].current), (DomainState::Running, false));
+        assert_eq!(l[1].parent.as_deref(), Some("s1"));
+        assert_eq!((l[1].state, l[1].current), (DomainState::Shutoff, true));
+        assert!(l[0].created_at > 1_700_000_000);
+        // A domain read on its own carries its snapshots.
+        let p = node.probe_named(&["a".into()]).unwrap();
+        assert_eq!(p[0].1.as_ref().unwrap().snapshots.len(), 2);
+        node.revert_snapshot("a", "s1").unwrap();
+        let p = node.probe_named(&["a".into()]).unwrap();
+        assert_eq!(p[0].1.as_ref().unwrap().state, DomainState::Running);
+        assert!(matches!(
+            node.revert_snapshot("a", "nope"),
+            Err(HvError::NotFound { .. })
+        ));
+        assert!(node.delete_snapshot("a", "s2").unwrap());
+        assert!(!node.delete_snapshot("a", "s2").unwrap());
+        let names: Vec<String> = node
+            .list_snapshots("a")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["s1"]);
+    }
+
+    #[test]
+    fn snapshot_xml() {
+        let (state, at, parent) = parse_snapshot_xml(
+            "<domainsnapshot><name>s2</name><state>shutoff</state>\
+             <parent><name>s1</name></parent><creationTime>1796596217</creationTime>\
+             <domain><name>x</name></domain></domainsnapshot>",
+        );
+        assert_eq!(
+            (state, at, parent.as_deref()),
+            (DomainState::Shutoff, 1796596217, Some("s1"))
+        );
+        assert_eq!(parse_snapshot_xml("<bad"), (DomainState::NoState, 0, None));
+    }
+
+    #[test]
     fn network_addresses() {
         let (f, a) = parse_network_xml(
             "<network><forward mode='nat'/><ip address='10.0.0.1' netmask='255.255.255.0'/>\
