@@ -185,9 +185,7 @@ async fn only_the_owner_or_root_may_take_delete_or_revert_and_anyone_may_read() 
         rig.cluster
             .snapshot_revert(
                 "vm1",
-                &rig.cluster.view().instances["vm1"]
-                    .incarnation()
-                    .to_string(),
+                rig.cluster.view().instances["vm1"].incarnation(),
                 OTHER,
                 &crate::model::SnapshotName::new("s1").unwrap(),
             )
