@@ -3,7 +3,8 @@
 //! `instances/NAME/snapshots/` takes one (seen by `virsh snapshot-list`), `ls` and
 //! `info.json` show it, `revert NAME` in `ctl` brings the domain's state back, `rmdir`
 //! deletes it; another user may look but not touch; and an instance with snapshots is
-//! removed whole by `rmdir` and by `rm -r`.
+//! removed whole by `rmdir` and by `rm -r`. The libvirt backend's snapshot calls are also
+//! run on real QEMU (the same daemon's QEMU driver, a TCG guest shaped as kvmfs's).
 
 mod common;
 
@@ -256,4 +257,96 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
     built(&m, "gone1");
     assert!(list(m.path("instances/gone1/snapshots")).is_empty());
     assert!(rig.snapshots("gone1").is_empty());
+}
+
+/// The libvirt backend on real QEMU (the QEMU driver of the same daemon, a TCG guest with a
+/// qcow2 disk and no network, booting nothing): internal snapshots of a running and of a
+/// stopped domain, revert to each brings its state back, delete, and removing a stopped
+/// domain that has snapshots (libvirt refuses a plain undefine of one).
+#[test]
+fn the_libvirt_backend_takes_reverts_and_deletes_snapshots_on_real_qemu() {
+    use kvmfs::hv::libvirt::LibvirtNode;
+    use kvmfs::hv::{DomainOp, DomainState, NodeBackend};
+
+    let node = Libvirtd::start(IMAGE);
+    let uri = format!(
+        "qemu+unix:///system?socket={}",
+        node.dir.path().join("libvirt-sock").display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("snapq.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // A NoCloud-like seed as a raw cdrom, as kvmfs attaches one: read-only, left out of
+    // internal snapshots.
+    std::fs::write(dir.path().join("meta-data"), "instance-id: snapq\n").unwrap();
+    let seed = dir.path().join("seed.iso");
+    let st = Command::new("genisoimage")
+        .args(["-quiet", "-volid", "cidata", "-o"])
+        .arg(&seed)
+        .arg(dir.path().join("meta-data"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let xml = format!(
+        "<domain type='qemu'><name>snapq</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <metadata><kvmfs:instance xmlns:kvmfs='{}' owner='0'/></metadata>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+         <source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>\
+         <memballoon model='none'/></devices></domain>",
+        kvmfs::hv::xml::METADATA_NS,
+        disk.display(),
+        seed.display()
+    );
+    kvmfs::hv::libvirt::quiet_libvirt_errors();
+    let n = LibvirtNode::new("q", &uri, "none");
+    n.define_and_start(&xml).unwrap();
+    let state = |n: &LibvirtNode| {
+        n.probe_named(&["snapq".into()]).unwrap()[0]
+            .1
+            .as_ref()
+            .map(|d| (d.state, d.snapshots.len()))
+    };
+    assert_eq!(state(&n), Some((DomainState::Running, 0)));
+
+    n.create_snapshot("snapq", "up").unwrap();
+    n.domain_op("snapq", DomainOp::Destroy).unwrap();
+    n.create_snapshot("snapq", "down").unwrap();
+    let l = n.list_snapshots("snapq").unwrap();
+    let names: Vec<(&str, DomainState, bool)> = l
+        .iter()
+        .map(|s| (s.name.as_str(), s.state, s.current))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("down", DomainState::Shutoff, true),
+            ("up", DomainState::Running, false)
+        ]
+    );
+    assert_eq!(l[0].parent.as_deref(), Some("up"));
+    assert_eq!(state(&n), Some((DomainState::Shutoff, 2)));
+
+    n.revert_snapshot("snapq", "up").unwrap();
+    assert_eq!(state(&n), Some((DomainState::Running, 2)));
+    n.revert_snapshot("snapq", "down").unwrap();
+    assert_eq!(state(&n), Some((DomainState::Shutoff, 2)));
+    assert!(n.delete_snapshot("snapq", "down").unwrap());
+    assert_eq!(state(&n), Some((DomainState::Shutoff, 1)));
+
+    // Stopped, with a snapshot left: removed whole.
+    assert!(n.remove_domain("snapq").unwrap());
+    assert!(
+        !node
+            .virsh(&["-c", &uri, "list", "--all", "--name"])
+            .contains("snapq")
+    );
 }
