@@ -350,3 +350,38 @@ fn the_libvirt_backend_takes_reverts_and_deletes_snapshots_on_real_qemu() {
             .contains("snapq")
     );
 }
+
+/// A domain whose disk is a network disk (`<disk type='network'>`, here NFS; the test driver
+/// reaches nothing) is refused with EOPNOTSUPP and the reason in `error`, before libvirt is
+/// asked.
+#[test]
+fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
+    let rig = Rig::new();
+    let m = Mounted::with_config(&rig.config());
+    wait_online(&m, &["n1"]);
+    built(&m, "nfs1");
+    // Its definition changed behind kvmfs's back, as a domain on shared NFS storage has it;
+    // the device list is read again when the domain starts.
+    ctl(&m, "nfs1", "destroy\n").unwrap();
+    wait_status(&m, "nfs1", "shutoff");
+    let xml = rig.node.virsh(&["dumpxml", "nfs1"]);
+    let start = xml.find("<disk type='file' device='disk'>").unwrap();
+    let end = start + xml[start..].find("</disk>").unwrap() + "</disk>".len();
+    let net = "<disk type='network' device='disk'><driver name='qemu' type='qcow2'/>\
+               <source protocol='nfs' name='/cloud/nfs1.qcow2'><host name='127.0.0.1'/>\
+               <identity user='root' group='root'/></source>\
+               <target dev='vda' bus='virtio'/></disk>";
+    let changed = format!("{}{net}{}", &xml[..start], &xml[end..]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), changed).unwrap();
+    rig.node.virsh(&["define", file.path().to_str().unwrap()]);
+    ctl(&m, "nfs1", "start\n").unwrap();
+    wait_status(&m, "nfs1", "running");
+
+    let r = std::fs::create_dir(m.path("instances/nfs1/snapshots/s1"));
+    assert_eq!(errno_of(r), libc::EOPNOTSUPP);
+    let err = read(m.path("instances/nfs1/error"));
+    assert!(err.contains("network disk") && err.contains("vda"), "{err}");
+    assert!(rig.snapshots("nfs1").is_empty());
+    assert!(list(m.path("instances/nfs1/snapshots")).is_empty());
+}
