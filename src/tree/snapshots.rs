@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::ino::{Ino, Names, snapshot_key, split_instance_key, split_snapshot_key};
 use super::{Attr, DirEntry, EntryKind, FileKind, Tree, TreeError, render};
 use crate::cluster::actions::ActionError;
-use crate::cluster::view::{InstanceView, View};
-use crate::hv::SnapshotProbe;
+use crate::cluster::view::{InstanceView, SnapshotView as SnapshotProbe, View};
 use crate::model::SnapshotName;
 
 /// The folder's name in an instance folder.
