@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::ino::{Ino, Names, snapshot_key, split_instance_key, split_snapshot_key};
 use super::{Attr, DirEntry, EntryKind, FileKind, Tree, TreeError, render};
 use crate::cluster::actions::ActionError;
-use crate::cluster::view::{InstanceView, SnapshotView as SnapshotProbe, View};
+use crate::cluster::view::{InstanceView, SnapshotView, View};
 use crate::model::SnapshotName;
 
 /// The folder's name in an instance folder.
@@ -36,7 +36,7 @@ fn snapshot_of(names: &Names, sid: u64) -> Result<(u64, String), TreeError> {
 }
 
 /// A snapshot of an instance as the view shows it.
-fn find<'i>(i: &'i InstanceView, snap: &str) -> Option<&'i SnapshotProbe> {
+fn find<'i>(i: &'i InstanceView, snap: &str) -> Option<&'i SnapshotView> {
     i.domain.as_ref()?.snapshots.iter().find(|s| s.name == snap)
 }
 
@@ -100,7 +100,7 @@ pub(super) fn child(
 }
 
 /// `info.json` of a snapshot.
-pub(super) fn info_json(instance: &str, s: &SnapshotProbe) -> Vec<u8> {
+pub(super) fn info_json(instance: &str, s: &SnapshotView) -> Vec<u8> {
     let v = serde_json::json!({
         "name": s.name,
         "instance": instance,
@@ -115,7 +115,7 @@ pub(super) fn info_json(instance: &str, s: &SnapshotProbe) -> Vec<u8> {
     out
 }
 
-fn created(s: &SnapshotProbe) -> SystemTime {
+fn created(s: &SnapshotView) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(s.created_at).unwrap_or(0))
 }
 
