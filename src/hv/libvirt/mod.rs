@@ -294,8 +294,13 @@ impl LibvirtNode {
     }
 
     /// Reads one domain with a call per value (and its XML when its definition is new to us),
-    /// refreshing what is cached of it.
-    fn probe_domain(&self, d: &Domain) -> Result<DomainProbe, virt::error::Error> {
+    /// refreshing what is cached of it. Its snapshots are read now when it is read on its own
+    /// (`snapshot_budget` `None`), or as a listing allows (see `snapshots_of`).
+    fn probe_domain(
+        &self,
+        d: &Domain,
+        snapshot_budget: Option<&mut usize>,
+    ) -> Result<DomainProbe, virt::error::Error> {
         let name = d.name()?;
         let uuid = d.uuid_string()?;
         let info = d.info()?;
@@ -304,7 +309,10 @@ impl LibvirtNode {
         let sizes = (info.nr_virt_cpu, info.max_mem, info.memory);
         let devices = self.devices_of(d, &uuid, id, sizes)?;
         let mut unlimited = usize::MAX;
-        let snapshots = self.snapshots_of(d, &uuid, &mut unlimited, true)?;
+        let snapshots = match snapshot_budget {
+            Some(budget) => self.snapshots_of(d, &uuid, budget, false)?,
+            None => self.snapshots_of(d, &uuid, &mut unlimited, true)?,
+        };
         Ok(domain_probe(
             name, uuid, state, reason, sizes, devices, snapshots,
         ))
@@ -518,8 +526,9 @@ impl LibvirtNode {
             None => {
                 let domains = c.list_all_domains(0)?;
                 let mut probes = Vec::with_capacity(domains.len());
+                let mut budget = SNAPSHOT_REFRESH_PER_LISTING;
                 for d in &domains {
-                    match self.probe_domain(d) {
+                    match self.probe_domain(d, Some(&mut budget)) {
                         Ok(p) => probes.push(p),
                         // A domain undefined between the listing and this call is gone.
                         Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
@@ -786,7 +795,7 @@ impl NodeBackend for LibvirtNode {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 let probe = match c.lookup_domain_by_name(name) {
-                    Ok(d) => match self.probe_domain(&d) {
+                    Ok(d) => match self.probe_domain(&d, None) {
                         Ok(p) => Some(p),
                         Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => None,
                         Err(e) => return Err(e),
