@@ -281,7 +281,7 @@ fn ctl_changes_the_domain_and_refuses_the_wrong_state() {
     write_spec(m, "c", "{}").unwrap();
     wait_status(m, "c", "running");
     let ctl = m.path("instances/c/ctl");
-    assert_eq!(read(&ctl), "start stop destroy reboot\n");
+    assert_eq!(read(&ctl), "start stop destroy reboot revert NAME\n");
     let e = std::fs::write(&ctl, "start").unwrap_err();
     assert_eq!(errno(&e), libc::EBUSY);
     std::fs::write(&ctl, "reboot\n").unwrap();

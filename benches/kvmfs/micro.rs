@@ -91,6 +91,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
                     max_memory_kib: 512 * 1024,
                     memory_kib: 512 * 1024,
                     devices: Arc::new(DomainDevices::default()),
+                    snapshots: Arc::default(),
                 })
             })
             .collect(),

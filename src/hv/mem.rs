@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::{
     CpuTimes, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, NetworkProbe,
-    NodeBackend, NodeProbe, ProbeScope, VolumeProbe, Volumes,
+    NodeBackend, NodeProbe, ProbeScope, SnapshotProbe, VolumeProbe, Volumes,
 };
 
 /// The kinds of call a fault can be set on.
@@ -26,6 +26,10 @@ pub enum Call {
     DefineAndStart,
     DomainOp,
     RemoveDomain,
+    CreateSnapshot,
+    ListSnapshots,
+    RevertSnapshot,
+    DeleteSnapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +39,8 @@ struct MemDomain {
     vcpus: u32,
     memory_kib: u64,
     devices: Arc<DomainDevices>,
+    /// By name; `current` set on at most one.
+    snapshots: BTreeMap<String, SnapshotProbe>,
 }
 
 #[derive(Default)]
@@ -143,6 +149,7 @@ impl MemNode {
                 vcpus,
                 memory_kib: memory_mb * 1024,
                 devices: Arc::new(DomainDevices::default()),
+                snapshots: BTreeMap::new(),
             },
         );
     }
@@ -188,6 +195,29 @@ impl MemNode {
             d.state = state;
         }
         self.event(name);
+    }
+
+    /// Makes every disk of a domain a network disk (as `<disk type='network'>`, which
+    /// libvirt cannot snapshot).
+    pub fn set_network_disks(&self, name: &str) {
+        if let Some(d) = self.state.lock().domains.get_mut(name) {
+            let mut devices = DomainDevices::clone(&d.devices);
+            for disk in &mut devices.disks {
+                disk.network = true;
+            }
+            d.devices = Arc::new(devices);
+        }
+        self.event(name);
+    }
+
+    /// The names of a domain's snapshots (empty when the domain is gone).
+    pub fn snapshots(&self, name: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .domains
+            .get(name)
+            .map(|d| d.snapshots.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Says the node delivers events on connection `epoch` (`Some`), or that it does not.
@@ -252,6 +282,7 @@ impl MemNode {
             max_memory_kib: d.memory_kib,
             memory_kib: d.memory_kib,
             devices: d.devices.clone(),
+            snapshots: Arc::new(d.snapshots.values().cloned().collect()),
         }
     }
 
@@ -433,6 +464,7 @@ impl NodeBackend for MemNode {
                     vcpus,
                     memory_kib,
                     devices,
+                    snapshots: BTreeMap::new(),
                 },
             );
         }
@@ -480,6 +512,99 @@ impl NodeBackend for MemNode {
         };
         self.event(name);
         Ok(removed)
+    }
+
+    fn create_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError> {
+        self.enter(Call::CreateSnapshot)?;
+        {
+            let mut st = self.state.lock();
+            let Some(d) = st.domains.get_mut(name) else {
+                return Err(self.not_found(format!("domain {name}")));
+            };
+            if d.snapshots.contains_key(snapshot) {
+                return Err(HvError::WrongState {
+                    node: self.name.clone(),
+                    message: format!("domain {name} has a snapshot {snapshot} already"),
+                });
+            }
+            let mut parent = None;
+            for s in d.snapshots.values_mut() {
+                if s.current {
+                    s.current = false;
+                    parent = Some(s.name.clone());
+                }
+            }
+            let created_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+            d.snapshots.insert(
+                snapshot.to_string(),
+                SnapshotProbe {
+                    name: snapshot.to_string(),
+                    created_at,
+                    state: d.state,
+                    parent,
+                    current: true,
+                    size_bytes: None,
+                },
+            );
+        }
+        self.event(name);
+        Ok(())
+    }
+
+    fn list_snapshots(&self, name: &str) -> Result<Vec<SnapshotProbe>, HvError> {
+        self.enter(Call::ListSnapshots)?;
+        let st = self.state.lock();
+        let d = st
+            .domains
+            .get(name)
+            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+        Ok(d.snapshots.values().cloned().collect())
+    }
+
+    fn revert_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError> {
+        self.enter(Call::RevertSnapshot)?;
+        {
+            let mut st = self.state.lock();
+            let Some(d) = st.domains.get_mut(name) else {
+                return Err(self.not_found(format!("domain {name}")));
+            };
+            let Some(state) = d.snapshots.get(snapshot).map(|s| s.state) else {
+                return Err(self.not_found(format!("snapshot {snapshot} of domain {name}")));
+            };
+            for s in d.snapshots.values_mut() {
+                s.current = s.name == snapshot;
+            }
+            d.state = state;
+        }
+        self.event(name);
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, HvError> {
+        self.enter(Call::DeleteSnapshot)?;
+        {
+            let mut st = self.state.lock();
+            let Some(d) = st.domains.get_mut(name) else {
+                return Err(self.not_found(format!("domain {name}")));
+            };
+            let Some(gone) = d.snapshots.remove(snapshot) else {
+                return Ok(false);
+            };
+            for s in d.snapshots.values_mut() {
+                if s.parent.as_deref() == Some(snapshot) {
+                    s.parent = gone.parent.clone();
+                }
+            }
+            if gone.current
+                && let Some(p) = gone.parent.as_ref().and_then(|p| d.snapshots.get_mut(p))
+            {
+                p.current = true;
+            }
+        }
+        self.event(name);
+        Ok(true)
     }
 
     fn reset(&self) {}

@@ -150,7 +150,28 @@ pub struct DiskInfo {
     pub target: String,
     pub device: String,
     pub source: Option<String>,
+    /// A `<disk type='network'>` (NFS, RBD, iSCSI…): storage libvirt cannot snapshot.
+    #[serde(skip)]
+    pub network: bool,
 }
+
+/// One snapshot of a domain, as the node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProbe {
+    pub name: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    /// The domain's state when it was taken (what a revert brings back).
+    pub state: DomainState,
+    pub parent: Option<String>,
+    /// Whether it is the domain's current snapshot (the last taken or reverted to).
+    pub current: bool,
+    /// Bytes it holds, where the driver tells (libvirt does not for internal snapshots).
+    pub size_bytes: Option<u64>,
+}
+
+/// A domain's snapshots in name order; shared like `Volumes`.
+pub type Snapshots = Arc<Vec<SnapshotProbe>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InterfaceInfo {
@@ -169,6 +190,8 @@ pub struct DomainProbe {
     pub max_memory_kib: u64,
     pub memory_kib: u64,
     pub devices: Arc<DomainDevices>,
+    /// Its snapshots (see `NodeBackend::list_snapshots` for when they are read).
+    pub snapshots: Snapshots,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -296,8 +319,20 @@ pub trait NodeBackend: Send + Sync + 'static {
     fn define_and_start(&self, xml: &str) -> Result<(), HvError>;
     /// Changes a domain's run state.
     fn domain_op(&self, name: &str, op: DomainOp) -> Result<(), HvError>;
-    /// Stops (hard) and undefines a domain; `false` if it was not there.
+    /// Stops (hard) and undefines a domain, with its snapshots' metadata; `false` if it was
+    /// not there.
     fn remove_domain(&self, name: &str) -> Result<bool, HvError>;
+    /// Takes a snapshot `snapshot` of domain `name` (disks and, if it runs, memory).
+    /// A snapshot of that name already there is `HvError::WrongState`.
+    fn create_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError>;
+    /// Reads a domain's snapshots. Probes carry them too: read when a domain is read on
+    /// its own (`probe_named`: events, after actions) and, in whole listings, when first
+    /// seen and then at most once a minute per domain.
+    fn list_snapshots(&self, name: &str) -> Result<Vec<SnapshotProbe>, HvError>;
+    /// Brings domain `name` back to snapshot `snapshot`: its disks, and its state then.
+    fn revert_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError>;
+    /// Deletes a snapshot (its children stay, re-parented); `false` if it was not there.
+    fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, HvError>;
     /// Forgets the current connection so the next call opens a fresh one; used after a
     /// call timed out and the connection may be wedged.
     fn reset(&self);

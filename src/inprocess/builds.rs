@@ -407,8 +407,9 @@ async fn ctl_refuses_unknown_text_with_einval_and_records_it() {
         ("\n", ""),
     ] {
         let e = action_error(ctl(&rig, "vm1", OWNER, text).await);
-        let want =
-            format!("unknown command {quoted:?}; ctl takes one of: start stop destroy reboot");
+        let want = format!(
+            "unknown command {quoted:?}; ctl takes one of: start stop destroy reboot revert NAME"
+        );
         assert_eq!(e, ActionError::Invalid(want.clone()), "{text:?}");
         assert_eq!(error_file(&rig, "vm1"), format!("{want}\n"));
     }

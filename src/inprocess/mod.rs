@@ -6,5 +6,6 @@ mod builds;
 mod lifecycle;
 mod placement_quotas;
 mod recovery;
+mod snapshots;
 mod tree_files;
 mod tree_writes;

@@ -191,6 +191,7 @@ async fn a_managed_instance_has_its_files_and_ssh_key_once_built() {
             "info.json",
             "ip",
             "node",
+            "snapshots",
             "spec.json",
             "status"
         ])
@@ -202,7 +203,7 @@ async fn a_managed_instance_has_its_files_and_ssh_key_once_built() {
     assert_eq!(rig.read("instances/web1/error").unwrap(), "");
     assert_eq!(
         rig.read("instances/web1/ctl").unwrap(),
-        "start stop destroy reboot\n"
+        "start stop destroy reboot revert NAME\n"
     );
     rig.write("instances/web1/spec.json", USER, SPEC)
         .await
@@ -216,6 +217,7 @@ async fn a_managed_instance_has_its_files_and_ssh_key_once_built() {
             "info.json",
             "ip",
             "node",
+            "snapshots",
             "spec.json",
             "ssh_key",
             "status"
@@ -296,7 +298,7 @@ async fn every_files_size_is_what_a_read_returns() {
         "flavors/m1.small",
     ] {
         for f in listing(&rig, dir) {
-            if f != "." && f != ".." && f != "instances" {
+            if f != "." && f != ".." && f != "instances" && f != "snapshots" {
                 paths.push(format!("{dir}/{f}"));
             }
         }

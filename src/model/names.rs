@@ -96,6 +96,11 @@ label_newtype!(
     /// The name of an instance kvmfs creates: its directory, domain name and hostname.
     InstanceName
 );
+label_newtype!(
+    /// The name of an instance's snapshot: its folder under `snapshots/` and the libvirt
+    /// snapshot's name (the same rules as instance names, so it is safe in XML and paths).
+    SnapshotName
+);
 
 /// The volume holding an instance's disk in its node's pool. Instance names have no `.`,
 /// so this never clashes with an image called `NAME.qcow2`.

@@ -95,6 +95,7 @@ impl Tree {
                 | Ino::NetworkFile(..)
                 | Ino::ImageFile(..)
                 | Ino::FlavorFile(..)
+                | Ino::SnapshotInfo(_)
                 | Ino::RootStatus => return Ok((LIVE_FH, OpenMode::Cached)),
                 _ => {}
             }

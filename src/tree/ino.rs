@@ -40,6 +40,12 @@ pub enum Ino {
     ZabbixDir,
     /// `/metrics/kvmfs.prom`, `/metrics/zabbix/nodes.json`, `…/instances.json`.
     MetricsFile(MetricsFile),
+    /// `instances/<i>/snapshots`, by the instance incarnation's id.
+    Snapshots(u64),
+    /// `instances/<i>/snapshots/<s>`, by the snapshot's id (`snapshot_key`).
+    Snapshot(u64),
+    /// `instances/<i>/snapshots/<s>/info.json`.
+    SnapshotInfo(u64),
 }
 
 pub(super) const TAG_ROOT: u64 = 1;
@@ -84,6 +90,12 @@ pub(super) const TAG_FLAVOR: u64 = 81;
 
 pub(super) const TAG_SCRATCH: u64 = 82;
 
+pub(super) const TAG_SNAPSHOTS: u64 = 83;
+
+pub(super) const TAG_SNAPSHOT: u64 = 84;
+
+pub(super) const TAG_SNAPSHOT_INFO: u64 = 85;
+
 pub(super) const TAG_IMAGE_FILE: u64 = 128; // 128..144
 
 pub(super) const TAG_FLAVOR_FILE: u64 = 144; // 144..160
@@ -114,6 +126,9 @@ impl Ino {
             Ino::MetricsDir => TAG_METRICS,
             Ino::ZabbixDir => TAG_ZABBIX,
             Ino::MetricsFile(f) => TAG_METRICS_FILE + f.index(),
+            Ino::Snapshots(id) => id << 8 | TAG_SNAPSHOTS,
+            Ino::Snapshot(id) => id << 8 | TAG_SNAPSHOT,
+            Ino::SnapshotInfo(id) => id << 8 | TAG_SNAPSHOT_INFO,
         }
     }
 
@@ -136,6 +151,9 @@ impl Ino {
             TAG_IMAGE => with_id(Ino::Image(id)),
             TAG_FLAVOR => with_id(Ino::Flavor(id)),
             TAG_SCRATCH => with_id(Ino::Scratch(id)),
+            TAG_SNAPSHOTS => with_id(Ino::Snapshots(id)),
+            TAG_SNAPSHOT => with_id(Ino::Snapshot(id)),
+            TAG_SNAPSHOT_INFO => with_id(Ino::SnapshotInfo(id)),
             TAG_NODE => with_id(Ino::Node(id)),
             TAG_NODE_INSTANCES => with_id(Ino::NodeInstances(id)),
             TAG_INSTANCE => with_id(Ino::Instance(id)),
@@ -200,6 +218,18 @@ pub(super) fn instance_key(name: &str, identity: &str) -> String {
     format!("{name}\0{identity}")
 }
 
+/// The interner key of one snapshot of one instance incarnation (its tree id): a snapshot
+/// of the same name on a later incarnation is another object with other inode numbers.
+pub(super) fn snapshot_key(instance: u64, snapshot: &str) -> String {
+    format!("{instance}/{snapshot}")
+}
+
+/// The instance incarnation's id and the snapshot's name in a snapshot key.
+pub(super) fn split_snapshot_key(key: &str) -> Option<(u64, &str)> {
+    let (id, name) = key.split_once('/')?;
+    Some((id.parse().ok()?, name))
+}
+
 /// The name and identity of an instance key.
 pub(super) fn split_instance_key(key: &str) -> (&str, &str) {
     key.split_once('\0').unwrap_or((key, ""))
@@ -213,6 +243,8 @@ pub(super) struct Names {
     pub(super) networks: Interner,
     pub(super) images: Interner,
     pub(super) flavors: Interner,
+    /// Snapshots (`snapshot_key`).
+    pub(super) snapshots: Interner,
 }
 
 #[cfg(test)]
@@ -241,6 +273,9 @@ mod tests {
             Ino::MetricsFile(MetricsFile::Prom),
             Ino::MetricsFile(MetricsFile::ZabbixNodes),
             Ino::MetricsFile(MetricsFile::ZabbixInstances),
+            Ino::Snapshots(4),
+            Ino::Snapshot(5),
+            Ino::SnapshotInfo(5),
         ];
         for i in all {
             assert_eq!(Ino::decode(i.encode()), Some(i), "{i:?}");
@@ -249,6 +284,7 @@ mod tests {
         assert_eq!(Ino::decode(0), None);
         assert_eq!(Ino::decode(TAG_NODE), None, "id 0 is reserved");
         assert_eq!(Ino::decode(1 << 8 | 200), None);
+        assert_eq!(split_snapshot_key(&snapshot_key(7, "s1")), Some((7, "s1")));
     }
 
     #[test]

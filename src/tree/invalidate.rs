@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::ino::{Ino, instance_key};
+use super::ino::{Ino, instance_key, snapshot_key};
 use super::{Tree, render};
 use crate::cluster::view::{InstanceMap, InstanceView, View};
 
@@ -91,6 +91,13 @@ impl Tree {
                 out.inodes.push(Ino::InstanceLink(id).encode());
                 for f in render::INSTANCE_FILE_KINDS {
                     out.inodes.push(Ino::InstanceFile(id, *f).encode());
+                }
+                out.inodes.push(Ino::Snapshots(id).encode());
+                for s in before.domain.iter().flat_map(|d| d.snapshots.iter()) {
+                    if let Some(sid) = names.snapshots.get(&snapshot_key(id, &s.name)) {
+                        out.inodes.push(Ino::Snapshot(sid).encode());
+                        out.inodes.push(Ino::SnapshotInfo(sid).encode());
+                    }
                 }
                 let gone = match change {
                     Change::Gone(_) => true,

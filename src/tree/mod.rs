@@ -11,6 +11,8 @@
 //!   on);
 //! - `write`: `spec.json` and `ctl` writes, `mkdir`/`rmdir`, scratch files and renames;
 //! - `scratch`: the editors' files kept in memory;
+//! - `snapshots`: `instances/<i>/snapshots/`, its folders, their `info.json`, and their
+//!   `mkdir`/`rmdir`;
 //! - `invalidate`: what each new view makes wrong in the kernel's caches, and `settle`.
 //!
 //! Every reply is computed from one `Arc<View>`: sizes at `getattr` (so `stat` agrees with
@@ -27,6 +29,7 @@ mod prom;
 mod render;
 mod resolve;
 mod scratch;
+mod snapshots;
 mod write;
 mod zabbix;
 

@@ -121,7 +121,7 @@ impl MetricsFile {
 
 /// Names in an instance folder that only kvmfs's own files may have.
 pub fn is_reserved_instance_name(name: &str) -> bool {
-    MANAGED_FILES.iter().any(|f| f.file_name() == name)
+    name == super::snapshots::SNAPSHOTS_DIR || MANAGED_FILES.iter().any(|f| f.file_name() == name)
 }
 
 /// Permission bits of an instance file.

@@ -81,6 +81,9 @@ impl Tree {
                 }
                 Some(n.to_string())
             }
+            Ino::Snapshots(_) | Ino::Snapshot(_) | Ino::SnapshotInfo(_) => {
+                Some(super::snapshots::resolve(&names, i, view)?)
+            }
             Ino::Scratch(id) => {
                 let instance = self
                     .scratch
@@ -204,8 +207,14 @@ impl Tree {
                             name: n,
                         }),
                 );
+                if inst.managed() {
+                    e.push(dir(Ino::Snapshots(id), super::snapshots::SNAPSHOTS_DIR));
+                }
                 e.sort_by(|a, b| a.name.cmp(&b.name));
                 e
+            }
+            Ino::Snapshots(_) | Ino::Snapshot(_) => {
+                super::snapshots::children(&mut names, r.ino, v)
             }
             Ino::Network(id) => render::NETWORK_FILES
                 .iter()
@@ -239,6 +248,7 @@ impl Tree {
             | Ino::FlavorFile(..)
             | Ino::RootStatus
             | Ino::Scratch(_)
+            | Ino::SnapshotInfo(_)
             | Ino::InstanceLink(_) => return Err(TreeError::NotDir),
         };
         Ok(entries)
@@ -310,6 +320,9 @@ impl Tree {
             }
             Ino::Instance(id) => {
                 let inst = v.instances.get(own).ok_or(TreeError::NotFound)?;
+                if name == super::snapshots::SNAPSHOTS_DIR && inst.managed() {
+                    return Ok(Ino::Snapshots(id));
+                }
                 match file_in(render::instance_files(inst)) {
                     Ok(f) => Ino::InstanceFile(id, f),
                     Err(e) => match self.scratch.lock().find(id, name) {
@@ -324,6 +337,9 @@ impl Tree {
             Ino::MetricsDir if name == "zabbix" => Ino::ZabbixDir,
             Ino::MetricsDir => metrics_in(MetricsFile::IN_METRICS)?,
             Ino::ZabbixDir => metrics_in(MetricsFile::IN_ZABBIX)?,
+            Ino::Snapshots(_) | Ino::Snapshot(_) | Ino::SnapshotInfo(_) => {
+                super::snapshots::child(&mut names, r.ino, name, v)?
+            }
             Ino::MetricsFile(_)
             | Ino::NodeFile(..)
             | Ino::InstanceFile(..)
@@ -381,6 +397,7 @@ impl Tree {
                 .map(|f| f.data.clone())
                 .ok_or(TreeError::NotFound),
             Ino::InstanceLink(_) => Err(TreeError::NotFound),
+            Ino::SnapshotInfo(_) => self.snapshot_content(r.ino, v),
             _ => Err(TreeError::IsDir),
         }
     }
@@ -443,6 +460,9 @@ impl Tree {
                 ..base
             },
             Ino::Flavor(_) => base,
+            Ino::Snapshots(_) | Ino::Snapshot(_) | Ino::SnapshotInfo(_) => {
+                self.snapshot_attr(r.ino, v, base)?
+            }
             Ino::Instance(_) => {
                 let i = instance()?;
                 Attr {
@@ -631,6 +651,9 @@ impl Tree {
             Ino::InstanceLink(_) => Ino::NodesDir.encode(),
             Ino::Network(_) => Ino::NetworksDir.encode(),
             Ino::NetworkFile(id, _) => Ino::Network(id).encode(),
+            Ino::Snapshots(_) | Ino::Snapshot(_) | Ino::SnapshotInfo(_) => {
+                self.snapshot_parent(ino)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The write side: `spec.json` and `ctl` writes (buffered, committed on a complete
-//! document, rolled back when refused), `mkdir` and `rmdir` in `/instances`, scratch files
+//! document, rolled back when refused), `mkdir` and `rmdir` in `/instances` (and in
+//! `snapshots/`, handed to `snapshots`), scratch files
 //! (create, unlink, rename — onto `spec.json` a commit), modes and owners. Everything that
 //! waits on a backend runs as a detached action.
 
@@ -212,8 +213,12 @@ impl Tree {
         self.commit(fh, w, uid).await
     }
 
-    /// `mkdir` in `/instances`: a new draft instance owned by `uid`.
+    /// `mkdir` in `/instances`: a new draft instance owned by `uid`; in an instance's
+    /// `snapshots`: a snapshot (see `snapshots`).
     pub async fn mkdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<Attr, TreeError> {
+        if let Some(Ino::Snapshots(_)) = Ino::decode(parent) {
+            return self.snapshot_mkdir(parent, name, uid).await;
+        }
         if Ino::decode(parent) != Some(Ino::InstancesDir) {
             return Err(self.refuse_create(parent));
         }
@@ -226,8 +231,16 @@ impl Tree {
         self.lookup(parent, name)
     }
 
-    /// `rmdir` in `/instances`: deletes the instance and everything it holds.
+    /// `rmdir` in `/instances`: deletes the instance and everything it holds; in an
+    /// instance's `snapshots`: deletes a snapshot (see `snapshots`).
     pub async fn rmdir(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), TreeError> {
+        match Ino::decode(parent) {
+            Some(Ino::Snapshots(_)) => return self.snapshot_rmdir(parent, name, uid).await,
+            Some(Ino::Instance(_)) if name == super::snapshots::SNAPSHOTS_DIR => {
+                return self.snapshots_dir_rmdir(parent, uid);
+            }
+            _ => {}
+        }
         if Ino::decode(parent) != Some(Ino::InstancesDir) {
             return Err(self.refuse_create(parent));
         }
@@ -316,12 +329,14 @@ impl Tree {
         Ok((attr, self.new_handle(Handle::Scratch(id))))
     }
 
-    /// `unlink`: removes a scratch file; kvmfs's own files cannot be removed.
     /// `unlink` in an instance folder: a scratch file is removed. One of kvmfs's own files
     /// is not, but its owner's (or root's) unlink succeeds and changes nothing, so that
     /// `rm -r`, `find -delete` and file managers, which empty a folder before they remove
     /// it, come to the folder's `rmdir`, which deletes the instance.
     pub fn unlink(&self, parent: u64, name: &OsStr, uid: u32) -> Result<(), TreeError> {
+        if let Some(Ino::Snapshot(_)) = Ino::decode(parent) {
+            return self.snapshot_unlink(parent, name, uid);
+        }
         let folder = self.scratch_parent(parent)?;
         let name = name.to_str().ok_or(TreeError::NotFound)?;
         {

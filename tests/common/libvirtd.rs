@@ -90,11 +90,13 @@ impl Libvirtd {
         .expect("write libvirtd.conf");
         // QEMU as root: the capabilities probed (as root) then stay valid for the QEMU
         // user, so the shared cache is used instead of probed again at every start (on
-        // hosts whose /dev/kvm the `libvirt-qemu` user cannot open).
+        // hosts whose /dev/kvm the `libvirt-qemu` user cannot open). QEMU's output goes to
+        // a file: the daemon runs no virtlogd, and a guest started on its QEMU driver
+        // (tests/snapshots.rs) would otherwise fail to start.
         std::fs::create_dir(dir.path().join("etc")).expect("etc");
         std::fs::write(
             dir.path().join("etc/qemu.conf"),
-            "user = \"root\"\ngroup = \"root\"\n",
+            "user = \"root\"\ngroup = \"root\"\nstdio_handler = \"file\"\n",
         )
         .expect("write qemu.conf");
         let child = spawn(dir.path());

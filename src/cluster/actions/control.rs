@@ -1,4 +1,4 @@
-//! `ctl`: start, stop, destroy, reboot, on the row as the database holds it (the picture's
+//! `ctl`: start, stop, destroy, reboot (and `revert NAME`, in `snapshot`), on the row as the database holds it (the picture's
 //! while the database cannot be reached) and the domain's state in the picture.
 
 use super::{ACTION_CALL_TIMEOUT, ActionError, Control, owner_may};
@@ -49,6 +49,9 @@ impl Cluster {
         uid: u32,
         cmd: Control,
     ) -> Result<(), ActionError> {
+        if let Control::Revert(snapshot) = &cmd {
+            return self.snapshot_revert(name, incarnation, uid, snapshot).await;
+        }
         self.check_owner(name, Some(incarnation), uid)?;
         let _claim = self.claim_for(name).await?;
         let row = self.current_row(name, incarnation, uid).await?;
@@ -87,6 +90,10 @@ impl Cluster {
             Control::Reboot => DomainOp::Reboot,
             Control::Destroy if !active => return busy(format!("instance {name} is not running")),
             Control::Destroy => DomainOp::Destroy,
+            // Taken by `snapshot_revert` above, under its own claim.
+            Control::Revert(_) => {
+                return Err(ActionError::Invalid("revert takes a snapshot name".into()));
+            }
         };
         let node = row.node.clone().unwrap_or_default();
         let ni = self

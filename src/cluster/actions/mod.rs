@@ -1,6 +1,7 @@
 //! The actions that change an instance: a front module over one file per action —
 //! `create` (`mkdir`, the commit of `spec.json`), `build` (the background build and its
-//! undo), `delete` (`rmdir`), `control` (`ctl`). Here: the error every action answers with
+//! undo), `delete` (`rmdir`), `control` (`ctl`), `snapshot` (`mkdir`/`rmdir` in
+//! `snapshots/`, `revert NAME` in `ctl`). Here: the error every action answers with
 //! (one variant per errno), the `ctl` words, and what the actions share (the owner rule, the
 //! claim, bounded node calls, recorded refusals).
 
@@ -8,6 +9,7 @@ mod build;
 mod control;
 mod create;
 mod delete;
+mod snapshot;
 
 use std::time::Duration;
 
@@ -48,6 +50,9 @@ pub enum ActionError {
     /// A per-user limit (`[quotas]`) refuses it.
     #[error("{0}")]
     Quota(String),
+    /// The instance's node or storage cannot do it (a snapshot of a network disk).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ActionError {
@@ -64,6 +69,7 @@ impl ActionError {
             ActionError::Backend(_) => libc::EIO,
             ActionError::Stale(_) => libc::ESTALE,
             ActionError::Quota(_) => libc::EDQUOT,
+            ActionError::Unsupported(_) => libc::EOPNOTSUPP,
         }
     }
 }
@@ -104,19 +110,26 @@ impl From<SpecError> for ActionError {
 }
 
 /// A control command written to `ctl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     Start,
     Stop,
     Destroy,
     Reboot,
+    /// `revert NAME`: back to snapshot NAME (see `snapshot`).
+    Revert(crate::model::SnapshotName),
 }
 
 impl Control {
-    pub const WORDS: &'static str = "start stop destroy reboot";
+    pub const WORDS: &'static str = "start stop destroy reboot revert NAME";
 
     pub fn parse(text: &[u8]) -> Result<Control, ActionError> {
         let word = std::str::from_utf8(text).unwrap_or("").trim();
+        if let Some(arg) = word.strip_prefix("revert ") {
+            return crate::model::SnapshotName::new(arg.trim())
+                .map(Control::Revert)
+                .map_err(|e| ActionError::Invalid(format!("revert: snapshot {e}")));
+        }
         match word {
             "start" => Ok(Control::Start),
             "stop" => Ok(Control::Stop),
@@ -232,5 +245,12 @@ mod tests {
         assert_eq!(Control::parse(b"  destroy ").unwrap(), Control::Destroy);
         assert!(Control::parse(b"explode").is_err());
         assert!(Control::parse(&[0xff, 0xfe]).is_err());
+        assert_eq!(
+            Control::parse(b"revert before-upgrade\n").unwrap(),
+            Control::Revert(crate::model::SnapshotName::new("before-upgrade").unwrap())
+        );
+        assert!(Control::parse(b"revert\n").is_err());
+        assert!(Control::parse(b"revert ../x\n").is_err());
+        assert!(Control::parse(b"revert a b\n").is_err());
     }
 }

@@ -19,6 +19,7 @@ pub fn domain(name: &str, vcpus: u32, mib: u64, state: DomainState) -> Arc<Domai
         max_memory_kib: mib * 1024,
         memory_kib: mib * 1024,
         devices: Arc::new(DomainDevices::default()),
+        snapshots: Arc::default(),
     })
 }
 

@@ -22,3 +22,7 @@ mod types;
 pub use build::build;
 pub use capacity::Room;
 pub use types::*;
+
+/// A domain's snapshot as the view carries it (in its `DomainProbe`): the tree reads it from
+/// here, not from `hv`.
+pub use crate::hv::SnapshotProbe as SnapshotView;

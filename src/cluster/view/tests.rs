@@ -197,6 +197,7 @@ proptest::proptest! {
                                 target: "vda".into(),
                                 device: "disk".into(),
                                 source: Some("/pool/c-root.qcow2".into()),
+                                network: false,
                             }],
                             ..DomainDevices::default()
                         });

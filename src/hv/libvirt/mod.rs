@@ -29,7 +29,8 @@ use ffi::{
 
 use super::{
     DiskInfo, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, InterfaceInfo,
-    NetworkProbe, NodeBackend, NodeProbe, ProbeScope, VolumeProbe, Volumes,
+    NetworkProbe, NodeBackend, NodeProbe, ProbeScope, SnapshotProbe, Snapshots, VolumeProbe,
+    Volumes,
 };
 
 /// What is read once per domain definition: at the domain id it was read at, the device
@@ -79,6 +80,72 @@ const VOLUME_DETAILS_TTL: Duration = Duration::from_secs(60);
 /// listing call per poll, not two calls per volume (the listing itself names them all).
 const VOLUME_REFRESH_PER_LISTING: usize = 64;
 
+/// A domain's snapshots as last read, and when.
+#[derive(Clone)]
+struct SnapshotsRead {
+    list: Snapshots,
+    read_at: Instant,
+}
+
+/// A domain's snapshots are read again in whole listings once they are this old (an
+/// action through kvmfs and a domain event re-read them at once)...
+const SNAPSHOTS_TTL: Duration = Duration::from_secs(60);
+/// ...at most this many domains' per listing, so a listing stays one call per node plus a
+/// bounded few.
+const SNAPSHOT_REFRESH_PER_LISTING: usize = 64;
+
+/// Reads a domain's snapshots, in name order. A driver without snapshots has none.
+fn read_snapshots(d: &Domain) -> Result<Vec<SnapshotProbe>, virt::error::Error> {
+    let all = match d.list_all_snapshots(0) {
+        Ok(all) => all,
+        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::with_capacity(all.len());
+    for s in all {
+        let name = s.name()?;
+        let (state, created_at, parent) = parse_snapshot_xml(&s.xml_desc(0)?);
+        out.push(SnapshotProbe {
+            name,
+            created_at,
+            state,
+            parent,
+            current: s.is_current(0).unwrap_or(false),
+            size_bytes: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The state, creation time and parent's name in a snapshot's XML.
+pub fn parse_snapshot_xml(xml: &str) -> (DomainState, i64, Option<String>) {
+    let Ok(doc) = roxmltree::Document::parse(xml) else {
+        return (DomainState::NoState, 0, None);
+    };
+    let root = doc.root_element();
+    let child = |tag: &str| root.children().find(|n| n.has_tag_name(tag));
+    let state = match child("state").and_then(|n| n.text()).unwrap_or("") {
+        "running" => DomainState::Running,
+        "blocked" => DomainState::Blocked,
+        "paused" => DomainState::Paused,
+        "shutdown" => DomainState::Shutdown,
+        "shutoff" | "disk-snapshot" => DomainState::Shutoff,
+        "crashed" => DomainState::Crashed,
+        "pmsuspended" => DomainState::PmSuspended,
+        _ => DomainState::NoState,
+    };
+    let created = child("creationTime")
+        .and_then(|n| n.text())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let parent = child("parent")
+        .and_then(|p| p.children().find(|n| n.has_tag_name("name")))
+        .and_then(|n| n.text())
+        .map(str::to_string);
+    (state, created, parent)
+}
+
 /// An open connection and the id of its event callback, if one is registered.
 struct Conn {
     c: Connect,
@@ -121,6 +188,8 @@ pub struct LibvirtNode {
     /// Device lists (and sizes) by domain UUID, with the domain id they were read at: a
     /// restarted or redefined domain gets a new id and is read again; an event re-reads it.
     devices: Mutex<HashMap<String, Cached>>,
+    /// Snapshots by domain UUID (see `snapshots_of`).
+    snapshots: Mutex<HashMap<String, SnapshotsRead>>,
     /// Capacity and path of every volume of the pool, by name, and the last listing built
     /// from them (see `probe_volumes`).
     volumes: Mutex<VolumeCache>,
@@ -145,6 +214,7 @@ impl LibvirtNode {
             conn: Mutex::new(None),
             sink: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
             volumes: Mutex::new(VolumeCache::default()),
             bulk_stats: AtomicBool::new(true),
             event_connections: AtomicU64::new(0),
@@ -224,8 +294,13 @@ impl LibvirtNode {
     }
 
     /// Reads one domain with a call per value (and its XML when its definition is new to us),
-    /// refreshing what is cached of it.
-    fn probe_domain(&self, d: &Domain) -> Result<DomainProbe, virt::error::Error> {
+    /// refreshing what is cached of it. Its snapshots are read now when it is read on its own
+    /// (`snapshot_budget` `None`), or as a listing allows (see `snapshots_of`).
+    fn probe_domain(
+        &self,
+        d: &Domain,
+        snapshot_budget: Option<&mut usize>,
+    ) -> Result<DomainProbe, virt::error::Error> {
         let name = d.name()?;
         let uuid = d.uuid_string()?;
         let info = d.info()?;
@@ -233,7 +308,49 @@ impl LibvirtNode {
         let id = d.id();
         let sizes = (info.nr_virt_cpu, info.max_mem, info.memory);
         let devices = self.devices_of(d, &uuid, id, sizes)?;
-        Ok(domain_probe(name, uuid, state, reason, sizes, devices))
+        let mut unlimited = usize::MAX;
+        let snapshots = match snapshot_budget {
+            Some(budget) => self.snapshots_of(d, &uuid, budget, false)?,
+            None => self.snapshots_of(d, &uuid, &mut unlimited, true)?,
+        };
+        Ok(domain_probe(
+            name, uuid, state, reason, sizes, devices, snapshots,
+        ))
+    }
+
+    /// A domain's snapshots: read now when `fresh` (a domain read on its own: an event, an
+    /// action), when first seen, or when older than `SNAPSHOTS_TTL` while `budget` lasts;
+    /// otherwise as last read. An unchanged list stays the same `Arc`.
+    fn snapshots_of(
+        &self,
+        d: &Domain,
+        uuid: &str,
+        budget: &mut usize,
+        fresh: bool,
+    ) -> Result<Snapshots, virt::error::Error> {
+        let cached = self.snapshots.lock().get(uuid).cloned();
+        if let Some(c) = &cached
+            && !fresh
+            && (c.read_at.elapsed() < SNAPSHOTS_TTL || *budget == 0)
+        {
+            return Ok(c.list.clone());
+        }
+        if cached.is_some() && !fresh {
+            *budget = budget.saturating_sub(1);
+        }
+        let read = read_snapshots(d)?;
+        let list = match cached {
+            Some(c) if *c.list == read => c.list,
+            _ => Arc::new(read),
+        };
+        self.snapshots.lock().insert(
+            uuid.to_string(),
+            SnapshotsRead {
+                list: list.clone(),
+                read_at: Instant::now(),
+            },
+        );
+        Ok(list)
     }
 
     /// The cached device list of a domain, read from its XML when its id changed.
@@ -279,6 +396,7 @@ impl LibvirtNode {
             Err(e) => return Err(e),
         };
         let mut out = Vec::with_capacity(records.n);
+        let mut budget = SNAPSHOT_REFRESH_PER_LISTING;
         for (d, st) in records.iter() {
             let name = d.name()?;
             let uuid = uuid_of(&d)?;
@@ -298,8 +416,13 @@ impl LibvirtNode {
                 Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => continue,
                 Err(e) => return Err(e),
             };
+            let snapshots = match self.snapshots_of(&d, &uuid, &mut budget, false) {
+                Ok(s) => s,
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => continue,
+                Err(e) => return Err(e),
+            };
             out.push(domain_probe(
-                name, uuid, st.state, st.reason, sizes, devices,
+                name, uuid, st.state, st.reason, sizes, devices, snapshots,
             ));
         }
         Ok(Some(out))
@@ -403,8 +526,9 @@ impl LibvirtNode {
             None => {
                 let domains = c.list_all_domains(0)?;
                 let mut probes = Vec::with_capacity(domains.len());
+                let mut budget = SNAPSHOT_REFRESH_PER_LISTING;
                 for d in &domains {
-                    match self.probe_domain(d) {
+                    match self.probe_domain(d, Some(&mut budget)) {
                         Ok(p) => probes.push(p),
                         // A domain undefined between the listing and this call is gone.
                         Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => {}
@@ -418,6 +542,9 @@ impl LibvirtNode {
         let live: std::collections::HashSet<&str> =
             probes.iter().map(|p| p.uuid.as_str()).collect();
         self.devices
+            .lock()
+            .retain(|uuid, _| live.contains(uuid.as_str()));
+        self.snapshots
             .lock()
             .retain(|uuid, _| live.contains(uuid.as_str()));
         Ok(probes)
@@ -570,8 +697,10 @@ impl NodeBackend for LibvirtNode {
             // removes. The other order left a window where a start brought the domain back
             // between the destroy and the undefine, which then left it running, transient,
             // with nothing to delete it.
+            // With its snapshots' metadata: libvirt refuses to undefine a stopped domain
+            // that has snapshots, and leaves their metadata behind for a running one.
             let gone = |e: &virt::error::Error| e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN;
-            match d.undefine() {
+            match d.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA) {
                 Ok(()) => {}
                 Err(e) if gone(&e) => return Ok(Outcome::Removed),
                 Err(e) => return Err(e),
@@ -598,6 +727,57 @@ impl NodeBackend for LibvirtNode {
         }
     }
 
+    fn create_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError> {
+        let xml = format!(
+            "<domainsnapshot><name>{}</name></domainsnapshot>",
+            super::xml::xml_escape(snapshot)
+        );
+        let r = self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            d.create_snapshot_xml(&xml, 0).map(|_| ())
+        });
+        match r {
+            Err(HvError::Call { node, message }) if message.contains("already exists") => {
+                Err(HvError::WrongState { node, message })
+            }
+            other => other,
+        }
+    }
+
+    fn list_snapshots(&self, name: &str) -> Result<Vec<SnapshotProbe>, HvError> {
+        self.with_conn(|c| read_snapshots(&c.lookup_domain_by_name(name)?))
+    }
+
+    fn revert_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError> {
+        let r = self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            match Domain::lookup_snapshot_by_name(&d, snapshot, 0) {
+                Ok(s) => s.revert(0).map(|()| true),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN_SNAPSHOT => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if r {
+            Ok(())
+        } else {
+            Err(HvError::NotFound {
+                node: self.name.clone(),
+                what: format!("snapshot {snapshot} of domain {name}"),
+            })
+        }
+    }
+
+    fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, HvError> {
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            match Domain::lookup_snapshot_by_name(&d, snapshot, 0) {
+                Ok(s) => s.delete(0).map(|()| true),
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN_SNAPSHOT => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn reset(&self) {
         if self.state_in_connection() {
             return;
@@ -615,7 +795,7 @@ impl NodeBackend for LibvirtNode {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 let probe = match c.lookup_domain_by_name(name) {
-                    Ok(d) => match self.probe_domain(&d) {
+                    Ok(d) => match self.probe_domain(&d, None) {
                         Ok(p) => Some(p),
                         Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN => None,
                         Err(e) => return Err(e),
@@ -699,6 +879,7 @@ fn domain_probe(
     reason: i32,
     sizes: (u32, u64, u64),
     devices: Arc<DomainDevices>,
+    snapshots: Snapshots,
 ) -> DomainProbe {
     let state = DomainState::from_raw(state);
     DomainProbe {
@@ -710,6 +891,7 @@ fn domain_probe(
         max_memory_kib: sizes.1,
         memory_kib: sizes.2,
         devices,
+        snapshots,
     }
 }
 
@@ -753,6 +935,7 @@ pub fn parse_domain_devices(xml: &str) -> DomainDevices {
                     .to_string(),
                 device: dev.attribute("device").unwrap_or("disk").to_string(),
                 source,
+                network: dev.attribute("type") == Some("network"),
             });
         } else if dev.has_tag_name("interface") {
             let src = child("source");
@@ -824,6 +1007,63 @@ mod tests {
         let c = Connect::open(Some("test:///default")).unwrap();
         let d = c.lookup_domain_by_name("test").unwrap();
         assert_eq!(uuid_of(&d).unwrap(), d.uuid_string().unwrap());
+    }
+
+    #[test]
+    fn snapshots_on_the_test_driver() {
+        quiet_libvirt_errors();
+        let dir = tempfile::tempdir().unwrap();
+        let uri = crate::testnode::SimNode::new(4, 4096)
+            .domain("a", 1, 512, true)
+            .write(&dir.path().join("n.xml"))
+            .unwrap();
+        let node = LibvirtNode::new("n", &uri, "default");
+        node.create_snapshot("a", "s1").unwrap();
+        assert!(matches!(
+            node.create_snapshot("a", "s1"),
+            Err(HvError::WrongState { .. })
+        ));
+        node.domain_op("a", DomainOp::Destroy).unwrap();
+        node.create_snapshot("a", "s2").unwrap();
+        let l = node.list_snapshots("a").unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].state, l[0].current), (DomainState::Running, false));
+        assert_eq!(l[1].parent.as_deref(), Some("s1"));
+        assert_eq!((l[1].state, l[1].current), (DomainState::Shutoff, true));
+        assert!(l[0].created_at > 1_700_000_000);
+        // A domain read on its own carries its snapshots.
+        let p = node.probe_named(&["a".into()]).unwrap();
+        assert_eq!(p[0].1.as_ref().unwrap().snapshots.len(), 2);
+        node.revert_snapshot("a", "s1").unwrap();
+        let p = node.probe_named(&["a".into()]).unwrap();
+        assert_eq!(p[0].1.as_ref().unwrap().state, DomainState::Running);
+        assert!(matches!(
+            node.revert_snapshot("a", "nope"),
+            Err(HvError::NotFound { .. })
+        ));
+        assert!(node.delete_snapshot("a", "s2").unwrap());
+        assert!(!node.delete_snapshot("a", "s2").unwrap());
+        let names: Vec<String> = node
+            .list_snapshots("a")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["s1"]);
+    }
+
+    #[test]
+    fn snapshot_xml() {
+        let (state, at, parent) = parse_snapshot_xml(
+            "<domainsnapshot><name>s2</name><state>shutoff</state>\
+             <parent><name>s1</name></parent><creationTime>1796596217</creationTime>\
+             <domain><name>x</name></domain></domainsnapshot>",
+        );
+        assert_eq!(
+            (state, at, parent.as_deref()),
+            (DomainState::Shutoff, 1796596217, Some("s1"))
+        );
+        assert_eq!(parse_snapshot_xml("<bad"), (DomainState::NoState, 0, None));
     }
 
     #[test]
