@@ -23,14 +23,14 @@ fn ip(args: &[&str]) {
 }
 
 impl Lan {
-    /// A bridge and `n` namespaces on it, on a /24 of 10.78/16 chosen by the process id
-    /// (the lab of `scripts/lab.sh` uses 10.77/16).
+    /// A bridge and `n` namespaces on it, on a /24 of 10.79/16 chosen by the process id
+    /// (the lab of `scripts/lab.sh` uses 10.77, 10.78 and 10.99).
     pub fn new(n: usize) -> Lan {
         let id = std::process::id() % 250;
         let lan = Lan {
             bridge: format!("kvmfsbr{id}"),
             namespaces: (0..n).map(|i| format!("kvmfs-ctl{id}-{i}")).collect(),
-            prefix: format!("10.78.{id}"),
+            prefix: format!("10.79.{id}"),
         };
         ip(&["link", "add", &lan.bridge, "type", "bridge"]);
         ip(&[
@@ -62,7 +62,7 @@ impl Lan {
         format!("{}.1", self.prefix)
     }
 
-    /// The LAN's addresses as a MariaDB host pattern (`10.78.N.%`).
+    /// The LAN's addresses as a MariaDB host pattern (`10.79.N.%`).
     pub fn host_pattern(&self) -> String {
         format!("{}.%", self.prefix)
     }

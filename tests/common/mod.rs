@@ -220,7 +220,7 @@ impl MariaDb {
     }
 
     /// Starts a server that also listens on `addr`, whose `kvmfs` user may also connect
-    /// from the hosts `pattern` matches (e.g. `10.78.3.%`).
+    /// from the hosts `pattern` matches (e.g. `10.79.3.%`).
     pub fn start_listening_on(addr: &str, pattern: &str) -> MariaDb {
         let db = Self::install(vec![
             "--skip-log-bin".into(),
