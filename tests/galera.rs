@@ -263,4 +263,28 @@ fn two_mounts_on_two_galera_servers_place_what_fits_and_go_on_when_a_server_dies
     }
     let (d, r) = rig.domains_and_rows();
     assert_eq!(d, r);
+
+    // Server 1, A's, freezes (SIGSTOP: connections stay open, nothing answers). A answers
+    // within its deadlines meanwhile, moves to another server, and creates go on through it.
+    rig.galera.servers[0].freeze();
+    let dir = a.mnt.path().join("instances/frozen1");
+    let started = Instant::now();
+    let (code, _) = through_eio(Duration::from_secs(90), || std::fs::create_dir(&dir));
+    assert_eq!(code, 0, "mkdir through A with its server frozen");
+    let spec_path = dir.join("spec.json");
+    let (code, _) = through_eio(Duration::from_secs(90), || {
+        std::fs::write(&spec_path, &spec)
+    });
+    assert_eq!(code, 0, "spec through A with its server frozen");
+    wait_status(&a, "frozen1", "running");
+    assert!(
+        a.log().contains("database server changed"),
+        "A moved after {:?}; its log:\n{}",
+        started.elapsed(),
+        a.log()
+    );
+    // Nothing half-made: the new instance is a row and a domain, once.
+    let rows = rig.galera.servers[1].sql("SELECT COUNT(*) FROM kvmfs.vm WHERE vmname = 'frozen1'");
+    assert_eq!(rows, "1\n");
+    rig.galera.servers[0].thaw();
 }
