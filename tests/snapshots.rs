@@ -12,82 +12,33 @@ use std::path::Path;
 use std::process::Command;
 
 use common::libvirtd::Libvirtd;
+use common::rig::{IMAGE, Rig, errno_of};
 use common::users::{Op, User, as_user};
 use common::*;
 
-const IMAGE: &str = "base.qcow2";
 const SPEC: &str = r#"{"vcpus":1,"ram_mb":128,"disk_gb":1}"#;
 
-struct Rig {
-    db: MariaDb,
-    node: Libvirtd,
+/// The rig's configuration for these tests (polled every 200 ms).
+fn config(rig: &Rig) -> String {
+    rig.config("refresh_ms = 200", "")
 }
 
-impl Rig {
-    fn new() -> Rig {
-        Rig {
-            db: MariaDb::start(),
-            node: Libvirtd::start(IMAGE),
-        }
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "[database]\nurl = '{}'\n\
-             [timing]\nlibvirt_timeout_ms = 5000\nrefresh_ms = 200\n\
-             [instances]\ndefault_image = '{IMAGE}'\n\
-             [[network]]\nname = 'default'\ncidr = '192.168.122.0/24'\n\
-             first = '192.168.122.10'\nlast = '192.168.122.60'\n\
-             [[node]]\nname = 'n1'\nuri = '{}'\npool = 'default-pool'\n",
-            self.db.url(),
-            self.node.uri()
-        )
-    }
-
-    /// The snapshots libvirt has of domain `name`.
-    fn snapshots(&self, name: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .node
-            .virsh(&["snapshot-list", name, "--name"])
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn domstate(&self, name: &str) -> String {
-        self.node.virsh(&["domstate", name]).trim().to_string()
-    }
-
-    /// What is left of instance `name`: a row, a domain, a volume.
-    fn leftovers(&self, name: &str) -> Vec<String> {
-        let mut left = Vec::new();
-        let row = self.db.sql(&format!(
-            "USE kvmfs; SELECT state FROM vm WHERE vmname = '{name}'"
-        ));
-        if !row.trim().is_empty() {
-            left.push(format!("row ({})", row.trim()));
-        }
-        if self.node.domains().iter().any(|d| d == name) {
-            left.push("domain".into());
-        }
-        for v in self.node.volumes() {
-            if v.starts_with(&format!("{name}.")) {
-                left.push(format!("volume {v}"));
-            }
-        }
-        left
-    }
+/// The snapshots libvirt has of domain `name`.
+fn snapshots(rig: &Rig, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = rig
+        .node
+        .virsh(&["snapshot-list", name, "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
 }
 
-fn errno_of(r: std::io::Result<()>) -> i32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => errno(&e),
-    }
+fn domstate(rig: &Rig, name: &str) -> String {
+    rig.node.virsh(&["domstate", name]).trim().to_string()
 }
 
 fn ctl(m: &Mounted, name: &str, cmd: &str) -> std::io::Result<()> {
@@ -103,7 +54,7 @@ fn built(m: &Mounted, name: &str) {
 #[test]
 fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
     let rig = Rig::new();
-    let m = Mounted::with_config(&rig.config());
+    let m = Mounted::with_config(&config(&rig));
     wait_online(&m, &["n1"]);
     built(&m, "web1");
     let snaps = m.path("instances/web1/snapshots");
@@ -112,7 +63,7 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
 
     std::fs::create_dir(snaps.join("before")).unwrap();
     assert_eq!(list(&snaps), ["before"]);
-    assert_eq!(rig.snapshots("web1"), ["before"]);
+    assert_eq!(snapshots(&rig, "web1"), ["before"]);
     assert_eq!(list(snaps.join("before")), ["info.json"]);
     let info = read_json(snaps.join("before/info.json"));
     assert_eq!(info["name"], "before");
@@ -160,21 +111,21 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
         read(m.path("instances/web1/error")),
         "instance web1 has no snapshot nope to revert to\n"
     );
-    assert_eq!(rig.snapshots("web1"), ["before", "off"]);
+    assert_eq!(snapshots(&rig, "web1"), ["before", "off"]);
 
     // Revert brings the state of the snapshot back.
     ctl(&m, "web1", "revert before\n").unwrap();
     assert!(read(m.path("instances/web1/status")).starts_with("running"));
-    assert_eq!(rig.domstate("web1"), "running");
+    assert_eq!(domstate(&rig, "web1"), "running");
     assert_eq!(read_json(snaps.join("before/info.json"))["current"], true);
     ctl(&m, "web1", "revert off\n").unwrap();
     assert!(read(m.path("instances/web1/status")).starts_with("shutoff"));
-    assert_eq!(rig.domstate("web1"), "shut off");
+    assert_eq!(domstate(&rig, "web1"), "shut off");
 
     // rmdir deletes one.
     std::fs::remove_dir(snaps.join("off")).unwrap();
     assert_eq!(list(&snaps), ["before"]);
-    assert_eq!(rig.snapshots("web1"), ["before"]);
+    assert_eq!(snapshots(&rig, "web1"), ["before"]);
     assert_eq!(
         errno_of(std::fs::remove_dir(snaps.join("off"))),
         libc::ENOENT
@@ -184,7 +135,7 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
 #[test]
 fn another_user_may_list_snapshots_but_not_take_delete_or_revert_them() {
     let rig = Rig::new();
-    let m = Mounted::with_config_args(&rig.config(), &["--allow-other"]);
+    let m = Mounted::with_config_args(&config(&rig), &["--allow-other"]);
     wait_online(&m, &["n1"]);
     let (alice, bob) = (User::create("sa"), User::create("sb"));
     let web = m.path("instances/web2");
@@ -193,7 +144,7 @@ fn another_user_may_list_snapshots_but_not_take_delete_or_revert_them() {
     wait_status(&m, "web2", "running");
     let snaps = web.join("snapshots");
     assert_eq!(as_user(&alice, Op::Mkdir(&snaps.join("a1"))), 0);
-    assert_eq!(rig.snapshots("web2"), ["a1"]);
+    assert_eq!(snapshots(&rig, "web2"), ["a1"]);
 
     assert_eq!(as_user(&bob, Op::List(&snaps)), 0);
     assert_eq!(as_user(&bob, Op::Read(&snaps.join("a1/info.json"))), 0);
@@ -203,20 +154,20 @@ fn another_user_may_list_snapshots_but_not_take_delete_or_revert_them() {
         as_user(&bob, Op::Write(&web.join("ctl"), "revert a1\n")),
         libc::EACCES
     );
-    assert_eq!(rig.snapshots("web2"), ["a1"]);
+    assert_eq!(snapshots(&rig, "web2"), ["a1"]);
     // Alice may do all three.
     assert_eq!(
         as_user(&alice, Op::Write(&web.join("ctl"), "revert a1\n")),
         0
     );
     assert_eq!(as_user(&alice, Op::Rmdir(&snaps.join("a1"))), 0);
-    assert!(rig.snapshots("web2").is_empty());
+    assert!(snapshots(&rig, "web2").is_empty());
 }
 
 #[test]
 fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
     let rig = Rig::new();
-    let m = Mounted::with_config(&rig.config());
+    let m = Mounted::with_config(&config(&rig));
     wait_online(&m, &["n1"]);
     for name in ["gone1", "gone2"] {
         built(&m, name);
@@ -226,7 +177,7 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
         ctl(&m, name, "destroy\n").unwrap();
         wait_status(&m, name, "shutoff");
         std::fs::create_dir(snaps.join("s2")).unwrap();
-        assert_eq!(rig.snapshots(name), ["s1", "s2"]);
+        assert_eq!(snapshots(&rig, name), ["s1", "s2"]);
     }
     std::fs::remove_dir(m.path("instances/gone1")).unwrap();
     assert!(
@@ -256,7 +207,7 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
     // The names are free again, and the new instances have no snapshots.
     built(&m, "gone1");
     assert!(list(m.path("instances/gone1/snapshots")).is_empty());
-    assert!(rig.snapshots("gone1").is_empty());
+    assert!(snapshots(&rig, "gone1").is_empty());
 }
 
 /// The libvirt backend on real QEMU (the QEMU driver of the same daemon, a TCG guest with a
@@ -357,7 +308,7 @@ fn the_libvirt_backend_takes_reverts_and_deletes_snapshots_on_real_qemu() {
 #[test]
 fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
     let rig = Rig::new();
-    let m = Mounted::with_config(&rig.config());
+    let m = Mounted::with_config(&config(&rig));
     wait_online(&m, &["n1"]);
     built(&m, "nfs1");
     // Its definition changed behind kvmfs's back, as a domain on shared NFS storage has it;
@@ -382,6 +333,6 @@ fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
     assert_eq!(errno_of(r), libc::EOPNOTSUPP);
     let err = read(m.path("instances/nfs1/error"));
     assert!(err.contains("network disk") && err.contains("vda"), "{err}");
-    assert!(rig.snapshots("nfs1").is_empty());
+    assert!(snapshots(&rig, "nfs1").is_empty());
     assert!(list(m.path("instances/nfs1/snapshots")).is_empty());
 }

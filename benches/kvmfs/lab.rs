@@ -138,6 +138,11 @@ impl TmpfsCopy {
                 if f.file_name() == "ssh_key" {
                     continue;
                 }
+                // The instance's `snapshots` folder (empty here): a folder in the copy too.
+                if f.file_type().expect("file type").is_dir() {
+                    std::fs::create_dir(d.join(f.file_name())).expect("mkdir");
+                    continue;
+                }
                 let data = std::fs::read(f.path()).expect("read");
                 std::fs::write(d.join(f.file_name()), data).expect("write");
             }
