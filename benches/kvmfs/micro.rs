@@ -126,6 +126,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
         vcpus: 2,
         ram_mb: 2048,
         image: "debian-12.qcow2",
+        image_shared: false,
         networks: &networks,
         node: None,
     };

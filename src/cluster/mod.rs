@@ -97,6 +97,8 @@ pub struct Cluster {
     refusals_logged: Mutex<HashMap<String, (Instant, u32)>>,
     /// What this daemon did, counted (`/metrics/kvmfs.prom`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The shared storage of `[storage]`, where instances' disks and seeds go.
+    storage: Option<Arc<dyn crate::storage::Share>>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -191,6 +193,9 @@ impl Cluster {
             .collect();
         let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg_storage = cfg.storage.as_ref().map(|s| {
+            Arc::new(crate::storage::nfs::NfsShare::new(s)) as Arc<dyn crate::storage::Share>
+        });
         let metrics = Arc::new(crate::metrics::Metrics::new(
             nodes.iter().map(|n| n.name.clone()),
             db.failovers(),
@@ -224,7 +229,13 @@ impl Cluster {
             keys,
             refusals_logged: Mutex::new(HashMap::new()),
             metrics,
+            storage: cfg_storage,
         })
+    }
+
+    /// The shared storage, if one is configured.
+    pub fn storage(&self) -> Option<&Arc<dyn crate::storage::Share>> {
+        self.storage.as_ref()
     }
 
     /// This daemon's counters.

@@ -197,6 +197,9 @@ proptest::proptest! {
                                 target: "vda".into(),
                                 device: "disk".into(),
                                 source: Some("/pool/c-root.qcow2".into()),
+                                storage: "node",
+                                protocol: None,
+                                host: None,
                                 network: false,
                             }],
                             ..DomainDevices::default()
