@@ -439,9 +439,10 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     let lab = Lab::up();
     // Nodes listed whole once an hour only: what the domains do between reaches kvmfs by
     // libvirt's domain events alone (a power-off after `stop`, a `virsh destroy` below).
+    // Operations on the share bounded at 20 s, for step 7.
     let toml = format!(
         "{}\n[timing]\nfull_poll_ms = 3600000\n",
-        read(lab.var("LAB_CONFIG"))
+        read(lab.var("LAB_CONFIG")).replace("[storage]\n", "[storage]\ntimeout_ms = 20000\n")
     );
     let m = Mounted::with_config_in_netns(&toml, lab.var("LAB_CTL_NETNS"));
 
@@ -660,6 +661,61 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");
+
+    // 7. The storage node falls silent (its NFS server and portmapper frozen): /status says
+    //    so and names the nodes that use it, a build fails within the share's bound having
+    //    made nothing, and all is well again once it answers.
+    let frozen: Vec<String> = {
+        let out = Command::new("ip")
+            .args(["netns", "pids", lab.var("LAB_STORAGE_NETNS")])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!frozen.is_empty(), "no storage node processes");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .args(&frozen)
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {frozen:?}");
+    };
+    signal("-STOP");
+    let status = wait_until(
+        SHORT,
+        "/status to name the silent storage",
+        || Some(read(m.path("status"))).filter(|s| s.contains("storage nfs://")),
+        || read(m.path("status")),
+    );
+    assert!(
+        status.starts_with("degraded: storage nfs://") && status.contains("(used by kvm1, kvm2)"),
+        "{status}"
+    );
+    let dir = m.path("instances/web3");
+    std::fs::create_dir(&dir).expect("mkdir web3");
+    write_file(dir.join("spec.json"), r#"{"flavor":"m1.small"}"#);
+    let failed = wait_until(
+        SHORT,
+        "web3's build to fail on the silent storage",
+        || Some(read(dir.join("status"))).filter(|s| s.starts_with("failed")),
+        || describe(&lab, &m, "web3"),
+    );
+    assert!(failed.contains("did not answer within 20s"), "{failed}");
+    assert_eq!(lab.sql("SELECT made FROM vm WHERE vmname = 'web3'"), "");
+    assert!(lab.qemu_pids("web3").is_empty());
+    signal("-CONT");
+    wait_until(
+        SHORT,
+        "/status to be ok again",
+        || (read(m.path("status")) == "ok\n").then_some(()),
+        || read(m.path("status")),
+    );
+    std::fs::remove_dir(&dir).expect("rmdir web3");
+    assert_eq!(lab.share_files(), ["debian-12.qcow2"], "files on the share");
 
     if let Some(out) = std::env::var_os("KVMFS_E2E_TIMINGS") {
         let t = serde_json::json!({ "web1": t1, "web2": t2 });

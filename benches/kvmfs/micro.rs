@@ -115,7 +115,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
     let v = build(
         &nodes,
         &RowMap::new(),
-        None,
+        kvmfs::cluster::view::Faults::default(),
         &placement,
         &View::default(),
         SystemTime::now(),
@@ -139,7 +139,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
     let first = build(
         &big,
         &RowMap::new(),
-        None,
+        kvmfs::cluster::view::Faults::default(),
         &placement,
         &View::default(),
         SystemTime::now(),
@@ -152,7 +152,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
             build(
                 nodes,
                 &RowMap::new(),
-                None,
+                kvmfs::cluster::view::Faults::default(),
                 &placement,
                 previous,
                 SystemTime::now(),

@@ -57,6 +57,8 @@ struct Inputs {
     /// When the rows were last read whole (see `poll_db`).
     rows_read: Option<Instant>,
     db_error: Option<String>,
+    /// Why the shared storage did not answer its last probe (`storage_loop`).
+    storage_error: Option<String>,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
     pending_errors: HashMap<String, PendingError>,
@@ -210,6 +212,7 @@ impl Cluster {
                 local_since: HashMap::new(),
                 rows_read: None,
                 db_error: None,
+                storage_error: None,
                 pending_errors: HashMap::new(),
             }),
             cfg,
@@ -346,6 +349,10 @@ impl Cluster {
         }
         let c = self.clone();
         tokio::spawn(async move { c.db_loop().await });
+        if self.storage.is_some() {
+            let c = self.clone();
+            tokio::spawn(async move { c.storage_loop().await });
+        }
         if let Some(rx) = self.errors_rx.lock().take() {
             let c = self.clone();
             tokio::spawn(async move { c.error_writer(rx).await });
@@ -381,7 +388,10 @@ impl Cluster {
         let v = view::build(
             &inputs.nodes,
             &inputs.rows,
-            inputs.db_error.clone(),
+            view::Faults {
+                database: inputs.db_error.clone(),
+                storage: inputs.storage_error.clone(),
+            },
             &self.cfg.placement,
             &prev,
             SystemTime::now(),

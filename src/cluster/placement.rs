@@ -270,4 +270,15 @@ mod tests {
         n.image_shared = true;
         assert_eq!(choose(&v, &n, &held, &p), Ok("a".into()));
     }
+
+    #[test]
+    fn a_silent_shared_storage_degrades_the_status_naming_its_nodes() {
+        let mut v = fixtures::view_of(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
+        assert_eq!(v.root_status(), "ok");
+        v.storage_error = Some("storage nfs://st/cloud did not answer within 1.5s".into());
+        assert_eq!(
+            v.root_status(),
+            "degraded: storage nfs://st/cloud did not answer within 1.5s (used by a, b)"
+        );
+    }
 }

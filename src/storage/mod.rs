@@ -61,6 +61,9 @@ pub trait Share: Send + Sync + 'static {
     fn upload<'a>(&'a self, name: &'a str, data: Vec<u8>) -> ShareFuture<'a, ()>;
     /// Deletes `name`; `false` if it was not there.
     fn delete<'a>(&'a self, name: &'a str) -> ShareFuture<'a, bool>;
+    /// Whether the share answers (its export's top folder can be looked into), within
+    /// `within`: what `/status` says about it.
+    fn probe(&self, within: Duration) -> ShareFuture<'_, ()>;
 }
 
 /// A file name kvmfs puts on the share: letters, digits, `.`, `_`, `-`, not starting with

@@ -4,6 +4,8 @@
 //! `nfs://`; `rpc` looks names up and removes them. Every operation runs under the share's
 //! timeout, and a `qemu-img` that outlives it is killed.
 
+use std::time::Duration;
+
 use super::rpc::{self, Op};
 use super::{Share, ShareFuture, ShareLocation, StorageError, check_name};
 use crate::config::StorageConfig;
@@ -140,6 +142,22 @@ impl Share for NfsShare {
             )
             .await
         }))
+    }
+
+    fn probe(&self, within: Duration) -> ShareFuture<'_, ()> {
+        Box::pin(async move {
+            // `.` names the export's folder itself: present whenever the share answers.
+            let look = rpc::name_op(self.cfg.host(), self.cfg.export(), ".", Op::Lookup);
+            match tokio::time::timeout(within, look).await {
+                Err(_) => Err(StorageError::Timeout {
+                    share: self.cfg.url(),
+                    after: within,
+                }),
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err(self.failed("the export's folder is gone")),
+                Ok(Err(e)) => Err(self.failed(e.to_string())),
+            }
+        })
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> ShareFuture<'a, bool> {
@@ -292,6 +310,7 @@ mod tests {
             let bytes = std::fs::read(&base).unwrap();
             rt.block_on(s.upload("base.qcow2", bytes)).unwrap();
             assert!(rt.block_on(s.exists("base.qcow2")).unwrap());
+            rt.block_on(s.probe(Duration::from_secs(5))).unwrap();
             assert!(!rt.block_on(s.exists("nothing.qcow2")).unwrap());
 
             rt.block_on(s.create_overlay("vm1.disk.qcow2", "base.qcow2", 2))
@@ -362,6 +381,7 @@ mod tests {
                 rt.block_on(silent.delete("a")).map(|_| ()),
                 rt.block_on(silent.create_overlay("a", "b", 1)),
                 rt.block_on(silent.upload("a", vec![0; 512])),
+                rt.block_on(silent.probe(Duration::from_millis(500))),
             ] {
                 assert!(matches!(r, Err(StorageError::Timeout { .. })), "{r:?}");
             }
