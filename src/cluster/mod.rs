@@ -136,7 +136,7 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes, worker_id, keys)
+        Self::with_nodes(cfg, db, nodes, None, worker_id, keys)
     }
 
     /// Builds the controller over the given backends, one per configured node in the
@@ -145,6 +145,20 @@ impl Cluster {
         cfg: Arc<Config>,
         db: Db,
         backends: Vec<Arc<dyn NodeBackend>>,
+        worker_id: String,
+        keys: Arc<crate::secrets::KeyRing>,
+    ) -> Arc<Cluster> {
+        Self::with_backends_and_share(cfg, db, backends, None, worker_id, keys)
+    }
+
+    /// As `with_backends`, with `share` as the shared storage instead of the one the
+    /// configuration names (`None`: the configuration's, if any): in-process tests give an
+    /// in-memory share (`storage::mem`).
+    pub fn with_backends_and_share(
+        cfg: Arc<Config>,
+        db: Db,
+        backends: Vec<Arc<dyn NodeBackend>>,
+        share: Option<Arc<dyn crate::storage::Share>>,
         worker_id: String,
         keys: Arc<crate::secrets::KeyRing>,
     ) -> Arc<Cluster> {
@@ -159,13 +173,14 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes, worker_id, keys)
+        Self::with_nodes(cfg, db, nodes, share, worker_id, keys)
     }
 
     fn with_nodes(
         cfg: Arc<Config>,
         db: Db,
         nodes: Vec<NodeHandle>,
+        share: Option<Arc<dyn crate::storage::Share>>,
         worker_id: String,
         keys: Arc<crate::secrets::KeyRing>,
     ) -> Arc<Cluster> {
@@ -195,8 +210,10 @@ impl Cluster {
             .collect();
         let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg_storage = cfg.storage.as_ref().map(|s| {
-            Arc::new(crate::storage::nfs::NfsShare::new(s)) as Arc<dyn crate::storage::Share>
+        let cfg_storage = share.or_else(|| {
+            cfg.storage.as_ref().map(|s| {
+                Arc::new(crate::storage::nfs::NfsShare::new(s)) as Arc<dyn crate::storage::Share>
+            })
         });
         let metrics = Arc::new(crate::metrics::Metrics::new(
             nodes.iter().map(|n| n.name.clone()),

@@ -940,3 +940,36 @@ async fn an_rmdir_of_a_delete_a_live_daemon_runs_is_busy() {
     assert!(volumes_of(&a, "web1").is_empty());
     assert!(addresses_of(&a, "web1").await.is_empty());
 }
+
+/// A build abandoned after making its disk and seed on the shared storage: the
+/// reconciliation removes them from the share, where `vm.made` says they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_build_on_the_shared_storage_is_undone_there() {
+    let share = Arc::new(crate::storage::mem::MemShare::with_files(&[
+        BASE_IMAGE,
+        "web1.disk.qcow2",
+        "web1.seed.iso",
+    ]));
+    let rig = Rig::with_share(&[("n1", 4, 8192)], share.clone()).await;
+    let made = Made {
+        domain: false,
+        disk: true,
+        seed: true,
+        shared: true,
+    };
+    let pool = rig.node("n1").volumes();
+    abandoned_build(
+        &rig,
+        "web1",
+        "dead",
+        Step::WritingSeed,
+        made,
+        Made::default(),
+    )
+    .await;
+    let (r, _) = reconcile_until(&rig, "web1", is_state(InstanceState::Failed)).await;
+    let r = r.expect("the failed row");
+    assert!(r.made.is_empty(), "left {}", r.made);
+    assert_eq!(share.files(), [BASE_IMAGE]);
+    assert_eq!(rig.node("n1").volumes(), pool, "the pool is untouched");
+}

@@ -11,6 +11,8 @@
 //! file kvmfs did not make is never replaced (the caller then does not record it as made,
 //! and never deletes it).
 
+#[cfg(test)]
+pub mod mem;
 pub mod nfs;
 pub mod rpc;
 
