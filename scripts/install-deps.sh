@@ -45,13 +45,20 @@ PACKAGES=(
     zabbix-agent                # tests/monitoring.rs: zabbix_agentd reads the mount (template keys)
     prometheus                  # promtool: checks kvmfs.prom and the alert rules, runs their tests
     prometheus-node-exporter    # its textfile collector serves /metrics/kvmfs.prom in the tests
+    qemu-block-extra            # QEMU's libnfs driver: guests' disks on [storage] nfs, and
+                                # qemu-img making them there (no kernel NFS client needed)
+    libnfs-utils                # nfs-cp, nfs-rm: kvmfs uploads seeds and deletes files on the share
+    nfs-ganesha                 # the lab's storage node: a userspace NFS server (the kernel here
+    nfs-ganesha-vfs             # has no nfsd), exporting one folder through its VFS backend
+    rpcbind                     # NFSv3, which QEMU speaks, needs a portmapper beside ganesha
 )
 
 # Packages whose Debian service would start at install and keep running (the agent on port
-# 10050, node_exporter on 9100, a Prometheus server on 9090). The tests start these programs
+# 10050, node_exporter on 9100, a Prometheus server on 9090, an NFS server and rpcbind on
+# 2049 and 111). The tests start these programs
 # themselves, with their own configuration on free loopback ports, so the packaged services
 # are neither started at install nor enabled.
-SERVICES=(zabbix-agent prometheus prometheus-node-exporter)
+SERVICES=(zabbix-agent prometheus prometheus-node-exporter nfs-ganesha rpcbind)
 
 installed() {
     [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]

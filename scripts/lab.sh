@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local lab of real parts for kvmfs, on one machine, inside network namespaces of its own:
-# two KVM nodes (each a real libvirtd with the QEMU driver, reached over qemu+tcp), the
-# bridges of the external and overlay networks, a MariaDB server, a git server, and the
-# guest base image in each node's storage pool. Needs root.
+# two KVM nodes (each a real libvirtd with the QEMU driver, reached over qemu+tcp), a storage
+# node (a userspace NFS server, nfs-ganesha, holding the guest base image and exporting it
+# to both nodes), the bridges of the external and overlay networks, a MariaDB server and a
+# git server. Needs root.
 #
 #   scripts/lab.sh up   [--prefix P]     build the image if missing, (re)create the lab
 #   scripts/lab.sh down [--prefix P]     stop everything of the lab and delete it
@@ -12,7 +13,10 @@
 #                                        only: a FUSE mount made there is visible outside)
 #
 # The prefix (default $KVMFS_LAB_PREFIX, else "kvmfslab") names everything global the lab
-# makes: the network namespaces P-ctl, P-n1, P-n2 and the folder DIR=/var/tmp/kvmfs-lab-P.
+# makes: the network namespaces P-ctl, P-n1, P-n2, P-st and the folder
+# DIR=/var/tmp/kvmfs-lab-P. One exception, which rpcbind imposes: its socket and lock
+# (/run/rpcbind.sock, /run/rpcbind.lock) are host-wide whatever the namespace, so one lab
+# runs on a machine at a time, and `up` refuses while another rpcbind answers.
 # Nothing else on the machine is changed: bridges, veths, addresses and guests' taps live
 # only in those namespaces, each libvirtd sees private /etc/libvirt, /run/libvirt,
 # /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt (bind mounts in a mount
@@ -28,12 +32,16 @@
 #           bridge ovl  10.78.0.1/24
 #   P-n1    mgmt 10.99.0.11 (libvirtd qemu+tcp :16509), br-ext, br-ovl (veths to P-ctl)
 #   P-n2    mgmt 10.99.0.12, likewise
+#   P-st    mgmt 10.99.0.5: rpcbind (:111) and nfs-ganesha (NFSv3 and v4 on :2049, MOUNT on
+#           :20048) exporting DIR/st/cloud as 10.99.0.5:/cloud, read-write, no root squash
 #
 # Guests on both nodes share one L2 segment per network with P-ctl: libvirt networks
 # `external` (eth0, 10.77.0.0/24) and `overlay` (eth1, 10.78.0.0/24) are bridges in
-# forward mode `bridge`. Each node's storage pool `default` is its own folder
-# (DIR/n1/pool, DIR/n2/pool) holding a copy of the base image as `debian-12.qcow2`; the
-# kernel and initramfs for direct kernel boot are in DIR/boot. `up` writes
+# forward mode `bridge`. The export holds a copy of the base image as `debian-12.qcow2`,
+# and kvmfs's configuration names it as `[storage]`: instances' disks and seeds are made
+# there and QEMU on the nodes opens them over NFS itself (nothing is mounted anywhere).
+# Each node's storage pool `default` is its own folder (DIR/n1/pool, DIR/n2/pool), empty.
+# The kernel and initramfs for direct kernel boot are in DIR/boot. `up` writes
 # DIR/kvmfs.toml (a kvmfs configuration for this lab) and DIR/lab.env (the facts above as
 # shell variables, for scripts and tests).
 set -euo pipefail
@@ -65,6 +73,8 @@ fi
     die "prefix must be 1-12 lowercase letters and digits, starting with a letter: $PREFIX"
 
 CTL=$PREFIX-ctl
+ST=$PREFIX-st
+ST_IP=10.99.0.5
 NODES=(n1 n2)
 DIR=/var/tmp/kvmfs-lab-$PREFIX
 # A new database password for every lab; it is written only to DIR/kvmfs.toml (mode 0600).
@@ -100,16 +110,22 @@ kill_netns() {
 }
 
 down() {
-    local ns
-    # The control namespace first: a kvmfs daemon there unmounts itself on SIGTERM.
-    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}"; do
+    local ns had_storage=0
+    netns_exists "$ST" && had_storage=1
+    # The control namespace first: a kvmfs daemon there unmounts itself on SIGTERM; the
+    # storage last, once no guest uses its files.
+    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}" "$ST"; do
         kill_netns "$ns"
     done
-    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}"; do
+    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}" "$ST"; do
         if netns_exists "$ns"; then
             ip netns del "$ns"
         fi
     done
+    # The lab's rpcbind is gone with its namespace; its host-wide files stay behind.
+    if [[ $had_storage -eq 1 ]]; then
+        rm -f /run/rpcbind.sock /run/rpcbind.lock
+    fi
     if [[ -d $DIR ]]; then
         rm -rf --one-file-system "$DIR"
     fi
@@ -221,6 +237,57 @@ network() {
     done
 }
 
+# The storage node: its namespace on the management bridge, rpcbind (NFSv3 needs a
+# portmapper; QEMU speaks NFSv3 only) and nfs-ganesha exporting DIR/st/cloud as /cloud.
+storage_start() {
+    local d=$DIR/st i
+    if [[ -S /run/rpcbind.sock ]] && rpcinfo -p >/dev/null 2>&1; then
+        die "an rpcbind already runs on this machine (another lab?); rpcbind is host-wide, so the lab's storage node cannot start beside it"
+    fi
+    rm -f /run/rpcbind.sock /run/rpcbind.lock
+    mkdir -p "$d/cloud" "$d/recovery"
+    ip netns add "$ST"
+    ip -n "$ST" link set lo up
+    ip -n "$CTL" link add m0 type veth peer name mgmt netns "$ST"
+    ip -n "$CTL" link set m0 master mgmt up
+    ip -n "$ST" addr add "$ST_IP/24" dev mgmt
+    ip -n "$ST" link set mgmt up
+    cat >"$d/ganesha.conf" <<GANESHA
+NFS_CORE_PARAM {
+    Protocols = 3, 4; NFS_Port = 2049; MNT_Port = 20048;
+    # Without it a v3 mount of the pseudo path /cloud fails (MNT3ERR_ACCES).
+    Mount_Path_Pseudo = true;
+    Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false;
+    Plugins_Dir = "/usr/lib/x86_64-linux-gnu/ganesha";
+}
+NFS_KRB5 { Active_krb5 = false; }
+NFSv4 { Graceless = true; RecoveryBackend = fs; RecoveryRoot = "$d/recovery"; }
+EXPORT {
+    Export_Id = 1; Path = "$d/cloud"; Pseudo = "/cloud";
+    Access_Type = RW; Squash = No_Root_Squash; SecType = sys;
+    Protocols = 3, 4; Transports = TCP;
+    FSAL { Name = VFS; }
+}
+GANESHA
+    ip netns exec "$ST" setsid rpcbind -f </dev/null >"$d/rpcbind.log" 2>&1 &
+    for ((i = 0; i < 100; i++)); do
+        [[ -S /run/rpcbind.sock ]] && break
+        sleep 0.1
+    done
+    ip netns exec "$ST" setsid ganesha.nfsd -F -f "$d/ganesha.conf" -L "$d/ganesha.log" \
+        -p "$d/ganesha.pid" </dev/null >"$d/ganesha.out" 2>&1 &
+    # Ready when its MOUNT and NFS services are registered and the export answers.
+    for ((i = 0; i < 300; i++)); do
+        if in_ctl rpcinfo -p "$ST_IP" 2>/dev/null | grep -q mountd &&
+            in_ctl nfs-ls "nfs://$ST_IP/cloud/" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$d/ganesha.log" >&2 || true
+    die "the storage node's NFS server did not start"
+}
+
 mariadb_start() {
     local d=$DIR/db
     mkdir -p "$d/data" "$d/tmp"
@@ -269,6 +336,10 @@ uri = "qemu+tcp://$(node_ip n1)/system"
 name = "kvm2"
 uri = "qemu+tcp://$(node_ip n2)/system"
 
+# The storage node: disks and seeds go there, QEMU on the nodes opens them over NFS.
+[storage]
+nfs = "$ST_IP:/cloud"
+
 [instances]
 default_image = "debian-12.qcow2"
 default_disk_gb = 4
@@ -297,6 +368,9 @@ LAB_PREFIX=$PREFIX
 LAB_DIR=$DIR
 LAB_CTL_NETNS=$CTL
 LAB_NODE_NETNS="$PREFIX-n1 $PREFIX-n2"
+LAB_STORAGE_NETNS=$ST
+LAB_STORAGE=$ST_IP:/cloud
+LAB_SHARE_DIR=$DIR/st/cloud
 LAB_CONFIG=$DIR/kvmfs.toml
 LAB_DB_SOCKET=$DIR/db/sock
 LAB_GIT_DIR=$DIR/git
@@ -321,10 +395,14 @@ up() {
     network
     for n in "${NODES[@]}"; do
         node_config "$n"
-        # A copy, not a link: nothing a guest or libvirt does may reach the cache.
-        cp --sparse=always "$img/debian-12-lab.qcow2" "$DIR/$n/pool/debian-12.qcow2"
     done
-    log "images copied ($((SECONDS - start)) s)"
+    # Once, on the storage node. A copy, not a link: nothing a guest or libvirt does may
+    # reach the cache.
+    mkdir -p "$DIR/st/cloud"
+    cp --sparse=always "$img/debian-12-lab.qcow2" "$DIR/st/cloud/debian-12.qcow2"
+    log "image copied ($((SECONDS - start)) s)"
+    storage_start
+    log "storage node up ($((SECONDS - start)) s)"
     # The daemons start side by side: libvirtd probes QEMU's capabilities for seconds.
     local pids=()
     for n in "${NODES[@]}"; do
@@ -338,12 +416,12 @@ up() {
     log "nodes and MariaDB up ($((SECONDS - start)) s)"
     git_start
     write_config "$img"
-    log "lab $PREFIX is up in $((SECONDS - start)) s: nodes kvm1, kvm2; config $DIR/kvmfs.toml"
+    log "lab $PREFIX is up in $((SECONDS - start)) s: nodes kvm1, kvm2, storage $ST_IP:/cloud; config $DIR/kvmfs.toml"
 }
 
 status() {
     local ns
-    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}"; do
+    for ns in "$CTL" "${NODES[@]/#/$PREFIX-}" "$ST"; do
         if netns_exists "$ns"; then
             echo "$ns: $(ip netns pids "$ns" | wc -l) processes"
         else

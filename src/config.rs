@@ -48,6 +48,118 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     pub quotas: QuotasConfig,
     pub secrets: SecretsConfig,
+    /// The shared storage every node reaches (`[storage]`), if any: instances' disks and
+    /// seeds go there instead of the nodes' pools.
+    pub storage: Option<StorageConfig>,
+}
+
+/// `[storage]` as written: the export as `HOST:/path` or `nfs://HOST/path`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorageConfig {
+    #[serde(default)]
+    nfs: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// A shared NFS export every node reaches, parsed: a host and an absolute export path whose
+/// characters are safe in an `nfs://` URL, a libvirt `<source name>` and a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    host: String,
+    export: String,
+    /// Bound on one operation on the share (making a disk, writing a seed, deleting).
+    pub timeout: Duration,
+}
+
+/// Default bound on one operation on the shared storage.
+const STORAGE_TIMEOUT_MS: u64 = 60_000;
+
+impl StorageConfig {
+    /// Parses `HOST:/path` or `nfs://HOST/path` (no user, port or query: QEMU and libvirt
+    /// get the host and path on their own).
+    pub fn parse_nfs(text: &str, timeout: Duration) -> Result<StorageConfig, ConfigError> {
+        let bad = |why: &str| {
+            ConfigError::Invalid(format!(
+                "storage: {text:?} {why}; write nfs = \"HOST:/export\" or url = \"nfs://HOST/export\""
+            ))
+        };
+        let (host, export) = if let Some(rest) = text.strip_prefix("nfs://") {
+            let (h, p) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("has no export path"))?;
+            (h, format!("/{p}"))
+        } else {
+            let (h, p) = text.split_once(':').ok_or_else(|| bad("has no HOST:"))?;
+            (h, p.to_string())
+        };
+        let host_ok = !host.is_empty()
+            && host.len() <= 253
+            && !host.starts_with(['-', '.'])
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !host_ok {
+            return Err(bad("names no valid host (a name or an IPv4 address)"));
+        }
+        let export = export.trim_end_matches('/').to_string();
+        let segments_ok = export.starts_with('/')
+            && export[1..].split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            });
+        if !segments_ok {
+            return Err(bad(
+                "needs an absolute export path of letters, digits, '.', '_' and '-'",
+            ));
+        }
+        Ok(StorageConfig {
+            host: host.to_string(),
+            export,
+            timeout,
+        })
+    }
+
+    fn from_raw(raw: RawStorageConfig) -> Result<StorageConfig, ConfigError> {
+        let timeout = Duration::from_millis(raw.timeout_ms.unwrap_or(STORAGE_TIMEOUT_MS));
+        if timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storage.timeout_ms must be > 0".into(),
+            ));
+        }
+        match (raw.nfs, raw.url) {
+            (Some(t), None) | (None, Some(t)) => StorageConfig::parse_nfs(&t, timeout),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "storage: set nfs (HOST:/export) or url (nfs://HOST/export), not both".into(),
+            )),
+            (None, None) => Err(ConfigError::Invalid(
+                "storage: name the share with nfs = \"HOST:/export\" or url = \"nfs://HOST/export\""
+                    .into(),
+            )),
+        }
+    }
+
+    /// The NFS server's host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The export's path on the server, absolute, without a trailing `/`.
+    pub fn export(&self) -> &str {
+        &self.export
+    }
+
+    /// `nfs://HOST/export` (what QEMU opens, with a file name after it).
+    pub fn url(&self) -> String {
+        format!("nfs://{}{}", self.host, self.export)
+    }
 }
 
 /// What one user (uid) may hold; root is not limited. 0 means no limit.
@@ -445,6 +557,8 @@ struct FileConfig {
     quotas: QuotasConfig,
     #[serde(default)]
     secrets: SecretsConfig,
+    #[serde(default)]
+    storage: Option<RawStorageConfig>,
 }
 
 /// `p` as named in the config file at `config`: relative paths are relative to its folder.
@@ -550,6 +664,7 @@ impl Config {
                     .map(|k| beside(path, k))
                     .collect(),
             },
+            storage: file.storage.map(StorageConfig::from_raw).transpose()?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -573,6 +688,7 @@ impl Config {
             networks: demo_networks(),
             quotas: QuotasConfig::default(),
             secrets: SecretsConfig::default(),
+            storage: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -865,6 +981,61 @@ mod tests {
         std::fs::write(&path, "[[node]]\nname='a'\nuri='test:///default'\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Config::load(&path, Some("/s".into())).is_ok());
+    }
+
+    #[test]
+    fn storage_is_parsed_in_both_spellings_and_checked() {
+        let base = "[[node]]\nname='a'\nuri='test:///default'\n";
+        let parse = |storage: &str| {
+            Config::parse(
+                &format!("{base}[storage]\n{storage}\n"),
+                Path::new("x"),
+                None,
+            )
+        };
+        for ok in [
+            "nfs = '10.99.0.5:/cloud'",
+            "url = 'nfs://10.99.0.5/cloud/'",
+            "nfs = '10.99.0.5:/cloud'\ntimeout_ms = 60000",
+        ] {
+            let c = parse(ok).unwrap();
+            let s = c.storage.expect("storage");
+            assert_eq!((s.host(), s.export()), ("10.99.0.5", "/cloud"), "{ok}");
+            assert_eq!(s.url(), "nfs://10.99.0.5/cloud");
+            assert_eq!(s.timeout, Duration::from_secs(60));
+        }
+        let s = parse("nfs = 'store-1.lan:/srv/kvm_cloud'")
+            .unwrap()
+            .storage
+            .unwrap();
+        assert_eq!(s.url(), "nfs://store-1.lan/srv/kvm_cloud");
+        for (bad, says) in [
+            ("nfs = 'h:/a'\nurl = 'nfs://h/a'", "not both"),
+            ("timeout_ms = 5", "name the share"),
+            ("nfs = 'h:/a'\ntimeout_ms = 0", "timeout_ms"),
+            ("nfs = '/cloud'", "HOST:"),
+            ("nfs = 'h:cloud'", "absolute export path"),
+            ("nfs = 'h:/'", "absolute export path"),
+            ("nfs = 'h:/a/../b'", "absolute export path"),
+            ("nfs = 'h:/a b'", "absolute export path"),
+            ("nfs = \"h:/a'b\"", "absolute export path"),
+            ("url = 'nfs://h'", "no export path"),
+            ("url = 'nfs://u@h/a'", "valid host"),
+            ("url = 'nfs://h:2049/a'", "valid host"),
+            ("url = 'nfs://-o/a'", "valid host"),
+            ("url = 'nfs://h/a?x=1'", "absolute export path"),
+            ("nfs = ':/a'", "valid host"),
+            ("bogus = 1", "unknown field"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!(
+            Config::parse(base, Path::new("x"), None)
+                .unwrap()
+                .storage
+                .is_none()
+        );
     }
 
     #[test]

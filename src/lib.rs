@@ -23,6 +23,7 @@ pub mod random;
 pub mod secrets;
 pub mod spec;
 pub mod statedir;
+pub mod storage;
 #[cfg(test)]
 pub mod testing;
 pub mod testnode;

@@ -13,6 +13,7 @@ use crate::db::Db;
 use crate::hv::NodeBackend;
 use crate::hv::mem::MemNode;
 use crate::secrets::KeyRing;
+use crate::storage::mem::MemShare;
 use crate::tree::{Ino, Owner, Tree, TreeError};
 
 /// The rig's timing: quick polls and deadlines, so tests wait little.
@@ -28,6 +29,8 @@ pub struct Rig {
     /// The database file and key; a second rig (`another_daemon`) shares them.
     pub dir: Arc<tempfile::TempDir>,
     config: String,
+    /// The in-memory shared storage, for rigs made `with_share`.
+    pub share: Option<Arc<MemShare>>,
 }
 
 impl Rig {
@@ -48,6 +51,15 @@ impl Rig {
 
     /// A rig on nodes made (and perhaps broken) beforehand: what the first poll meets.
     pub async fn on_nodes(mems: Vec<Arc<MemNode>>, timing: &str, extra: &str) -> Rig {
+        Self::on_nodes_with(mems, timing, extra, None).await
+    }
+
+    async fn on_nodes_with(
+        mems: Vec<Arc<MemNode>>,
+        timing: &str,
+        extra: &str,
+        share: Option<Arc<MemShare>>,
+    ) -> Rig {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
 
         let mut config = format!(
@@ -58,7 +70,16 @@ impl Rig {
             let n = m.name();
             config.push_str(&format!("[[node]]\nname = '{n}'\nuri = 'mem://{n}'\n"));
         }
-        Self::start(dir, mems, config, "w1").await
+        Self::start(dir, mems, config, share, "w1").await
+    }
+
+    /// A rig whose instances' disks and seeds go to `share` (a shared storage).
+    pub async fn with_share(nodes: &[(&str, u32, u64)], share: Arc<MemShare>) -> Rig {
+        let mems: Vec<Arc<MemNode>> = nodes
+            .iter()
+            .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
+            .collect();
+        Self::on_nodes_with(mems, TIMING, "", Some(share)).await
     }
 
     /// Another daemon on the same database and nodes (a second control node, or the same
@@ -68,6 +89,7 @@ impl Rig {
             self.dir.clone(),
             self.nodes.clone(),
             self.config.clone(),
+            self.share.clone(),
             worker,
         )
         .await
@@ -77,6 +99,7 @@ impl Rig {
         dir: Arc<tempfile::TempDir>,
         nodes: Vec<Arc<MemNode>>,
         config: String,
+        share: Option<Arc<MemShare>>,
         worker: &str,
     ) -> Rig {
         let cfg = Arc::new(Config::from_toml(&config, dir.path()).expect("rig config"));
@@ -89,7 +112,14 @@ impl Rig {
             .iter()
             .map(|n| n.clone() as Arc<dyn NodeBackend>)
             .collect();
-        let cluster = Cluster::with_backends(cfg, db, backends, worker.to_string(), Arc::new(keys));
+        let cluster = Cluster::with_backends_and_share(
+            cfg,
+            db,
+            backends,
+            share.clone().map(|s| s as Arc<dyn crate::storage::Share>),
+            worker.to_string(),
+            Arc::new(keys),
+        );
         cluster.start().await.expect("cluster start");
         let tree = Arc::new(Tree::new(cluster.clone(), Owner { uid: 0, gid: 0 }));
         Rig {
@@ -98,6 +128,7 @@ impl Rig {
             nodes,
             dir,
             config,
+            share,
         }
     }
 

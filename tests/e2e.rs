@@ -1,8 +1,11 @@
 //! End to end on real parts: the lab of `scripts/lab.sh` (two libvirtd + QEMU nodes reached
-//! over qemu+tcp, MariaDB, a git daemon, bridges, all in network namespaces of its own) and
+//! over qemu+tcp, a storage node serving NFS from userspace, MariaDB, a git daemon, bridges,
+//! all in network namespaces of its own) and
 //! the guest image of `scripts/lab-image.sh` (Debian with real cloud-init, built once and
 //! cached). kvmfs is mounted on the lab's configuration and driven with plain file calls;
-//! the guests are checked from the outside: HTTP, SSH, QEMU processes, pool folders, rows.
+//! the guests are checked from the outside: HTTP, SSH, QEMU processes, the share's and the
+//! pools' folders, rows. The guests' disks and seeds are on the storage node, and QEMU opens
+//! them over NFS itself.
 //!
 //! The waits are hang detectors (guests boot under software emulation, slowly), never timing
 //! assertions. With `KVMFS_E2E_TIMINGS=FILE` the measured times are written to FILE as JSON
@@ -144,6 +147,11 @@ impl Lab {
         list(&self.map("LAB_POOLS")[node])
     }
 
+    /// The files of the storage node's export.
+    fn share_files(&self) -> Vec<String> {
+        list(self.var("LAB_SHARE_DIR"))
+    }
+
     /// `virsh` against node `node` over qemu+tcp, from the control namespace.
     fn virsh(&self, node: &str, args: &[&str]) -> String {
         let uri = &self.map("LAB_NODE_URIS")[node];
@@ -204,12 +212,15 @@ impl Lab {
 
     /// Best effort, for failure messages: the guest's cloud-init output, read from its disk
     /// (qemu-img may read a disk in use with -U; debugfs reads ext4 without mounting).
-    fn guest_log(&self, node: &str, name: &str) -> String {
-        let pool = PathBuf::from(&self.map("LAB_POOLS")[node]);
+    /// The disk is on the share, its backing file an `nfs://` URL that only the lab's
+    /// namespaces reach: qemu-img runs in the control namespace.
+    fn guest_log(&self, _node: &str, name: &str) -> String {
+        let share = PathBuf::from(self.var("LAB_SHARE_DIR"));
         let raw = tempfile::NamedTempFile::new().expect("temp file");
-        let conv = Command::new("qemu-img")
+        let conv = self
+            .ctl("qemu-img")
             .args(["convert", "-U", "-O", "raw"])
-            .arg(pool.join(format!("{name}.disk.qcow2")))
+            .arg(share.join(format!("{name}.disk.qcow2")))
             .arg(raw.path())
             .output();
         match conv {
@@ -428,13 +439,16 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     let lab = Lab::up();
     // Nodes listed whole once an hour only: what the domains do between reaches kvmfs by
     // libvirt's domain events alone (a power-off after `stop`, a `virsh destroy` below).
+    // Operations on the share bounded at 20 s, for step 7.
     let toml = format!(
         "{}\n[timing]\nfull_poll_ms = 3600000\n",
-        read(lab.var("LAB_CONFIG"))
+        read(lab.var("LAB_CONFIG")).replace("[storage]\n", "[storage]\ntimeout_ms = 20000\n")
     );
     let m = Mounted::with_config_in_netns(&toml, lab.var("LAB_CTL_NETNS"));
 
-    // 1. Both real nodes online, with real CPU and memory figures and the base image.
+    // 1. Both real nodes online, with real CPU and memory figures; the base image is on the
+    //    storage node only.
+    assert_eq!(lab.share_files(), ["debian-12.qcow2"]);
     assert_eq!(list(m.path("nodes")), ["kvm1", "kvm2"]);
     for n in ["kvm1", "kvm2"] {
         let info = read_json(m.path(&format!("nodes/{n}/info.json")));
@@ -448,11 +462,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
             info["uri"].as_str().unwrap().starts_with("qemu+tcp://"),
             "{info}"
         );
-        assert_eq!(
-            info["pool_volumes"],
-            serde_json::json!(["debian-12.qcow2"]),
-            "{info}"
-        );
+        assert_eq!(info["pool_volumes"], serde_json::json!([]), "{info}");
         assert_eq!(info["committed_vcpus"], 0, "{info}");
     }
     for net in ["external", "overlay"] {
@@ -477,6 +487,29 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
         "web1 did not go to the best node: {scores1:?}"
     );
     assert_eq!(lab.qemu_pids("web1").len(), 1, "one QEMU runs web1");
+    // Its disk and seed are files on the storage node, which QEMU opens over NFS: nothing
+    // of it is in the node's pool, and info.json says where each disk lives.
+    assert_eq!(
+        lab.share_files(),
+        ["debian-12.qcow2", "web1.disk.qcow2", "web1.seed.iso"]
+    );
+    assert_eq!(lab.pool_files(&node1), Vec::<String>::new());
+    let host = lab
+        .var("LAB_STORAGE")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let disks = &read_json(m.path("instances/web1/info.json"))["disks"];
+    assert_eq!(
+        disks,
+        &serde_json::json!([
+            {"target": "vda", "device": "disk", "source": "/cloud/web1.disk.qcow2",
+             "storage": "shared", "protocol": "nfs", "host": host},
+            {"target": "hdc", "device": "cdrom", "source": "/cloud/web1.seed.iso",
+             "storage": "shared", "protocol": "nfs", "host": host},
+        ]),
+    );
 
     // 4. The first instance's vCPU and RAM now count on its node, so the second goes to
     //    the other one; both have their own addresses from the database's pools.
@@ -572,7 +605,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
         || describe(&lab, &m, "web1"),
     );
 
-    // 6. rmdir: QEMU gone, volumes gone from the pools, rows and addresses gone.
+    // 6. rmdir: QEMU gone, files gone from the share, rows and addresses gone.
     for name in ["web1", "web2"] {
         let dir = m.path(&format!("instances/{name}"));
         match std::fs::remove_dir(&dir) {
@@ -595,8 +628,9 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     for name in ["web1", "web2"] {
         assert!(lab.qemu_pids(name).is_empty(), "QEMU still runs {name}");
     }
+    assert_eq!(lab.share_files(), ["debian-12.qcow2"], "files on the share");
     for n in ["kvm1", "kvm2"] {
-        assert_eq!(lab.pool_files(n), ["debian-12.qcow2"], "pool of {n}");
+        assert_eq!(lab.pool_files(n), Vec::<String>::new(), "pool of {n}");
         assert_eq!(
             lab.virsh(n, &["list", "--all", "--name"]),
             "",
@@ -619,7 +653,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
                 .iter()
                 .all(|n| {
                     read_json(m.path(&format!("nodes/{n}/info.json")))["pool_volumes"]
-                        == serde_json::json!(["debian-12.qcow2"])
+                        == serde_json::json!([])
                 })
                 .then_some(())
         },
@@ -627,6 +661,61 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");
+
+    // 7. The storage node falls silent (its NFS server and portmapper frozen): /status says
+    //    so and names the nodes that use it, a build fails within the share's bound having
+    //    made nothing, and all is well again once it answers.
+    let frozen: Vec<String> = {
+        let out = Command::new("ip")
+            .args(["netns", "pids", lab.var("LAB_STORAGE_NETNS")])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!frozen.is_empty(), "no storage node processes");
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .args(&frozen)
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {frozen:?}");
+    };
+    signal("-STOP");
+    let status = wait_until(
+        SHORT,
+        "/status to name the silent storage",
+        || Some(read(m.path("status"))).filter(|s| s.contains("storage nfs://")),
+        || read(m.path("status")),
+    );
+    assert!(
+        status.starts_with("degraded: storage nfs://") && status.contains("(used by kvm1, kvm2)"),
+        "{status}"
+    );
+    let dir = m.path("instances/web3");
+    std::fs::create_dir(&dir).expect("mkdir web3");
+    write_file(dir.join("spec.json"), r#"{"flavor":"m1.small"}"#);
+    let failed = wait_until(
+        SHORT,
+        "web3's build to fail on the silent storage",
+        || Some(read(dir.join("status"))).filter(|s| s.starts_with("failed")),
+        || describe(&lab, &m, "web3"),
+    );
+    assert!(failed.contains("did not answer within 20s"), "{failed}");
+    assert_eq!(lab.sql("SELECT made FROM vm WHERE vmname = 'web3'"), "");
+    assert!(lab.qemu_pids("web3").is_empty());
+    signal("-CONT");
+    wait_until(
+        SHORT,
+        "/status to be ok again",
+        || (read(m.path("status")) == "ok\n").then_some(()),
+        || read(m.path("status")),
+    );
+    std::fs::remove_dir(&dir).expect("rmdir web3");
+    assert_eq!(lab.share_files(), ["debian-12.qcow2"], "files on the share");
 
     if let Some(out) = std::env::var_os("KVMFS_E2E_TIMINGS") {
         let t = serde_json::json!({ "web1": t1, "web2": t2 });

@@ -282,12 +282,17 @@ fn only_known_programs_are_started_and_user_values_come_after_a_double_dash() {
     // - the kvmfs executable itself (the background daemon): paths it resolved itself;
     // - git: the URL after `--`, and `GitUrl` refuses a leading `-` and `::` helpers;
     // - bash (`kvmfs menu`): the script the binary carries, with the mountpoint as `$1`
-    //   (after `-c SCRIPT NAME`, so never read as an option).
+    //   (after `-c SCRIPT NAME`, so never read as an option);
+    // - qemu-img (the shared storage, `storage::nfs`): fixed subcommands and options, then
+    //   `--`, then `nfs://` URLs composed from the validated `[storage]` host and export and
+    //   file names `storage::check_name` accepts (no `/`, no leading `-` or `.`), and the
+    //   path of kvmfs's own temporary file; the backing URL is composed the same way.
     let allowed = [
         ("src/menu.rs", "Command::new(\"bash\")"),
         ("src/mount.rs", "Command::new(\"fusermount3\")"),
         ("src/mount.rs", "Command::new(exe)"),
         ("src/cluster/actions/build.rs", "Command::new(\"git\")"),
+        ("src/storage/nfs.rs", "Command::new(\"qemu-img\")"),
     ];
     let mut found = Vec::new();
     for (path, text) in sources(&root().join("src")) {
@@ -319,6 +324,9 @@ fn only_known_programs_are_started_and_user_values_come_after_a_double_dash() {
     assert!(menu.contains(
         ".arg(\"-c\")\n        .arg(SCRIPT)\n        .arg(\"kvmfs-menu\")\n        .arg(&mp)"
     ));
+    let nfs = std::fs::read_to_string(root().join("src/storage/nfs.rs")).unwrap();
+    assert!(nfs.contains(".args(args)\n            .arg(\"--\")\n            .args(files)"));
+    assert!(nfs.contains("check_name(name)?;\n            check_name(base)?;"));
     let mount = std::fs::read_to_string(root().join("src/mount.rs")).unwrap();
     assert!(mount.contains(".arg(\"--\")\n        .arg(mountpoint)"));
 }

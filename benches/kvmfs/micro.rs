@@ -115,7 +115,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
     let v = build(
         &nodes,
         &RowMap::new(),
-        None,
+        kvmfs::cluster::view::Faults::default(),
         &placement,
         &View::default(),
         SystemTime::now(),
@@ -126,6 +126,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
         vcpus: 2,
         ram_mb: 2048,
         image: "debian-12.qcow2",
+        image_shared: false,
         networks: &networks,
         node: None,
     };
@@ -138,7 +139,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
     let first = build(
         &big,
         &RowMap::new(),
-        None,
+        kvmfs::cluster::view::Faults::default(),
         &placement,
         &View::default(),
         SystemTime::now(),
@@ -151,7 +152,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
             build(
                 nodes,
                 &RowMap::new(),
-                None,
+                kvmfs::cluster::view::Faults::default(),
                 &placement,
                 previous,
                 SystemTime::now(),

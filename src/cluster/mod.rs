@@ -57,6 +57,8 @@ struct Inputs {
     /// When the rows were last read whole (see `poll_db`).
     rows_read: Option<Instant>,
     db_error: Option<String>,
+    /// Why the shared storage did not answer its last probe (`storage_loop`).
+    storage_error: Option<String>,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
     pending_errors: HashMap<String, PendingError>,
@@ -97,6 +99,8 @@ pub struct Cluster {
     refusals_logged: Mutex<HashMap<String, (Instant, u32)>>,
     /// What this daemon did, counted (`/metrics/kvmfs.prom`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The shared storage of `[storage]`, where instances' disks and seeds go.
+    storage: Option<Arc<dyn crate::storage::Share>>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -132,7 +136,7 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes, worker_id, keys)
+        Self::with_nodes(cfg, db, nodes, None, worker_id, keys)
     }
 
     /// Builds the controller over the given backends, one per configured node in the
@@ -141,6 +145,20 @@ impl Cluster {
         cfg: Arc<Config>,
         db: Db,
         backends: Vec<Arc<dyn NodeBackend>>,
+        worker_id: String,
+        keys: Arc<crate::secrets::KeyRing>,
+    ) -> Arc<Cluster> {
+        Self::with_backends_and_share(cfg, db, backends, None, worker_id, keys)
+    }
+
+    /// As `with_backends`, with `share` as the shared storage instead of the one the
+    /// configuration names (`None`: the configuration's, if any): in-process tests give an
+    /// in-memory share (`storage::mem`).
+    pub fn with_backends_and_share(
+        cfg: Arc<Config>,
+        db: Db,
+        backends: Vec<Arc<dyn NodeBackend>>,
+        share: Option<Arc<dyn crate::storage::Share>>,
         worker_id: String,
         keys: Arc<crate::secrets::KeyRing>,
     ) -> Arc<Cluster> {
@@ -155,13 +173,14 @@ impl Cluster {
                 overdue: Arc::new(AtomicUsize::new(0)),
             })
             .collect();
-        Self::with_nodes(cfg, db, nodes, worker_id, keys)
+        Self::with_nodes(cfg, db, nodes, share, worker_id, keys)
     }
 
     fn with_nodes(
         cfg: Arc<Config>,
         db: Db,
         nodes: Vec<NodeHandle>,
+        share: Option<Arc<dyn crate::storage::Share>>,
         worker_id: String,
         keys: Arc<crate::secrets::KeyRing>,
     ) -> Arc<Cluster> {
@@ -191,6 +210,11 @@ impl Cluster {
             .collect();
         let (changes, _) = watch::channel(0);
         let (errors_tx, errors_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg_storage = share.or_else(|| {
+            cfg.storage.as_ref().map(|s| {
+                Arc::new(crate::storage::nfs::NfsShare::new(s)) as Arc<dyn crate::storage::Share>
+            })
+        });
         let metrics = Arc::new(crate::metrics::Metrics::new(
             nodes.iter().map(|n| n.name.clone()),
             db.failovers(),
@@ -205,6 +229,7 @@ impl Cluster {
                 local_since: HashMap::new(),
                 rows_read: None,
                 db_error: None,
+                storage_error: None,
                 pending_errors: HashMap::new(),
             }),
             cfg,
@@ -224,7 +249,13 @@ impl Cluster {
             keys,
             refusals_logged: Mutex::new(HashMap::new()),
             metrics,
+            storage: cfg_storage,
         })
+    }
+
+    /// The shared storage, if one is configured.
+    pub fn storage(&self) -> Option<&Arc<dyn crate::storage::Share>> {
+        self.storage.as_ref()
     }
 
     /// This daemon's counters.
@@ -335,6 +366,10 @@ impl Cluster {
         }
         let c = self.clone();
         tokio::spawn(async move { c.db_loop().await });
+        if self.storage.is_some() {
+            let c = self.clone();
+            tokio::spawn(async move { c.storage_loop().await });
+        }
         if let Some(rx) = self.errors_rx.lock().take() {
             let c = self.clone();
             tokio::spawn(async move { c.error_writer(rx).await });
@@ -370,7 +405,10 @@ impl Cluster {
         let v = view::build(
             &inputs.nodes,
             &inputs.rows,
-            inputs.db_error.clone(),
+            view::Faults {
+                database: inputs.db_error.clone(),
+                storage: inputs.storage_error.clone(),
+            },
             &self.cfg.placement,
             &prev,
             SystemTime::now(),

@@ -19,6 +19,9 @@ pub struct Need<'a> {
     pub vcpus: u32,
     pub ram_mb: u64,
     pub image: &'a str,
+    /// The image is on the shared storage (`[storage]`), where the build looks for it: no
+    /// node's pool need hold it.
+    pub image_shared: bool,
     pub networks: &'a [&'a str],
     /// A node the user forced with `"node"` in the spec.
     pub node: Option<&'a str>,
@@ -87,7 +90,7 @@ fn refusal(view: &View, node: &NodeView, need: &Need<'_>, held: (u64, u64)) -> O
         .volumes
         .as_ref()
         .is_some_and(|v| v.iter().any(|v| v.name == need.image));
-    if !has_image {
+    if !has_image && !need.image_shared {
         return Some(format!("{} has no image {}", node.name, need.image));
     }
     for net in need.networks {
@@ -195,6 +198,7 @@ mod tests {
             vcpus: 1,
             ram_mb: 1024,
             image: "img",
+            image_shared: false,
             networks: &["default"],
             node,
         }
@@ -248,5 +252,33 @@ mod tests {
             choose(&v, &need(Some("zz")), &held, &p),
             Err(PlaceError::UnknownNode(_))
         ));
+    }
+
+    #[test]
+    fn an_image_on_the_shared_storage_needs_no_pool_copy() {
+        let v = fixtures::view_of(&[node("a", 4, 4096, true)]);
+        let p = PlacementConfig::default();
+        let none = loads(&[]);
+        let held = Committed::from_loads(&none);
+        let mut n = need(None);
+        n.image = "on-the-share.qcow2";
+        let e = choose(&v, &n, &held, &p).unwrap_err();
+        assert!(
+            e.to_string().contains("has no image on-the-share.qcow2"),
+            "{e}"
+        );
+        n.image_shared = true;
+        assert_eq!(choose(&v, &n, &held, &p), Ok("a".into()));
+    }
+
+    #[test]
+    fn a_silent_shared_storage_degrades_the_status_naming_its_nodes() {
+        let mut v = fixtures::view_of(&[node("a", 4, 4096, true), node("b", 4, 4096, true)]);
+        assert_eq!(v.root_status(), "ok");
+        v.storage_error = Some("storage nfs://st/cloud did not answer within 1.5s".into());
+        assert_eq!(
+            v.root_status(),
+            "degraded: storage nfs://st/cloud did not answer within 1.5s (used by a, b)"
+        );
     }
 }

@@ -223,6 +223,31 @@ impl Cluster {
         }
     }
 
+    /// Probes the shared storage every refresh, as a node is polled: a share that does not
+    /// answer within the libvirt deadline (the bound a node gets) makes `/status` degraded,
+    /// naming the nodes whose instances' disks are there (all of them).
+    pub(super) async fn storage_loop(self: Arc<Self>) {
+        let Some(share) = self.storage.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.cfg.timing.refresh());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let r = share.probe(self.cfg.timing.libvirt_timeout()).await;
+            let msg = r.err().map(|e| e.to_string());
+            let mut inputs = self.inputs.lock();
+            if inputs.storage_error != msg {
+                match &msg {
+                    Some(e) => tracing::warn!(error = %e, "shared storage does not answer"),
+                    None => tracing::info!(storage = %share.describe(), "shared storage answers"),
+                }
+                inputs.storage_error = msg;
+                self.mark_dirty(&mut inputs);
+            }
+        }
+    }
+
     /// Polls node `i` once, whole or for its own numbers only (see `scope_of`); returns how
     /// long to back off when the node timed out.
     pub(crate) async fn poll_node(&self, i: usize) -> Option<Duration> {

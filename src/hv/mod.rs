@@ -149,7 +149,15 @@ pub struct DomainDevices {
 pub struct DiskInfo {
     pub target: String,
     pub device: String,
+    /// The file on the node, or for a network disk its path on the server.
     pub source: Option<String>,
+    /// `node` (a file the node opens) or `shared` (a network disk: QEMU opens it on a
+    /// server every node may reach).
+    pub storage: &'static str,
+    /// The network disk's protocol (`nfs`, `rbd`, …).
+    pub protocol: Option<String>,
+    /// The network disk's server.
+    pub host: Option<String>,
     /// A `<disk type='network'>` (NFS, RBD, iSCSI…): storage libvirt cannot snapshot.
     #[serde(skip)]
     pub network: bool,

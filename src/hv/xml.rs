@@ -22,6 +22,40 @@ pub fn xml_escape(s: &str) -> String {
 /// Namespace of kvmfs's `<metadata>` element, which marks a domain as kvmfs-managed.
 pub const METADATA_NS: &str = "https://kvmfs.dev/xmlns/instance/1";
 
+/// Where a disk of a domain is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A file on the node (a volume of its pool).
+    File(String),
+    /// A file on an NFS server that QEMU opens itself (libnfs): `path` is its path on the
+    /// server, export included (`/cloud/web1.disk.qcow2`).
+    Nfs { host: String, path: String },
+}
+
+impl DiskSource {
+    /// The `<disk>` element: `device` is `disk` or `cdrom`, `format` `qcow2` or `raw`,
+    /// `rest` the target and flags.
+    fn disk_xml(&self, device: &str, format: &str, rest: &str) -> String {
+        let e = xml_escape;
+        match self {
+            DiskSource::File(path) => format!(
+                "<disk type='file' device='{device}'><driver name='qemu' type='{format}'/>\
+                 <source file='{}'/>{rest}</disk>",
+                e(path)
+            ),
+            // libvirt's schema takes an NFS source only with an `<identity>`: QEMU's
+            // libnfs then speaks as root, as kvmfs did when it made the file.
+            DiskSource::Nfs { host, path } => format!(
+                "<disk type='network' device='{device}'><driver name='qemu' type='{format}'/>\
+                 <source protocol='nfs' name='{}'><host name='{}'/>\
+                 <identity user='root' group='root'/></source>{rest}</disk>",
+                e(path),
+                e(host)
+            ),
+        }
+    }
+}
+
 /// A domain to define.
 #[derive(Debug, Clone)]
 pub struct DomainDef {
@@ -30,9 +64,9 @@ pub struct DomainDef {
     pub domain_type: String,
     pub vcpus: u32,
     pub ram_mb: u64,
-    pub disk_path: String,
+    pub disk: DiskSource,
     /// NoCloud seed image, attached as a cdrom.
-    pub seed_path: Option<String>,
+    pub seed: Option<DiskSource>,
     /// (libvirt network, MAC address)
     pub interfaces: Vec<(String, String)>,
     pub kernel: Option<String>,
@@ -77,16 +111,15 @@ impl DomainDef {
         let _ = writeln!(x, "  <devices>");
         let _ = writeln!(
             x,
-            "    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{}'/><target dev='vda' bus='virtio'/></disk>",
-            e(&self.disk_path)
+            "    {}",
+            self.disk
+                .disk_xml("disk", "qcow2", "<target dev='vda' bus='virtio'/>")
         );
-        if let Some(seed) = &self.seed_path {
+        if let Some(seed) = &self.seed {
             let _ = writeln!(
                 x,
-                "    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
-                 <source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>",
-                e(seed)
+                "    {}",
+                seed.disk_xml("cdrom", "raw", "<target dev='hdc' bus='ide'/><readonly/>")
             );
         }
         for (net, mac) in &self.interfaces {
@@ -140,8 +173,8 @@ mod tests {
             domain_type: "test".into(),
             vcpus: 2,
             ram_mb: 1024,
-            disk_path: "/p/web1'.qcow2".into(),
-            seed_path: Some("/p/web1-seed.iso".into()),
+            disk: DiskSource::File("/p/web1'.qcow2".into()),
+            seed: Some(DiskSource::File("/p/web1-seed.iso".into())),
             interfaces: vec![("default".into(), "52:54:00:00:00:01".into())],
             kernel: None,
             initrd: None,
@@ -167,5 +200,63 @@ mod tests {
         assert_eq!(devs.disks.len(), 2);
         assert_eq!(devs.interfaces[0].mac.as_deref(), Some("52:54:00:00:00:01"));
         roxmltree::Document::parse(&overlay_volume_xml("a", 10, "/b")).unwrap();
+    }
+
+    #[test]
+    fn disks_on_nfs_are_network_disks_with_an_identity() {
+        let nfs = |path: &str| DiskSource::Nfs {
+            host: "10.99.0.5".into(),
+            path: path.into(),
+        };
+        let d = DomainDef {
+            name: "web1".into(),
+            domain_type: "qemu".into(),
+            vcpus: 1,
+            ram_mb: 512,
+            disk: nfs("/cloud/web1.disk.qcow2"),
+            seed: Some(nfs("/cloud/web1.seed.iso")),
+            interfaces: Vec::new(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            owner_uid: 0,
+        };
+        let xml = d.to_xml();
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let disks: Vec<_> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("disk"))
+            .collect();
+        assert_eq!(disks.len(), 2);
+        for (disk, (device, format, name, target)) in disks.iter().zip([
+            ("disk", "qcow2", "/cloud/web1.disk.qcow2", "vda"),
+            ("cdrom", "raw", "/cloud/web1.seed.iso", "hdc"),
+        ]) {
+            assert_eq!(disk.attribute("type"), Some("network"));
+            assert_eq!(disk.attribute("device"), Some(device));
+            let child = |tag: &str| disk.descendants().find(|n| n.has_tag_name(tag)).unwrap();
+            assert_eq!(child("driver").attribute("type"), Some(format));
+            let source = child("source");
+            assert_eq!(source.attribute("protocol"), Some("nfs"));
+            assert_eq!(source.attribute("name"), Some(name));
+            assert_eq!(child("host").attribute("name"), Some("10.99.0.5"));
+            // Without it libvirt 9.0's schema refuses the disk.
+            let id = child("identity");
+            assert_eq!(
+                (id.attribute("user"), id.attribute("group")),
+                (Some("root"), Some("root"))
+            );
+            assert_eq!(child("target").attribute("dev"), Some(target));
+        }
+        // kvmfs reads its own XML back as network disks, with where they are.
+        let devs = super::super::libvirt::parse_domain_devices(&xml);
+        assert!(devs.disks.iter().all(|d| d.network));
+        assert_eq!(
+            devs.disks[0].source.as_deref(),
+            Some("/cloud/web1.disk.qcow2")
+        );
+        assert_eq!(devs.disks[0].protocol.as_deref(), Some("nfs"));
+        assert_eq!(devs.disks[0].host.as_deref(), Some("10.99.0.5"));
+        assert_eq!(devs.disks[1].storage, "shared");
     }
 }

@@ -6,6 +6,7 @@ mod builds;
 mod lifecycle;
 mod placement_quotas;
 mod recovery;
+mod shared_storage;
 mod snapshots;
 mod tree_files;
 mod tree_writes;

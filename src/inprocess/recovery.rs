@@ -18,7 +18,7 @@ use crate::cluster::Claim;
 use crate::cluster::actions::{ActionError, Control};
 use crate::cluster::reconcile::Report;
 use crate::db::{BuildRow, Db, DbError, InstanceRecord, InstanceState, Made, Step, UserQuota};
-use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
+use crate::hv::xml::{DiskSource, DomainDef, overlay_volume_xml, raw_volume_xml};
 use crate::hv::{DomainState, NodeBackend};
 use crate::model::{disk_volume, seed_volume};
 use crate::secrets::{KeyRing, row_binding};
@@ -37,11 +37,13 @@ const ALL: Made = Made {
     domain: true,
     disk: true,
     seed: true,
+    shared: false,
 };
 const DISK: Made = Made {
     domain: false,
     disk: true,
     seed: false,
+    shared: false,
 };
 
 fn db(rig: &Rig) -> &Db {
@@ -93,8 +95,8 @@ fn domain_xml(name: &str) -> String {
         domain_type: "kvm".into(),
         vcpus: 1,
         ram_mb: 512,
-        disk_path: format!("/mem/n1/{}", disk_volume(name)),
-        seed_path: Some(format!("/mem/n1/{}", seed_volume(name))),
+        disk: DiskSource::File(format!("/mem/n1/{}", disk_volume(name))),
+        seed: Some(DiskSource::File(format!("/mem/n1/{}", seed_volume(name)))),
         interfaces: vec![("default".into(), "52:54:00:00:00:01".into())],
         kernel: None,
         initrd: None,
@@ -340,6 +342,7 @@ async fn an_undone_build_names_its_step_as_documented() {
         domain: false,
         disk: true,
         seed: true,
+        shared: false,
     };
     abandoned_build(&rig, "web1", "dead", Step::WritingSeed, made, made).await;
     reconcile_until(&rig, "web1", is_state(InstanceState::Failed)).await;
@@ -488,6 +491,7 @@ async fn an_abandoned_delete_is_finished() {
                     domain: false,
                     disk: true,
                     seed: true,
+                    shared: false,
                 },
             )
             .await
@@ -935,4 +939,37 @@ async fn an_rmdir_of_a_delete_a_live_daemon_runs_is_busy() {
     assert!(!has_domain(&a, "web1"));
     assert!(volumes_of(&a, "web1").is_empty());
     assert!(addresses_of(&a, "web1").await.is_empty());
+}
+
+/// A build abandoned after making its disk and seed on the shared storage: the
+/// reconciliation removes them from the share, where `vm.made` says they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_build_on_the_shared_storage_is_undone_there() {
+    let share = Arc::new(crate::storage::mem::MemShare::with_files(&[
+        BASE_IMAGE,
+        "web1.disk.qcow2",
+        "web1.seed.iso",
+    ]));
+    let rig = Rig::with_share(&[("n1", 4, 8192)], share.clone()).await;
+    let made = Made {
+        domain: false,
+        disk: true,
+        seed: true,
+        shared: true,
+    };
+    let pool = rig.node("n1").volumes();
+    abandoned_build(
+        &rig,
+        "web1",
+        "dead",
+        Step::WritingSeed,
+        made,
+        Made::default(),
+    )
+    .await;
+    let (r, _) = reconcile_until(&rig, "web1", is_state(InstanceState::Failed)).await;
+    let r = r.expect("the failed row");
+    assert!(r.made.is_empty(), "left {}", r.made);
+    assert_eq!(share.files(), [BASE_IMAGE]);
+    assert_eq!(rig.node("n1").volumes(), pool, "the pool is untouched");
 }

@@ -152,6 +152,11 @@ pub struct Made {
     pub domain: bool,
     pub disk: bool,
     pub seed: bool,
+    /// The disk and seed are files on the shared storage (`[storage]`), not volumes of the
+    /// node's pool: the word `shared` in `vm.made`, recorded with the first of them, so
+    /// whoever removes them later (an undo, `rmdir`, the reconciliation of another daemon)
+    /// looks where they were made whatever the configuration says by then.
+    pub shared: bool,
 }
 
 /// One part of an instance on its node.
@@ -185,6 +190,7 @@ impl Made {
                 "domain" => m.domain = true,
                 "disk" => m.disk = true,
                 "seed" => m.seed = true,
+                "shared" => m.shared = true,
                 _ => {}
             }
         }
@@ -208,8 +214,9 @@ impl Made {
         self
     }
 
+    /// Whether no part is left (where they were is then moot).
     pub fn is_empty(self) -> bool {
-        self == Made::default()
+        !(self.domain || self.disk || self.seed)
     }
 }
 
@@ -220,7 +227,11 @@ impl fmt::Display for Made {
             .filter(|p| self.has(*p))
             .map(Part::word)
             .collect();
-        f.write_str(&parts.join(","))
+        f.write_str(&parts.join(","))?;
+        if self.shared && (self.disk || self.seed) {
+            f.write_str(",shared")?;
+        }
+        Ok(())
     }
 }
 
@@ -247,5 +258,12 @@ mod tests {
         let m = Made::parse("seed, domain,bogus");
         assert_eq!(m.to_string(), "domain,seed");
         assert!(Made::parse("").is_empty());
+        let shared = Made::parse("disk,shared");
+        assert!(shared.shared && shared.disk && !shared.seed);
+        assert_eq!(shared.to_string(), "disk,shared");
+        // Once its files are gone, where they were is no longer said.
+        let gone = shared.with(Part::Disk, false);
+        assert!(gone.is_empty());
+        assert_eq!(gone.to_string(), "");
     }
 }

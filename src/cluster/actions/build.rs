@@ -9,9 +9,10 @@ use crate::cloudinit::{self, Nic};
 use crate::cluster::{CallError, Claim, Cluster};
 use crate::db::{InstanceState, Made, Part, Step};
 use crate::failpoint;
-use crate::hv::xml::{DomainDef, overlay_volume_xml, raw_volume_xml};
+use crate::hv::xml::{DiskSource, DomainDef, overlay_volume_xml, raw_volume_xml};
 use crate::model::{disk_volume, seed_volume};
 use crate::spec::Spec;
+use crate::storage::{Share, ShareFuture, StorageError};
 
 /// Why a build failed: what the instance's status and `error` then say
 /// (`failed: <this>`), with the cause kept.
@@ -25,6 +26,10 @@ pub enum BuildError {
     UnknownNode(String),
     #[error("image {image} is not in the pool of node {node}")]
     NoImage { image: String, node: String },
+    #[error("image {image} is not on the shared storage {share}")]
+    NoSharedImage { image: String, share: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     #[error("cannot run git: {0}")]
     GitSpawn(#[source] std::io::Error),
     #[error("git: {0}")]
@@ -141,7 +146,56 @@ impl Cluster {
         (part, step): (Part, Step),
         make: impl FnOnce(&dyn crate::hv::NodeBackend) -> Result<T, crate::hv::HvError> + Send + 'static,
     ) -> Result<T, BuildError> {
+        self.record_part(name, made, part, step, false).await?;
+        match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
+            Ok(v) => {
+                failpoint::hit(&format!("create:{} made", part.word()));
+                Ok(v)
+            }
+            Err(CallError::Hv(e)) => {
+                self.unrecord_part(name, made, part).await;
+                Err(CallError::Hv(e).into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `make_part` for a file on the shared storage: recorded (with `shared`) before it is
+    /// made. A refusal that made nothing (the name is taken, a bad name) unrecords it; any
+    /// other failure (a timeout, `qemu-img` failing half-way) leaves it recorded, for the
+    /// undo to remove whatever is there.
+    async fn make_shared_part(
+        &self,
+        name: &str,
+        made: &mut Made,
+        (part, step): (Part, Step),
+        make: ShareFuture<'_, ()>,
+    ) -> Result<(), BuildError> {
+        self.record_part(name, made, part, step, true).await?;
+        match make.await {
+            Ok(()) => {
+                failpoint::hit(&format!("create:{} made", part.word()));
+                Ok(())
+            }
+            Err(e @ (StorageError::Exists { .. } | StorageError::BadName(_))) => {
+                self.unrecord_part(name, made, part).await;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records `part` in `vm.made` (and the step) before it is made.
+    async fn record_part(
+        &self,
+        name: &str,
+        made: &mut Made,
+        part: Part,
+        step: Step,
+        shared: bool,
+    ) -> Result<(), BuildError> {
         *made = made.with(part, true);
+        made.shared |= shared;
         let rev = self.db.set_step_and_made(name, step.word(), *made).await?;
         failpoint::hit(&format!("create:{} recorded", part.word()));
         let m = *made;
@@ -151,28 +205,23 @@ impl Cluster {
             r.updated_at = crate::db::unix_now();
             r.rev = rev;
         });
-        match self.node_call_within(node, ACTION_CALL_TIMEOUT, make).await {
-            Ok(v) => {
-                failpoint::hit(&format!("create:{} made", part.word()));
-                Ok(v)
+        Ok(())
+    }
+
+    /// Takes back the record of a part whose making was refused outright (nothing made).
+    async fn unrecord_part(&self, name: &str, made: &mut Made, part: Part) {
+        *made = made.with(part, false);
+        match self.db.set_made(name, *made).await {
+            Ok(rev) => {
+                let m = *made;
+                self.patch_local_row(name, |r| {
+                    r.made = m;
+                    r.rev = rev;
+                });
             }
-            Err(CallError::Hv(e)) => {
-                *made = made.with(part, false);
-                match self.db.set_made(name, *made).await {
-                    Ok(rev) => {
-                        let m = *made;
-                        self.patch_local_row(name, |r| {
-                            r.made = m;
-                            r.rev = rev;
-                        });
-                    }
-                    Err(de) => {
-                        tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
-                    }
-                }
-                Err(CallError::Hv(e).into())
+            Err(de) => {
+                tracing::warn!(instance = name, error = %de, "cannot unrecord a part")
             }
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -287,37 +336,19 @@ impl Cluster {
             r.rev = rev;
         });
 
-        let image = spec.image.clone();
-        let base = self
-            .action_call(ni, move |b| b.volume_path(&image))
-            .await?
-            .ok_or_else(|| BuildError::NoImage {
-                image: spec.image.clone(),
-                node: node.to_string(),
-            })?;
-        let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
-        let disk_path = self
-            .make_part(name, ni, made, (Part::Disk, Step::CreatingDisk), move |b| {
-                b.create_volume(&xml)
-            })
-            .await?;
-
         let meta = cloudinit::meta_data(name, &format!("{name}-{}", crate::db::unix_now()));
         let user = cloudinit::user_data(name, spec, &public, &self.cfg.instances);
         let netcfg = cloudinit::network_config(&nics);
         let iso = cloudinit::build_iso(&meta, &user, &netcfg)
             .map_err(|e| BuildError::Seed(e.to_string()))?;
-        let seed_name = seed_volume(name);
-        let xml = raw_volume_xml(&seed_name, iso.len() as u64);
-        let seed_path = self
-            .make_part(name, ni, made, (Part::Seed, Step::WritingSeed), move |b| {
-                b.create_volume(&xml)
-            })
-            .await?;
-        // A call of its own: the volume exists (and stays recorded for the undo) whether or
-        // not the upload goes through.
-        self.action_call(ni, move |b| b.upload_volume(&seed_name, &iso))
-            .await?;
+        let (disk, seed) = match self.storage() {
+            Some(share) => {
+                let share = share.clone();
+                self.make_shared_disks(name, spec, made, share.as_ref(), iso)
+                    .await?
+            }
+            None => self.make_pool_disks(name, ni, spec, made, iso).await?,
+        };
 
         let inst = &self.cfg.instances;
         let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -328,8 +359,8 @@ impl Cluster {
             domain_type,
             vcpus: spec.vcpus,
             ram_mb: spec.ram_mb,
-            disk_path,
-            seed_path: Some(seed_path),
+            disk,
+            seed: Some(seed),
             interfaces: self
                 .cfg
                 .networks
@@ -348,6 +379,86 @@ impl Cluster {
         })
         .await?;
         Ok(())
+    }
+
+    /// The disk (an overlay of the image) and the seed as volumes of the node's pool.
+    async fn make_pool_disks(
+        &self,
+        name: &str,
+        ni: usize,
+        spec: &Spec,
+        made: &mut Made,
+        iso: Vec<u8>,
+    ) -> Result<(DiskSource, DiskSource), BuildError> {
+        let node = self.nodes[ni].name.clone();
+        let image = spec.image.clone();
+        let base = self
+            .action_call(ni, move |b| b.volume_path(&image))
+            .await?
+            .ok_or_else(|| BuildError::NoImage {
+                image: spec.image.clone(),
+                node,
+            })?;
+        let xml = overlay_volume_xml(&disk_volume(name), spec.disk_gb, &base);
+        let disk_path = self
+            .make_part(name, ni, made, (Part::Disk, Step::CreatingDisk), move |b| {
+                b.create_volume(&xml)
+            })
+            .await?;
+        let seed_name = seed_volume(name);
+        let xml = raw_volume_xml(&seed_name, iso.len() as u64);
+        let seed_path = self
+            .make_part(name, ni, made, (Part::Seed, Step::WritingSeed), move |b| {
+                b.create_volume(&xml)
+            })
+            .await?;
+        // A call of its own: the volume exists (and stays recorded for the undo) whether or
+        // not the upload goes through.
+        self.action_call(ni, move |b| b.upload_volume(&seed_name, &iso))
+            .await?;
+        Ok((DiskSource::File(disk_path), DiskSource::File(seed_path)))
+    }
+
+    /// The disk (an overlay of the image, both on the share) and the seed as files of the
+    /// shared storage, which the node's QEMU opens over the network.
+    async fn make_shared_disks(
+        &self,
+        name: &str,
+        spec: &Spec,
+        made: &mut Made,
+        share: &dyn Share,
+        iso: Vec<u8>,
+    ) -> Result<(DiskSource, DiskSource), BuildError> {
+        if !share.exists(&spec.image).await? {
+            return Err(BuildError::NoSharedImage {
+                image: spec.image.clone(),
+                share: share.describe(),
+            });
+        }
+        let disk_name = disk_volume(name);
+        self.make_shared_part(
+            name,
+            made,
+            (Part::Disk, Step::CreatingDisk),
+            share.create_overlay(&disk_name, &spec.image, spec.disk_gb),
+        )
+        .await?;
+        let seed_name = seed_volume(name);
+        self.make_shared_part(
+            name,
+            made,
+            (Part::Seed, Step::WritingSeed),
+            share.upload(&seed_name, iso),
+        )
+        .await?;
+        let at = |file: &str| {
+            let l = share.location(file);
+            DiskSource::Nfs {
+                host: l.host,
+                path: l.path,
+            }
+        };
+        Ok((at(&disk_name), at(&seed_name)))
     }
 }
 

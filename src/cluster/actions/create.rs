@@ -79,6 +79,7 @@ impl Cluster {
             vcpus: spec.vcpus,
             ram_mb: spec.ram_mb,
             image: &spec.image,
+            image_shared: self.storage().is_some(),
             networks: &networks,
             node: spec.node.as_ref().map(|n| n.as_str()),
         };

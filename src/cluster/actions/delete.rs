@@ -28,13 +28,17 @@ impl Cluster {
                 continue;
             }
             let n = name.to_string();
-            let r = self
-                .action_call(ni, move |b| match part {
+            let r = if made.shared && part != Part::Domain {
+                self.remove_shared_file(name, part).await
+            } else {
+                self.action_call(ni, move |b| match part {
                     Part::Domain => b.remove_domain(&n).map(|_| ()),
                     Part::Disk => b.delete_volume(&disk_volume(&n)).map(|_| ()),
                     Part::Seed => b.delete_volume(&seed_volume(&n)).map(|_| ()),
                 })
-                .await;
+                .await
+                .map_err(|e| e.to_string())
+            };
             match r {
                 Ok(()) => {
                     made = made.with(part, false);
@@ -46,6 +50,26 @@ impl Cluster {
             }
         }
         made
+    }
+
+    /// Deletes an instance's disk or seed file from the shared storage (gone already is
+    /// fine). Without a `[storage]` any more it stays recorded: kvmfs cannot reach it.
+    async fn remove_shared_file(&self, name: &str, part: Part) -> Result<(), String> {
+        let Some(share) = self.storage() else {
+            return Err(format!(
+                "its {} is on a shared storage that is no longer configured",
+                part.word()
+            ));
+        };
+        let file = match part {
+            Part::Disk => disk_volume(name),
+            _ => seed_volume(name),
+        };
+        share
+            .delete(&file)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// `rmdir`: destroys the domain, deletes its volumes, releases its addresses and deletes

@@ -12,6 +12,15 @@ use crate::config::PlacementConfig;
 use crate::db::InstanceRecord;
 use crate::hv::{DomainProbe, VolumeProbe, Volumes};
 
+/// What the backends besides the nodes said went wrong at their last poll.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Why the last database poll failed.
+    pub database: Option<String>,
+    /// Why the shared storage did not answer its last probe.
+    pub storage: Option<String>,
+}
+
 /// Builds a view from node states and `vm` rows. `previous` carries change times forward so
 /// a file's mtime moves only when its content does, and lends its `Arc`s to whatever did not
 /// change. `changed` says which instances may differ from `previous`: with none, the previous
@@ -21,7 +30,7 @@ use crate::hv::{DomainProbe, VolumeProbe, Volumes};
 pub fn build(
     nodes: &[NodeState],
     rows: &RowMap,
-    db_error: Option<String>,
+    faults: Faults,
     placement: &PlacementConfig,
     previous: &View,
     now: SystemTime,
@@ -192,7 +201,8 @@ pub fn build(
         instances,
         networks,
         images,
-        db_error,
+        db_error: faults.database,
+        storage_error: faults.storage,
         built_at: Some(now),
         instances_changed_at,
         status_changed_at: now,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use std::time::SystemTime;
 
-use super::{Changed, NodeState, NodeStatus, RowMap, View, build};
+use super::{Changed, Faults, NodeState, NodeStatus, RowMap, View, build};
 use crate::config::PlacementConfig;
 use crate::hv::{DomainDevices, DomainProbe, DomainState, NodeProbe};
 
@@ -61,7 +61,7 @@ pub fn view_of(nodes: &[NodeState]) -> View {
     build(
         nodes,
         &RowMap::new(),
-        None,
+        Faults::default(),
         &PlacementConfig::default(),
         &View::default(),
         SystemTime::now(),

@@ -19,7 +19,7 @@ pub(crate) mod fixtures;
 mod tests;
 mod types;
 
-pub use build::build;
+pub use build::{Faults, build};
 pub use capacity::Room;
 pub use types::*;
 

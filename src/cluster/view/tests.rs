@@ -173,7 +173,7 @@ proptest::proptest! {
         }
         let mut rows = RowMap::new();
         let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        let mut prev = build(&nodes, &rows, None, &placement, &View::default(), t0, &Changed::all());
+        let mut prev = build(&nodes, &rows, Faults::default(), &placement, &View::default(), t0, &Changed::all());
         for (step, op) in ops.into_iter().enumerate() {
             let mut changed = Changed::default();
             match op {
@@ -197,6 +197,9 @@ proptest::proptest! {
                                 target: "vda".into(),
                                 device: "disk".into(),
                                 source: Some("/pool/c-root.qcow2".into()),
+                                storage: "node",
+                                protocol: None,
+                                host: None,
                                 network: false,
                             }],
                             ..DomainDevices::default()
@@ -238,8 +241,8 @@ proptest::proptest! {
                 }
             }
             let now = t0 + std::time::Duration::from_secs(step as u64 + 1);
-            let part = build(&nodes, &rows, None, &placement, &prev, now, &changed);
-            let whole = build(&nodes, &rows, None, &placement, &prev, now, &Changed::all());
+            let part = build(&nodes, &rows, Faults::default(), &placement, &prev, now, &changed);
+            let whole = build(&nodes, &rows, Faults::default(), &placement, &prev, now, &Changed::all());
             proptest::prop_assert_eq!(
                 part.instances.iter().collect::<Vec<_>>(),
                 whole.instances.iter().collect::<Vec<_>>()

@@ -516,6 +516,9 @@ pub struct View {
     pub images: BTreeMap<String, Arc<ImageView>>,
     /// Whether the last database poll succeeded, and why not.
     pub db_error: Option<String>,
+    /// Why the shared storage did not answer its last probe; every node's instances have
+    /// their disks there.
+    pub storage_error: Option<String>,
     pub built_at: Option<SystemTime>,
     /// When the list of names of `/instances`, `/networks` and `/images` last changed.
     pub instances_changed_at: SystemTime,
@@ -535,6 +538,7 @@ impl Default for View {
             networks: BTreeMap::new(),
             images: BTreeMap::new(),
             db_error: None,
+            storage_error: None,
             built_at: None,
             instances_changed_at: epoch,
             networks_changed_at: epoch,
@@ -553,6 +557,10 @@ impl View {
         let mut problems = Vec::new();
         if let Some(e) = &self.db_error {
             problems.push(e.clone());
+        }
+        if let Some(e) = &self.storage_error {
+            let users: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+            problems.push(format!("{e} (used by {})", users.join(", ")));
         }
         let offline: Vec<&str> = self
             .nodes

@@ -922,12 +922,15 @@ pub fn parse_domain_devices(xml: &str) -> DomainDevices {
     for dev in devices.children().filter(|n| n.is_element()) {
         let child = |tag: &str| dev.children().find(|n| n.has_tag_name(tag));
         if dev.has_tag_name("disk") {
-            let source = child("source").and_then(|s| {
+            let src = child("source");
+            let source = src.and_then(|s| {
                 s.attribute("file")
                     .or(s.attribute("dev"))
                     .or(s.attribute("volume"))
+                    .or(s.attribute("name"))
                     .map(str::to_string)
             });
+            let network = dev.attribute("type") == Some("network");
             out.disks.push(DiskInfo {
                 target: child("target")
                     .and_then(|t| t.attribute("dev"))
@@ -935,7 +938,16 @@ pub fn parse_domain_devices(xml: &str) -> DomainDevices {
                     .to_string(),
                 device: dev.attribute("device").unwrap_or("disk").to_string(),
                 source,
-                network: dev.attribute("type") == Some("network"),
+                storage: if network { "shared" } else { "node" },
+                protocol: src
+                    .filter(|_| network)
+                    .and_then(|s| s.attribute("protocol"))
+                    .map(str::to_string),
+                host: src
+                    .and_then(|s| s.children().find(|n| n.has_tag_name("host")))
+                    .and_then(|h| h.attribute("name"))
+                    .map(str::to_string),
+                network,
             });
         } else if dev.has_tag_name("interface") {
             let src = child("source");
