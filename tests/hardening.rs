@@ -19,7 +19,6 @@ use common::*;
 
 const SPEC: &str = r#"{"vcpus":1,"ram_mb":128,"disk_gb":1}"#;
 
-
 /// Items 1 and 11 of the hardening issue: a mount whose picture is a poll old (the
 /// instance still a draft there, or not yet known as kvmfs's) deletes the instance as the
 /// database holds it: its domain, volumes, addresses and row, never only the row.
