@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{action_error, error_file};
 use crate::cluster::actions::ActionError;
 use crate::db::InstanceState;
 use crate::hv::DomainState;
@@ -17,14 +18,6 @@ const SPEC: &str = r#"{"vcpus":1,"ram_mb":512,"disk_gb":1}"#;
 const IMAGE: &str = "debian-12.qcow2";
 const OWNER: u32 = 1000;
 
-/// The action error of a result that must be one.
-fn action_error<T: std::fmt::Debug>(r: Result<T, TreeError>) -> ActionError {
-    match r {
-        Err(TreeError::Action(e)) => e,
-        other => panic!("expected an action error, got {other:?}"),
-    }
-}
-
 /// Builds `name` (owned by `OWNER`) on the rig and waits until it runs.
 async fn built(rig: &Rig, name: &str) {
     rig.create(name, OWNER, SPEC).await.unwrap();
@@ -34,10 +27,6 @@ async fn built(rig: &Rig, name: &str) {
 /// Writes one command to `ctl` as `uid`.
 async fn ctl(rig: &Rig, name: &str, uid: u32, word: &str) -> Result<(), TreeError> {
     rig.write(&format!("instances/{name}/ctl"), uid, word).await
-}
-
-fn error_file(rig: &Rig, name: &str) -> String {
-    rig.read(&format!("instances/{name}/error")).unwrap()
 }
 
 /// The addresses the database holds for `name`: (pool, address).

@@ -6,6 +6,7 @@
 use std::ffi::OsStr;
 use std::time::Duration;
 
+use super::{action_error, error_file, names_in};
 use crate::cluster::actions::ActionError;
 use crate::hv::DomainState;
 use crate::hv::mem::Call;
@@ -16,13 +17,6 @@ const SPEC: &str = r#"{"vcpus":1,"ram_mb":512,"disk_gb":1}"#;
 const OWNER: u32 = 1000;
 const OTHER: u32 = 1001;
 const ROOT: u32 = 0;
-
-fn action_error<T: std::fmt::Debug>(r: Result<T, TreeError>) -> ActionError {
-    match r {
-        Err(TreeError::Action(e)) => e,
-        other => panic!("expected an action error, got {other:?}"),
-    }
-}
 
 async fn built(rig: &Rig, name: &str) {
     rig.create(name, OWNER, SPEC).await.unwrap();
@@ -46,24 +40,6 @@ async fn rmdir_snap(rig: &Rig, name: &str, snap: &str, uid: u32) -> Result<(), T
         .await
 }
 
-fn listed(rig: &Rig, ino: u64) -> Vec<String> {
-    let fh = rig.tree.opendir(ino).unwrap();
-    let names = rig
-        .tree
-        .dir_entries(fh)
-        .unwrap()
-        .iter()
-        .filter(|e| e.name != "." && e.name != "..")
-        .map(|e| e.name.clone())
-        .collect();
-    rig.tree.release(fh);
-    names
-}
-
-fn error_file(rig: &Rig, name: &str) -> String {
-    rig.read(&format!("instances/{name}/error")).unwrap()
-}
-
 fn info(rig: &Rig, name: &str, snap: &str) -> serde_json::Value {
     let text = rig
         .read(&format!("instances/{name}/snapshots/{snap}/info.json"))
@@ -76,12 +52,12 @@ async fn mkdir_takes_a_snapshot_listed_with_its_info_and_rmdir_deletes_it() {
     let rig = Rig::new(&[("n1", 4, 8192)], "").await;
     let n1 = rig.node("n1");
     built(&rig, "vm1").await;
-    assert!(listed(&rig, rig.ino("instances/vm1").unwrap()).contains(&"snapshots".into()));
-    assert!(listed(&rig, snapshots_dir(&rig, "vm1")).is_empty());
+    assert!(names_in(&rig, rig.ino("instances/vm1").unwrap()).contains(&"snapshots".into()));
+    assert!(names_in(&rig, snapshots_dir(&rig, "vm1")).is_empty());
 
     mkdir_snap(&rig, "vm1", "s1", OWNER).await.unwrap();
     // Shown as the mkdir returns, from the picture: no call per read.
-    assert_eq!(listed(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
     let lists = n1.calls(Call::ListSnapshots);
     let i = info(&rig, "vm1", "s1");
     assert_eq!(i["name"], "s1");
@@ -97,7 +73,7 @@ async fn mkdir_takes_a_snapshot_listed_with_its_info_and_rmdir_deletes_it() {
     assert!((now - i["created_at"].as_i64().unwrap()).abs() < 60, "{i}");
     assert_eq!(n1.calls(Call::ListSnapshots), lists);
     let snap_dir = rig.ino("instances/vm1/snapshots/s1").unwrap();
-    assert_eq!(listed(&rig, snap_dir), ["info.json"]);
+    assert_eq!(names_in(&rig, snap_dir), ["info.json"]);
     let attr = rig.tree.getattr(snap_dir).unwrap();
     assert_eq!(attr.uid, OWNER);
 
@@ -112,7 +88,7 @@ async fn mkdir_takes_a_snapshot_listed_with_its_info_and_rmdir_deletes_it() {
     assert_eq!(info(&rig, "vm1", "s1")["current"], false);
 
     rmdir_snap(&rig, "vm1", "s2", OWNER).await.unwrap();
-    assert_eq!(listed(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
     assert_eq!(n1.snapshots("vm1"), ["s1"]);
     assert!(matches!(
         rig.ino("instances/vm1/snapshots/s2"),
@@ -199,7 +175,7 @@ async fn only_the_owner_or_root_may_take_delete_or_revert_and_anyone_may_read() 
     assert_eq!(n1.calls(Call::DeleteSnapshot), 0);
     assert_eq!(n1.calls(Call::RevertSnapshot), 0);
     // Reading is everyone's.
-    assert_eq!(listed(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
     let ino = rig.ino("instances/vm1/snapshots/s1/info.json").unwrap();
     let (fh, _) = rig.tree.open(ino, false, OTHER).unwrap();
     rig.tree.release(fh);
@@ -223,7 +199,7 @@ async fn bad_and_taken_names_are_refused_before_the_node_is_asked() {
         ActionError::Exists("instance vm1 has a snapshot s1 already".into())
     );
     assert_eq!(n1.calls(Call::CreateSnapshot), 1);
-    assert_eq!(listed(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
     // A bad name in rmdir names nothing.
     assert!(matches!(
         rmdir_snap(&rig, "vm1", "A!", OWNER).await,
@@ -273,7 +249,7 @@ async fn a_failing_node_leaves_no_snapshot_and_says_why() {
     let e = action_error(mkdir_snap(&rig, "vm1", "s1", OWNER).await);
     assert!(matches!(e, ActionError::Backend(_)), "{e:?}");
     assert!(n1.snapshots("vm1").is_empty());
-    assert!(listed(&rig, snapshots_dir(&rig, "vm1")).is_empty());
+    assert!(names_in(&rig, snapshots_dir(&rig, "vm1")).is_empty());
     let err = error_file(&rig, "vm1");
     assert!(
         err.contains("snapshot s1") && err.contains("injected"),
@@ -286,7 +262,7 @@ async fn a_failing_node_leaves_no_snapshot_and_says_why() {
     let e = action_error(rmdir_snap(&rig, "vm1", "s1", OWNER).await);
     assert!(matches!(e, ActionError::Backend(_)), "{e:?}");
     assert_eq!(n1.snapshots("vm1"), ["s1"]);
-    assert_eq!(listed(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
 
     n1.fail_nth(Call::RevertSnapshot, 1);
     rig.write("instances/vm1/ctl", OWNER, "destroy")
@@ -359,7 +335,7 @@ async fn an_instance_with_snapshots_is_deleted_whole_and_rm_r_works() {
     // Old snapshot inodes are stale, the name is free, and a new incarnation has none.
     assert!(matches!(rig.tree.getattr(snaps), Err(TreeError::Stale)));
     built(&rig, "vm1").await;
-    assert!(listed(&rig, snapshots_dir(&rig, "vm1")).is_empty());
+    assert!(names_in(&rig, snapshots_dir(&rig, "vm1")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,5 +348,5 @@ async fn unmanaged_instances_have_no_snapshots_folder() {
         rig.ino("instances/legacy/snapshots"),
         Err(TreeError::NotFound)
     ));
-    assert!(!listed(&rig, rig.ino("instances/legacy").unwrap()).contains(&"snapshots".into()));
+    assert!(!names_in(&rig, rig.ino("instances/legacy").unwrap()).contains(&"snapshots".into()));
 }

@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 
 use fuser::Errno;
 
+use super::names_in;
 use crate::fs::errno;
 use crate::hv::mem::Call;
 use crate::spec::MAX_SPEC_BYTES;
@@ -62,21 +63,6 @@ fn spec_of(rig: &Rig, name: &str) -> String {
 
 fn is_draft(rig: &Rig, name: &str) -> bool {
     rig.status(name).is_some_and(|s| s.starts_with("draft"))
-}
-
-/// The names in a folder, without `.` and `..`.
-fn names_in(rig: &Rig, ino: u64) -> Vec<String> {
-    let fh = rig.tree.opendir(ino).unwrap();
-    let names = rig
-        .tree
-        .dir_entries(fh)
-        .unwrap()
-        .iter()
-        .filter(|e| e.name != "." && e.name != "..")
-        .map(|e| e.name.clone())
-        .collect();
-    rig.tree.release(fh);
-    names
 }
 
 /// Creates scratch file `name` in instance `inst`'s folder as `uid`, holding `data`; its inode.
