@@ -161,15 +161,29 @@ impl Conn {
     /// A new connection, with the lifecycle callback when there is a sink, and then a close
     /// callback, so that a lost connection ends the trust in its events at once.
     fn open(node: &str, c: Connect, sink: Option<EventSink>) -> Conn {
-        let callback = sink.and_then(|s| register_events(node, &c, s));
-        let lost = Arc::new(AtomicBool::new(false));
-        let close_callback = callback.is_some() && register_close(&c, lost.clone());
-        Conn {
+        let mut conn = Conn {
             c,
-            callback,
-            lost,
-            close_callback,
+            callback: None,
+            lost: Arc::new(AtomicBool::new(false)),
+            close_callback: false,
+        };
+        if let Some(sink) = sink {
+            conn.watch(node, sink);
         }
+        conn
+    }
+
+    /// Registers the lifecycle callback (and then the close callback) on a connection that
+    /// has none; whether it now delivers events.
+    fn watch(&mut self, node: &str, sink: EventSink) -> bool {
+        if self.callback.is_some() {
+            return false;
+        }
+        self.callback = register_events(node, &self.c, sink);
+        if self.callback.is_some() {
+            self.close_callback = register_close(&self.c, self.lost.clone());
+        }
+        self.callback.is_some()
     }
 
     fn delivers_events(&self) -> bool {
@@ -854,13 +868,9 @@ impl NodeBackend for LibvirtNode {
         // A connection opened before this call gets its callbacks now.
         let mut guard = self.conn.lock();
         if let Some(conn) = guard.as_mut()
-            && conn.callback.is_none()
+            && conn.watch(&self.name, sink)
         {
-            conn.callback = register_events(&self.name, &conn.c, sink);
-            if conn.callback.is_some() {
-                conn.close_callback = register_close(&conn.c, conn.lost.clone());
-                self.event_connections.fetch_add(1, Ordering::AcqRel);
-            }
+            self.event_connections.fetch_add(1, Ordering::AcqRel);
         }
     }
 
