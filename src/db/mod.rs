@@ -324,9 +324,6 @@ impl Db {
         }
     }
 
-    fn sql_err(&self, e: sqlx::Error) -> DbError {
-        self.explain(DbError::from(e))
-    }
 
     /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
@@ -350,8 +347,18 @@ impl Db {
         &self,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, DbError> {
+        self.within_deadline(async { fut.await.map_err(DbError::from) })
+            .await
+    }
+
+    /// Runs `fut` under the deadline; its error (or the timeout) says what is known of the
+    /// database (`explain`), and the gate learns whether it was reached (`note`).
+    async fn within_deadline<T>(
+        &self,
+        fut: impl Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
         let r = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|e| self.sql_err(e)),
+            Ok(r) => r.map_err(|e| self.explain(e)),
             Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
         };
         self.note(&r);
@@ -381,12 +388,7 @@ impl Db {
                 }
             }
         };
-        let r = match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r.map_err(|e| self.explain(e)),
-            Err(_) => Err(self.explain(DbError::Timeout(self.timeout))),
-        };
-        self.note(&r);
-        r
+        self.within_deadline(work).await
     }
 
     /// Notes whether a statement reached the database (see `gate`).
