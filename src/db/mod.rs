@@ -324,7 +324,6 @@ impl Db {
         }
     }
 
-
     /// The URL of the database in use (the replica after a failover), without its password.
     pub fn display_url(&self) -> &str {
         match (&self.failover, &self.galera) {

@@ -2,8 +2,6 @@
 //! as the `mysql` user (as root, a joining server's rsync state transfer drops to `nobody`
 //! and cannot write the data directory).
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use super::{MariaDb, free_port, spawn_mariadbd, wait_for};
@@ -54,7 +52,7 @@ impl Galera {
             if i == 0 {
                 args.push("--wsrep-new-cluster".into());
             }
-            let server = install_as_mysql(args);
+            let server = MariaDb::install_as("mysql", args);
             server.wait_synced("a Galera server to join and sync");
             if i == 0 {
                 server.create_kvmfs();
@@ -132,47 +130,5 @@ impl MariaDb {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-/// Installs a data directory owned by `mysql` and starts a server on it with `args`.
-fn install_as_mysql(args: Vec<String>) -> MariaDb {
-    let dir = tempfile::Builder::new()
-        .prefix("kvmfs-galera")
-        .tempdir()
-        .expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).expect("tmpdir");
-    let chown = |what: &str| {
-        let ok = Command::new("chown")
-            .args(["-R", "mysql:mysql"])
-            .arg(dir.path())
-            .status()
-            .expect("chown");
-        assert!(ok.success(), "chown {what}");
-    };
-    chown("the new server's folder");
-    let out = Command::new("mariadb-install-db")
-        .arg("--user=mysql")
-        .arg(format!("--datadir={}", dir.path().join("data").display()))
-        .arg("--auth-root-authentication-method=normal")
-        .arg("--skip-test-db")
-        .arg(format!("--tmpdir={}", tmp.display()))
-        .output()
-        .expect("mariadb-install-db (scripts/install-deps.sh)");
-    assert!(
-        out.status.success(),
-        "mariadb-install-db: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    chown("the new server's data");
-    let port = free_port();
-    let child = spawn_mariadbd(dir.path(), port, &args);
-    MariaDb {
-        dir,
-        port,
-        child,
-        args,
     }
 }

@@ -181,6 +181,18 @@ impl MariaDb {
 
     /// Installs a data directory and starts a server on it with `args`.
     fn install(args: Vec<String>) -> MariaDb {
+        let db = Self::install_as("root", args);
+        wait_for(
+            Duration::from_secs(30),
+            "mariadbd to accept connections",
+            || db.sql_try("SELECT 1").is_ok(),
+        );
+        db
+    }
+
+    /// Installs a data directory owned by `user` and starts a server on it with `args`
+    /// (which name `--user` unless it is root), without waiting for it.
+    fn install_as(user: &str, args: Vec<String>) -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("kvmfs-mariadb")
             .tempdir()
@@ -189,8 +201,23 @@ impl MariaDb {
         // A private tmpdir: parallel bootstraps in a shared /tmp clash on temp tables.
         let tmp = dir.path().join("tmp");
         std::fs::create_dir(&tmp).expect("tmpdir");
+        let chown = |what: &str| {
+            if user == "root" {
+                return;
+            }
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:{user}"))
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown {what}");
+        };
+        chown("the new server's folder");
         let out = Command::new("mariadb-install-db")
-            .arg("--user=root")
+            .arg(format!("--user={user}"))
             .arg(format!("--datadir={}", data.display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
@@ -204,20 +231,15 @@ impl MariaDb {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        chown("the new server's data");
         let port = free_port();
         let child = spawn_mariadbd(dir.path(), port, &args);
-        let db = MariaDb {
+        MariaDb {
             dir,
             port,
             child,
             args,
-        };
-        wait_for(
-            Duration::from_secs(30),
-            "mariadbd to accept connections",
-            || db.sql_try("SELECT 1").is_ok(),
-        );
-        db
+        }
     }
 
     /// Starts a server that also listens on `addr`, whose `kvmfs` user may also connect
