@@ -413,6 +413,11 @@ pub struct NodeConfig {
     /// Storage pool holding base images and instance disks on this node.
     #[serde(default = "default_pool")]
     pub pool: String,
+    /// The pool is shared storage (a libvirt `netfs` pool of the same export, a cluster
+    /// filesystem): every node whose pool is declared shared sees the same volumes at the
+    /// same paths, so an instance moves between such nodes without copying its disks.
+    #[serde(default)]
+    pub pool_shared: bool,
 }
 
 fn default_pool() -> String {
@@ -470,6 +475,9 @@ pub struct TimingConfig {
     /// its pool): a consistency check. Between, it is polled for its own numbers only and
     /// its domains follow the events.
     pub full_poll_ms: u64,
+    /// Bound on one migration (`echo NODE > instances/NAME/node`): past it kvmfs stops
+    /// waiting for libvirt and settles the move by what the two nodes show.
+    pub migrate_timeout_ms: u64,
 }
 
 impl Default for TimingConfig {
@@ -483,6 +491,7 @@ impl Default for TimingConfig {
             reconcile_ms: 30_000,
             worker_lease_ms: 30_000,
             full_poll_ms: 60_000,
+            migrate_timeout_ms: 600_000,
         }
     }
 }
@@ -511,6 +520,9 @@ impl TimingConfig {
     }
     pub fn full_poll(&self) -> Duration {
         Duration::from_millis(self.full_poll_ms)
+    }
+    pub fn migrate_timeout(&self) -> Duration {
+        Duration::from_millis(self.migrate_timeout_ms)
     }
 }
 
@@ -760,6 +772,7 @@ impl Config {
             || t.op_timeout_ms == 0
             || t.reconcile_ms == 0
             || t.full_poll_ms == 0
+            || t.migrate_timeout_ms == 0
             || t.worker_lease_ms < 1000
         {
             return Err(ConfigError::Invalid(

@@ -48,6 +48,9 @@ pub fn write_demo_nodes(dir: &Path) -> std::io::Result<Vec<NodeConfig>> {
             uri,
             ip: Some("127.0.0.1".into()),
             pool: sim.pool.clone(),
+            // The simulated nodes' pools stand for one shared storage, so instances can
+            // be moved between them (`echo kvm2 > instances/NAME/node`).
+            pool_shared: true,
         });
     }
     Ok(out)

@@ -29,6 +29,11 @@ pub const POINTS: &[&str] = &[
     "delete:domain removed",
     "delete:disk removed",
     "delete:seed removed",
+    "migrate:recorded",
+    "migrate:snapshots saved",
+    "migrate:snapshots forgotten",
+    "migrate:moved",
+    "migrate:snapshots restored",
 ];
 
 fn armed() -> &'static [String] {

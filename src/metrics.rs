@@ -253,6 +253,10 @@ pub struct Metrics {
     pub instances_deleted: Counter,
     /// Builds that failed (and were undone).
     pub builds_failed: Counter,
+    /// Migrations that arrived, from the write of `node` to ready on the target.
+    pub migrations: Histogram,
+    /// Migrations that left the instance where it was.
+    pub migrations_failed: Counter,
     /// Database polls (the fingerprint, and the table when it moved).
     pub db_poll: Histogram,
     /// What the reconciliation repaired: builds finished or undone, deletes finished,
@@ -274,6 +278,8 @@ impl Metrics {
             instances_created: Counter::new(),
             instances_deleted: Counter::new(),
             builds_failed: Counter::new(),
+            migrations: Histogram::new(BUILD_BUCKETS),
+            migrations_failed: Counter::new(),
             db_poll: Histogram::new(DB_POLL_BUCKETS),
             reconcile_repairs: Counter::new(),
             db_failovers,

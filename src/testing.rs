@@ -51,7 +51,16 @@ impl Rig {
 
     /// A rig on nodes made (and perhaps broken) beforehand: what the first poll meets.
     pub async fn on_nodes(mems: Vec<Arc<MemNode>>, timing: &str, extra: &str) -> Rig {
-        Self::on_nodes_with(mems, timing, extra, None).await
+        Self::on_nodes_with(mems, timing, extra, None, false).await
+    }
+
+    /// A rig whose nodes' pools are declared one shared storage (`pool_shared`).
+    pub async fn with_shared_pools(nodes: &[(&str, u32, u64)]) -> Rig {
+        let mems: Vec<Arc<MemNode>> = nodes
+            .iter()
+            .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
+            .collect();
+        Self::on_nodes_with(mems, TIMING, "", None, true).await
     }
 
     async fn on_nodes_with(
@@ -59,6 +68,7 @@ impl Rig {
         timing: &str,
         extra: &str,
         share: Option<Arc<MemShare>>,
+        pools_shared: bool,
     ) -> Rig {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
 
@@ -68,7 +78,9 @@ impl Rig {
         );
         for m in &mems {
             let n = m.name();
-            config.push_str(&format!("[[node]]\nname = '{n}'\nuri = 'mem://{n}'\n"));
+            config.push_str(&format!(
+                "[[node]]\nname = '{n}'\nuri = 'mem://{n}'\npool_shared = {pools_shared}\n"
+            ));
         }
         Self::start(dir, mems, config, share, "w1").await
     }
@@ -79,7 +91,7 @@ impl Rig {
             .iter()
             .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
             .collect();
-        Self::on_nodes_with(mems, TIMING, "", Some(share)).await
+        Self::on_nodes_with(mems, TIMING, "", Some(share), false).await
     }
 
     /// Another daemon on the same database and nodes (a second control node, or the same

@@ -206,6 +206,7 @@ impl Cluster {
                 domains_epoch: 0,
                 polls: 0,
                 full_poll: None,
+                drained: false,
             })
             .collect();
         let (changes, _) = watch::channel(0);

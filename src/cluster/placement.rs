@@ -25,6 +25,8 @@ pub struct Need<'a> {
     pub networks: &'a [&'a str],
     /// A node the user forced with `"node"` in the spec.
     pub node: Option<&'a str>,
+    /// The nodes it may go to, if not every node (a move: those sharing its storage).
+    pub among: Option<&'a [String]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,6 +87,12 @@ impl<'a> Committed<'a> {
 fn refusal(view: &View, node: &NodeView, need: &Need<'_>, held: (u64, u64)) -> Option<String> {
     if !node.online {
         return Some(format!("{} is offline", node.name));
+    }
+    if node.drained {
+        return Some(format!("{} is drained", node.name));
+    }
+    if need.among.is_some_and(|a| !a.contains(&node.name)) {
+        return Some(format!("{} does not share its storage", node.name));
     }
     let has_image = node
         .volumes
@@ -201,6 +209,7 @@ mod tests {
             image_shared: false,
             networks: &["default"],
             node,
+            among: None,
         }
     }
 

@@ -352,7 +352,26 @@ impl Cluster {
     /// own writes move the rows it holds alike (they keep the stamp written), so only
     /// another daemon's writes make it read. Every `full_poll_ms` it reads anyway (the
     /// consistency check, as for the nodes): rows changed by hand, with SQL, move no stamp.
+    /// Takes the drained nodes as the database lists them.
+    pub(crate) fn set_drained(&self, drained: &[String]) {
+        let mut inputs = self.inputs.lock();
+        let mut changed = false;
+        for n in &mut inputs.nodes {
+            let d = drained.contains(&n.name);
+            if n.drained != d {
+                n.drained = d;
+                changed = true;
+            }
+        }
+        if changed {
+            self.mark_dirty(&mut inputs);
+        }
+    }
+
     pub(super) async fn poll_db(&self) {
+        if let Ok(drained) = self.db.drained_nodes().await {
+            self.set_drained(&drained);
+        }
         let epoch = self.inputs.lock().rows_epoch;
         let fingerprint = self.db.vm_fingerprint().await;
         if let Ok(fp) = &fingerprint {

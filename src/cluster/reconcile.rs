@@ -12,7 +12,10 @@
 //!   domain started, so the build is finished (`ready`);
 //! - any other `building`: undone like a failed build — the parts in `made` are removed,
 //!   the addresses released, the row reads `failed: interrupted …` and takes a new spec;
-//! - `deleting`: the delete is finished (parts removed, row and addresses deleted).
+//! - `deleting`: the delete is finished (parts removed, row and addresses deleted);
+//! - `migrating`: both nodes are asked where the domain is, exactly one copy is kept, its
+//!   snapshots are defined again there and the row names that node (see
+//!   `actions::migrate`); it waits while either node does not answer.
 //!
 //! Rows on an offline node wait for the node. Addresses held for a name with no row (or a
 //! row that holds none) are released. Domains kvmfs made that have no row, volumes named
@@ -45,6 +48,8 @@ pub struct Report {
     pub undone: Vec<String>,
     /// Deletes finished.
     pub deleted: Vec<String>,
+    /// Migrations ended: `name → node` where it now is.
+    pub migrations: Vec<String>,
     /// Addresses released: `pool/address (instance)`.
     pub released: Vec<String>,
     /// Abandoned operations left for a later round (node offline, a call failed).
@@ -58,6 +63,7 @@ impl Report {
         !(self.finished.is_empty()
             && self.undone.is_empty()
             && self.deleted.is_empty()
+            && self.migrations.is_empty()
             && self.released.is_empty())
     }
 }
@@ -180,6 +186,7 @@ impl Cluster {
         let repairs = report.finished.len()
             + report.undone.len()
             + report.deleted.len()
+            + report.migrations.len()
             + report.released.len();
         self.metrics
             .reconcile_repairs
@@ -227,6 +234,17 @@ impl Cluster {
             return Ok(());
         }
         match row.state {
+            InstanceState::Migrating => {
+                let landing = self.recover_migration(row).await?;
+                let node = match landing {
+                    super::actions::Landing::Target => row.migrate_to.as_deref(),
+                    super::actions::Landing::Source => row.node.as_deref(),
+                };
+                tracing::info!(instance = name, node = ?node, "reconciliation: ended an interrupted migration");
+                report
+                    .migrations
+                    .push(format!("{name} → {}", node.unwrap_or("?")));
+            }
             InstanceState::Deleting => {
                 self.finish_delete(name, node, row.made, None)
                     .await
@@ -371,6 +389,7 @@ fn log_report(report: &Report, noticed_before: &mut HashSet<String>) {
             finished = ?report.finished,
             undone = ?report.undone,
             deleted = ?report.deleted,
+            migrations = ?report.migrations,
             released = ?report.released,
             "reconciliation fixed interrupted operations"
         );

@@ -111,7 +111,7 @@ impl Db {
                 sqlx::query(
                     "DELETE FROM ip_alloc WHERE pool = ? AND address = ? AND vmname = ? \
                      AND NOT EXISTS (SELECT 1 FROM vm WHERE vm.vmname = ? \
-                     AND vm.state IN ('building', 'ready', 'deleting'))",
+                     AND vm.state IN ('building', 'ready', 'deleting', 'migrating'))",
                 )
                 .bind(pool)
                 .bind(address)

@@ -65,12 +65,18 @@ pub struct InstanceRecord {
     /// Random id given when the row was made: tells this row from an earlier or later one
     /// of the same name (see `InstanceRecord::identity`).
     pub incarnation: String,
+    /// Where a `migrating` instance is going (`vm.migrate_to`).
+    pub migrate_to: Option<String>,
+    /// Its snapshots' XML while a migration has them off both nodes (`vm.snapshots`, the
+    /// JSON of `hv::SavedSnapshot`s).
+    pub saved_snapshots: Option<String>,
 }
 
 /// What the instances of every kvmfs on the database hold, read under the placement lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Loads {
-    /// (vCPUs, RAM MB) that instances in `building`, `ready` or `deleting` hold, per node.
+    /// (vCPUs, RAM MB) that instances in `building`, `ready`, `deleting` or `migrating`
+    /// hold, per node (a migrating one on its target too).
     pub by_node: std::collections::HashMap<String, (u64, u64)>,
     /// Of the (node, domain) pairs asked about, those that are such an instance.
     pub managed: std::collections::HashSet<(String, String)>,
@@ -101,7 +107,7 @@ macro_rules! select_vm {
         concat!(
             "SELECT vmname, hostname, vmip, ram, ip_eth1, vcpus, disk_gb, image, purpose, ",
             "git_url, state, step, error, owner_uid, created_at, updated_at, spec, ",
-            "ssh_private_key, made, worker, rev, incarnation FROM vm",
+            "ssh_private_key, made, worker, rev, incarnation, migrate_to, snapshots FROM vm",
             $tail
         )
     };
@@ -139,6 +145,8 @@ impl InstanceRecord {
             worker: None,
             rev,
             incarnation,
+            migrate_to: None,
+            saved_snapshots: None,
         }
     }
 
@@ -277,6 +285,8 @@ pub(super) fn vm_row(r: &sqlx::any::AnyRow) -> Result<InstanceRecord, DbError> {
             worker: r.try_get("worker")?,
             rev: r.try_get("rev")?,
             incarnation: r.try_get("incarnation")?,
+            migrate_to: r.try_get("migrate_to")?,
+            saved_snapshots: r.try_get("snapshots")?,
         })
     };
     f().map_err(DbError::from)

@@ -130,40 +130,13 @@ impl Db {
             sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;
-            let rows = sqlx::query(
-                "SELECT hostname, CAST(SUM(COALESCE(vcpus, 0)) AS SIGNED), \
-                 CAST(SUM(COALESCE(ram, 0)) AS SIGNED) FROM vm WHERE hostname IS NOT NULL \
-                 AND state IN ('building', 'ready', 'deleting') GROUP BY hostname",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut loads = Loads::default();
-            for r in &rows {
-                let n = |i: usize| -> Result<u64, DbError> {
-                    Ok(u64::try_from(r.try_get::<i64, _>(i)?).unwrap_or(0))
-                };
-                let node: String = r.try_get(0)?;
-                loads.by_node.insert(node, (n(1)?, n(2)?));
-            }
-            for (node, domain) in domains {
-                let found = sqlx::query(
-                    "SELECT 1 FROM vm WHERE vmname = ? AND hostname = ? \
-                     AND state IN ('building', 'ready', 'deleting')",
-                )
-                .bind(*domain)
-                .bind(*node)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if found.is_some() {
-                    loads.managed.insert((node.to_string(), domain.to_string()));
-                }
-            }
+            let loads = read_loads(&mut tx, domains).await?;
             // Root, and a configuration without limits, need no count.
             if owner != 0 && (quota.instances | quota.vcpus | quota.ram_mb) != 0 {
                 let held = sqlx::query(
                     "SELECT COUNT(*), CAST(COALESCE(SUM(vcpus), 0) AS SIGNED), \
                      CAST(COALESCE(SUM(ram), 0) AS SIGNED) FROM vm WHERE owner_uid = ? \
-                     AND state IN ('building', 'ready', 'deleting')",
+                     AND state IN ('building', 'ready', 'deleting', 'migrating')",
                 )
                 .bind(owner)
                 .fetch_one(&mut *tx)
@@ -471,6 +444,141 @@ impl Db {
         .map(|(_, changed)| changed == 1)
     }
 
+    /// Moves a `ready` instance to `migrating` (run by `worker`), as one transaction that
+    /// holds the placement lock, like `begin_build`: `choose` sees what every instance in
+    /// the database holds per node (the instance itself on its own node only) and names the
+    /// node it goes to, or refuses. `State` when the row is no longer this incarnation's
+    /// `ready` row.
+    pub async fn begin_migration<E: From<DbError>>(
+        &self,
+        name: &str,
+        incarnation: &str,
+        worker: &str,
+        domains: &[(&str, &str)],
+        choose: impl Fn(&Loads) -> Result<String, E>,
+    ) -> Result<(String, i64), E> {
+        let choose = &choose;
+        let attempt = move || async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let loads = read_loads(&mut tx, domains).await?;
+            let to = match choose(&loads) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            };
+            let rev = self.next_rev();
+            let n = sqlx::query(
+                "UPDATE vm SET rev = ?, updated_at = ?, state = 'migrating', step = 'moving', \
+                 migrate_to = ?, snapshots = NULL, worker = ?, error = NULL \
+                 WHERE vmname = ? AND incarnation = ? AND state = 'ready'",
+            )
+            .bind(rev)
+            .bind(unix_now())
+            .bind(to.as_str())
+            .bind(worker)
+            .bind(name)
+            .bind(incarnation)
+            .execute(&mut *tx)
+            .await?;
+            if n.rows_affected() == 0 {
+                return Err(DbError::State(format!(
+                    "instance {name} is no longer ready (another operation changed it)"
+                )));
+            }
+            tx.commit().await?;
+            Ok::<Result<(String, i64), E>, DbError>(Ok((to, rev)))
+        };
+        self.transaction(attempt).await.map_err(E::from)?
+    }
+
+    /// Records a migrating instance's step, and the XML of its snapshots while their
+    /// metadata is off its nodes (`None` leaves what is stored).
+    pub async fn set_migration_step(
+        &self,
+        name: &str,
+        step: &str,
+        snapshots: Option<&str>,
+    ) -> Result<i64, DbError> {
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, step = ?, \
+             snapshots = COALESCE(?, snapshots) WHERE vmname = ? AND state = 'migrating'",
+            |q| {
+                q.bind(step.to_string())
+                    .bind(snapshots.map(str::to_string))
+                    .bind(name)
+            },
+        )
+        .await
+        .map(|(rev, _)| rev)
+    }
+
+    /// Ends a migration with the instance `ready` on `node` (its target, or where it was),
+    /// with `error` (why it stayed) or none.
+    pub async fn end_migration(
+        &self,
+        name: &str,
+        node: &str,
+        error: Option<&str>,
+    ) -> Result<i64, DbError> {
+        self.stamp_vm(
+            "UPDATE vm SET rev = ?, updated_at = ?, state = 'ready', step = '', hostname = ?, \
+             migrate_to = NULL, snapshots = NULL, error = ? \
+             WHERE vmname = ? AND state = 'migrating'",
+            |q| {
+                q.bind(node.to_string())
+                    .bind(error.map(str::to_string))
+                    .bind(name)
+            },
+        )
+        .await
+        .map(|(rev, _)| rev)
+    }
+
+    /// Nodes drained (`echo drain > nodes/NODE/ctl`), in name order.
+    pub async fn drained_nodes(&self) -> Result<Vec<String>, DbError> {
+        let rows = self
+            .bounded(
+                sqlx::query("SELECT hostname FROM host WHERE drained <> 0 ORDER BY hostname")
+                    .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(DbError::from))
+            .collect()
+    }
+
+    /// Drains node `node` or ends its drain (`false`). Stamps the placement lock, so a
+    /// placement that read the old flag conflicts with this change (on Galera) or waits
+    /// for it (on one server).
+    pub async fn set_drained(&self, node: &str, drained: bool) -> Result<(), DbError> {
+        self.transaction(move || async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE placement_lock SET generation = generation + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("UPDATE host SET drained = ? WHERE hostname = ?")
+                .bind(i64::from(drained))
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+            if n.rows_affected() == 0 {
+                sqlx::query(
+                    "INSERT INTO host (hostname, ip, uri, registered_at, drained) \
+                     VALUES (?, '', '', ?, ?)",
+                )
+                .bind(node)
+                .bind(unix_now())
+                .bind(i64::from(drained))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await.map_err(DbError::from)
+        })
+        .await
+    }
+
     /// Runs one UPDATE of `vm` rows that gives them a new stamp: `sql` begins
     /// `UPDATE vm SET rev = ?, updated_at = ?`, those two are bound here, and `bind` binds
     /// the rest in order. The stamp and how many rows changed.
@@ -484,4 +592,52 @@ impl Db {
         let done = self.bounded(query.execute(&self.pool)).await?;
         Ok((rev, done.rows_affected()))
     }
+}
+
+/// What every instance holds per node, read under the placement lock (see `Loads`), and
+/// which of `domains` (node, domain name) are such instances (a migrating one also on its
+/// target).
+async fn read_loads(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    domains: &[(&str, &str)],
+) -> Result<Loads, DbError> {
+    let mut loads = Loads::default();
+    let held = sqlx::query(
+        "SELECT hostname, CAST(SUM(COALESCE(vcpus, 0)) AS SIGNED), \
+         CAST(SUM(COALESCE(ram, 0)) AS SIGNED) FROM vm WHERE hostname IS NOT NULL \
+         AND state IN ('building', 'ready', 'deleting', 'migrating') GROUP BY hostname",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    let arriving = sqlx::query(
+        "SELECT migrate_to, CAST(SUM(COALESCE(vcpus, 0)) AS SIGNED), \
+         CAST(SUM(COALESCE(ram, 0)) AS SIGNED) FROM vm WHERE migrate_to IS NOT NULL \
+         AND state = 'migrating' GROUP BY migrate_to",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in held.iter().chain(&arriving) {
+        let n = |i: usize| -> Result<u64, DbError> {
+            Ok(u64::try_from(r.try_get::<i64, _>(i)?).unwrap_or(0))
+        };
+        let node: String = r.try_get(0)?;
+        let e = loads.by_node.entry(node).or_default();
+        e.0 += n(1)?;
+        e.1 += n(2)?;
+    }
+    for (node, domain) in domains {
+        let found = sqlx::query(
+            "SELECT 1 FROM vm WHERE vmname = ? AND (hostname = ? OR migrate_to = ?) \
+             AND state IN ('building', 'ready', 'deleting', 'migrating')",
+        )
+        .bind(*domain)
+        .bind(*node)
+        .bind(*node)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if found.is_some() {
+            loads.managed.insert((node.to_string(), domain.to_string()));
+        }
+    }
+    Ok(loads)
 }

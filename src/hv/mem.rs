@@ -11,8 +11,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::{
-    CpuTimes, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, NetworkProbe,
-    NodeBackend, NodeProbe, ProbeScope, SnapshotProbe, VolumeProbe, Volumes,
+    CpuTimes, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, MigrateHow,
+    NetworkProbe, NodeBackend, NodeProbe, ProbeScope, SavedSnapshot, SnapshotProbe, VolumeProbe,
+    Volumes,
 };
 
 /// The kinds of call a fault can be set on.
@@ -30,6 +31,7 @@ pub enum Call {
     ListSnapshots,
     RevertSnapshot,
     DeleteSnapshot,
+    Migrate,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,17 @@ impl MemNode {
                 snapshots: BTreeMap::new(),
             },
         );
+    }
+
+    /// Puts a copy of domain `name` of this node on `dest` in `state` (with no snapshot
+    /// metadata), as a migration cut off midway leaves it: the reconciliation's input.
+    pub fn copy_domain_to(&self, name: &str, dest: &MemNode, state: DomainState) {
+        let Some(mut d) = self.state.lock().domains.get(name).cloned() else {
+            return;
+        };
+        d.state = state;
+        d.snapshots.clear();
+        dest.state.lock().domains.insert(name.to_string(), d);
     }
 
     /// Every call fails (as a node whose libvirtd is down) while `down`.
@@ -488,6 +501,8 @@ impl NodeBackend for MemNode {
                 (DomainOp::Start, true) => return Err(wrong("is already running")),
                 (DomainOp::Shutdown | DomainOp::Destroy, true) => DomainState::Shutoff,
                 (DomainOp::Reboot, true) => DomainState::Running,
+                (DomainOp::Resume, true) if d.state == DomainState::Paused => DomainState::Running,
+                (DomainOp::Resume, true) => return Err(wrong("is not paused")),
                 (_, false) => return Err(wrong("is not running")),
             };
         }
@@ -605,6 +620,135 @@ impl NodeBackend for MemNode {
         }
         self.event(name);
         Ok(true)
+    }
+
+    fn saved_snapshots(&self, name: &str) -> Result<Vec<SavedSnapshot>, HvError> {
+        self.enter(Call::ListSnapshots)?;
+        let st = self.state.lock();
+        let d = st
+            .domains
+            .get(name)
+            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+        let xml = |s: &SnapshotProbe| {
+            format!(
+                "<domainsnapshot><name>{}</name><state>{}</state>\
+                 <creationTime>{}</creationTime>{}</domainsnapshot>",
+                s.name,
+                s.state.word(),
+                s.created_at,
+                s.parent
+                    .as_ref()
+                    .map(|p| format!("<parent><name>{p}</name></parent>"))
+                    .unwrap_or_default()
+            )
+        };
+        // Parents first: creation order.
+        let mut all: Vec<&SnapshotProbe> = d.snapshots.values().collect();
+        all.sort_by_key(|s| s.created_at);
+        Ok(all
+            .into_iter()
+            .map(|s| SavedSnapshot {
+                name: s.name.clone(),
+                xml: xml(s),
+                current: s.current,
+            })
+            .collect())
+    }
+
+    fn forget_snapshots(&self, name: &str) -> Result<(), HvError> {
+        self.enter(Call::DeleteSnapshot)?;
+        let mut st = self.state.lock();
+        let d = st
+            .domains
+            .get_mut(name)
+            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+        d.snapshots.clear();
+        Ok(())
+    }
+
+    fn redefine_snapshots(&self, name: &str, snapshots: &[SavedSnapshot]) -> Result<(), HvError> {
+        self.enter(Call::CreateSnapshot)?;
+        {
+            let mut st = self.state.lock();
+            let d = st
+                .domains
+                .get_mut(name)
+                .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+            for s in snapshots {
+                if d.snapshots.contains_key(&s.name) {
+                    continue;
+                }
+                let (state, created_at, parent) = super::libvirt::parse_snapshot_xml(&s.xml);
+                if s.current {
+                    for o in d.snapshots.values_mut() {
+                        o.current = false;
+                    }
+                }
+                d.snapshots.insert(
+                    s.name.clone(),
+                    SnapshotProbe {
+                        name: s.name.clone(),
+                        created_at,
+                        state,
+                        parent,
+                        current: s.current,
+                        size_bytes: None,
+                    },
+                );
+            }
+        }
+        self.event(name);
+        Ok(())
+    }
+
+    fn migrate(&self, name: &str, dest: &dyn NodeBackend, how: MigrateHow) -> Result<(), HvError> {
+        self.enter(Call::Migrate)?;
+        let Some(dest) = dest.as_any().downcast_ref::<MemNode>() else {
+            return Err(HvError::Call {
+                node: self.name.clone(),
+                message: "cannot migrate to a node of another kind".into(),
+            });
+        };
+        dest.enter(Call::Migrate)?;
+        let d = {
+            let st = self.state.lock();
+            let d = st
+                .domains
+                .get(name)
+                .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+            if !d.snapshots.is_empty() {
+                // As libvirt: the metadata must go first.
+                return Err(HvError::Call {
+                    node: self.name.clone(),
+                    message: format!("cannot migrate domain with {} snapshots", d.snapshots.len()),
+                });
+            }
+            if how.live != d.state.is_active() {
+                return Err(HvError::WrongState {
+                    node: self.name.clone(),
+                    message: format!("domain {name} is {}", d.state.word()),
+                });
+            }
+            d.clone()
+        };
+        {
+            let mut dst = dest.state.lock();
+            if dst.domains.contains_key(name) {
+                return Err(HvError::Call {
+                    node: dest.name.clone(),
+                    message: format!("domain {name} already exists"),
+                });
+            }
+            dst.domains.insert(name.to_string(), d);
+        }
+        self.state.lock().domains.remove(name);
+        self.event(name);
+        dest.event(name);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn reset(&self) {}

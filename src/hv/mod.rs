@@ -178,6 +178,30 @@ pub struct SnapshotProbe {
     pub size_bytes: Option<u64>,
 }
 
+/// A snapshot's definition, kept while a migration moves its domain: libvirt does not
+/// migrate a domain that has snapshot metadata, so the metadata is taken off the source
+/// (`NodeBackend::forget_snapshots`) and defined again on the node the domain ends up on
+/// (`NodeBackend::redefine_snapshots`); the snapshot's data stays in the disk images.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSnapshot {
+    pub name: String,
+    /// libvirt's `<domainsnapshot>` XML of it.
+    pub xml: String,
+    /// Whether it was the domain's current snapshot.
+    pub current: bool,
+}
+
+/// How a domain moves (`NodeBackend::migrate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateHow {
+    /// It runs: move it live (memory copied while it runs). Otherwise only its definition
+    /// moves.
+    pub live: bool,
+    /// Its disks are files that libvirt cannot tell are shared (a pool declared shared):
+    /// migrate without libvirt's check for a shared filesystem (`VIR_MIGRATE_UNSAFE`).
+    pub declared_shared: bool,
+}
+
 /// A domain's snapshots in name order; shared like `Volumes`.
 pub type Snapshots = Arc<Vec<SnapshotProbe>>;
 
@@ -258,6 +282,8 @@ pub enum DomainOp {
     /// Hard power-off.
     Destroy,
     Reboot,
+    /// Resumes a paused domain (one a migration cut off left paused).
+    Resume,
 }
 
 /// A domain changed on a node (started, stopped, defined, undefined, …): the node said so.
@@ -341,6 +367,22 @@ pub trait NodeBackend: Send + Sync + 'static {
     fn revert_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError>;
     /// Deletes a snapshot (its children stay, re-parented); `false` if it was not there.
     fn delete_snapshot(&self, name: &str, snapshot: &str) -> Result<bool, HvError>;
+    /// The definitions of a domain's snapshots, parents before children.
+    fn saved_snapshots(&self, name: &str) -> Result<Vec<SavedSnapshot>, HvError>;
+    /// Takes a domain's snapshot metadata off the node (the snapshots' data stays in the
+    /// disks), so that libvirt lets the domain migrate.
+    fn forget_snapshots(&self, name: &str) -> Result<(), HvError>;
+    /// Defines snapshots again on the domain `name` of this node (parents first); a
+    /// snapshot it has already is left as it is.
+    fn redefine_snapshots(&self, name: &str, snapshots: &[SavedSnapshot]) -> Result<(), HvError>;
+    /// Moves domain `name` from this node to `dest` (a backend of the same kind): live if
+    /// `how.live`, else its definition only. Its disks must be where `dest` reaches them
+    /// (shared storage): nothing is copied. On success the domain is defined (and running,
+    /// if it was) on `dest` only; on failure it is left on this node as it was, as far as
+    /// the hypervisor can tell.
+    fn migrate(&self, name: &str, dest: &dyn NodeBackend, how: MigrateHow) -> Result<(), HvError>;
+    /// This backend as `Any`, so `migrate` can reach the other node's connection.
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Forgets the current connection so the next call opens a fresh one; used after a
     /// call timed out and the connection may be wedged.
     fn reset(&self);

@@ -4,6 +4,7 @@
 
 mod builds;
 mod lifecycle;
+mod migration;
 mod placement_quotas;
 mod recovery;
 mod shared_storage;

@@ -89,8 +89,11 @@ async fn nodes_are_listed_by_name_with_their_files() {
     assert_eq!(listing(&rig, "nodes"), dots(&["kvm1", "kvm10", "kvm2"]));
     let mut files = listing(&rig, "nodes/kvm1");
     files.sort();
-    assert_eq!(files, dots(&["info.json", "instances", "status"]));
+    assert_eq!(files, dots(&["ctl", "info.json", "instances", "status"]));
     assert_eq!(listing(&rig, "nodes/kvm1/instances"), dots(&[]));
+    assert_eq!(rig.read("nodes/kvm1/ctl").unwrap(), "drain undrain\n");
+    let ctl = attr(&rig, "nodes/kvm1/ctl");
+    assert_eq!((ctl.perm, ctl.uid), (0o644, 0), "root writes a node's ctl");
     assert_eq!(rig.read("nodes/kvm1/status").unwrap(), "online\n");
     let info = json(&rig, "nodes/kvm10/info.json");
     assert_eq!(info["name"], "kvm10");
@@ -334,7 +337,9 @@ async fn modes_and_owners_follow_the_instances_state() {
     let spec = attr(&rig, "instances/web1/spec.json");
     assert_eq!((spec.perm, spec.uid), (0o644, USER));
     assert_eq!(attr(&rig, "instances/web1/ctl").perm, 0o644);
-    for f in ["status", "error", "info.json", "ip", "node"] {
+    // `node` takes the node it should move to.
+    assert_eq!(attr(&rig, "instances/web1/node").perm, 0o644);
+    for f in ["status", "error", "info.json", "ip"] {
         let a = attr(&rig, &format!("instances/web1/{f}"));
         assert_eq!((a.perm, a.uid), (0o444, USER), "{f}");
     }

@@ -10,6 +10,7 @@
 //!                                  ▼  │ spec.json
 //!                                 Failed
 //! Draft, Ready, Failed, Deleting ──rmdir──▶ Deleting ──▶ (row gone)
+//! Ready ──echo NODE > node──▶ Migrating ──▶ Ready (on NODE, or back where it was)
 //! ```
 
 use std::fmt;
@@ -27,15 +28,18 @@ pub enum InstanceState {
     Failed,
     /// Being deleted.
     Deleting,
+    /// Moving to another node (`vm.migrate_to`); ready again where it ends up.
+    Migrating,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 5] = [
+    pub const ALL: [InstanceState; 6] = [
         InstanceState::Draft,
         InstanceState::Building,
         InstanceState::Ready,
         InstanceState::Failed,
         InstanceState::Deleting,
+        InstanceState::Migrating,
     ];
 
     /// The word stored in `vm.state`.
@@ -46,6 +50,7 @@ impl InstanceState {
             InstanceState::Ready => "ready",
             InstanceState::Failed => "failed",
             InstanceState::Deleting => "deleting",
+            InstanceState::Migrating => "migrating",
         }
     }
 
@@ -59,18 +64,24 @@ impl InstanceState {
     }
 
     /// Whether the instance holds room on its node (counts against it, and against its
-    /// owner's quota of instances).
+    /// owner's quota of instances). A migrating one holds room on its target too.
     pub fn holds_room(self) -> bool {
         matches!(
             self,
-            InstanceState::Building | InstanceState::Ready | InstanceState::Deleting
+            InstanceState::Building
+                | InstanceState::Ready
+                | InstanceState::Deleting
+                | InstanceState::Migrating
         )
     }
 
-    /// Whether a daemon runs an operation on it (a build or a delete) that a crash could
-    /// leave half done, for the reconciliation to finish or undo.
+    /// Whether a daemon runs an operation on it (a build, a delete, a migration) that a
+    /// crash could leave half done, for the reconciliation to finish or undo.
     pub fn in_operation(self) -> bool {
-        matches!(self, InstanceState::Building | InstanceState::Deleting)
+        matches!(
+            self,
+            InstanceState::Building | InstanceState::Deleting | InstanceState::Migrating
+        )
     }
 }
 
@@ -95,6 +106,12 @@ pub enum Step {
     WritingSeed,
     Starting,
     Deleting,
+    /// A migration takes the snapshots' metadata off the source node (kept in the row).
+    SavingSnapshots,
+    /// A migration moves the domain (live, or its definition when it is stopped).
+    Moving,
+    /// A migration defines the snapshots again where the domain now is.
+    RestoringSnapshots,
     /// A word kvmfs does not know (written by hand, or by another version): kept as it is.
     Other(String),
 }
@@ -112,6 +129,9 @@ impl Step {
             Step::WritingSeed => "writing seed",
             Step::Starting => "starting",
             Step::Deleting => "deleting",
+            Step::SavingSnapshots => "saving snapshots",
+            Step::Moving => "moving",
+            Step::RestoringSnapshots => "restoring snapshots",
             Step::Other(s) => s,
         }
     }
@@ -127,6 +147,9 @@ impl Step {
             Step::WritingSeed,
             Step::Starting,
             Step::Deleting,
+            Step::SavingSnapshots,
+            Step::Moving,
+            Step::RestoringSnapshots,
         ]
         .into_iter()
         .find(|s| s.word() == word)

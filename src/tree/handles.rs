@@ -17,6 +17,8 @@ pub(super) enum Handle {
     Write(WriteHandle),
     /// A scratch file, read and written in place.
     Scratch(u64),
+    /// A node's `ctl` opened for writing (root only): the node's name.
+    NodeCtl(String),
 }
 
 #[derive(Clone)]
@@ -56,7 +58,18 @@ impl Tree {
             return Ok((self.new_handle(Handle::Scratch(id)), OpenMode::Direct));
         }
         let name = r.name.clone().unwrap_or_default();
-        if let Ino::InstanceFile(_, f @ (FileKind::SshKey | FileKind::Spec | FileKind::Ctl)) = r.ino
+        if let Ino::NodeFile(_, FileKind::Ctl) = r.ino
+            && write
+        {
+            if uid != 0 {
+                return Err(ActionError::NotOwner(format!("only root drains node {name}")).into());
+            }
+            return Ok((self.new_handle(Handle::NodeCtl(name)), OpenMode::Direct));
+        }
+        if let Ino::InstanceFile(
+            _,
+            f @ (FileKind::SshKey | FileKind::Spec | FileKind::Ctl | FileKind::Node),
+        ) = r.ino
         {
             let private = f == FileKind::SshKey || write;
             if private && !self.owns(&view, &name, uid) {
@@ -64,10 +77,17 @@ impl Tree {
             }
         }
         if write {
-            let Ino::InstanceFile(_, kind @ (FileKind::Spec | FileKind::Ctl)) = r.ino else {
+            let Ino::InstanceFile(_, kind @ (FileKind::Spec | FileKind::Ctl | FileKind::Node)) =
+                r.ino
+            else {
                 return Err(TreeError::ReadOnly("this file cannot be written"));
             };
             let inst = view.instances.get(&name).ok_or(TreeError::Stale)?;
+            if kind == FileKind::Node && !inst.managed() {
+                return Err(TreeError::ReadOnly(
+                    "instances kvmfs does not manage stay where they are",
+                ));
+            }
             if kind == FileKind::Spec && !inst.takes_spec() {
                 return Err(ActionError::Busy(format!(
                     "instance {name} is already committed; its spec.json is read-only"
@@ -145,6 +165,7 @@ impl Tree {
                 let f = store.get(*id).ok_or(TreeError::Stale)?;
                 return Ok(slice(&f.data));
             }
+            Some(Handle::NodeCtl(_)) => return Ok(Vec::new()),
             _ => return Err(TreeError::BadHandle),
         };
         Ok(slice(&content))

@@ -300,6 +300,11 @@ pub fn daemon_part(m: &Metrics) -> String {
             m.builds_failed.get(),
         ),
         (
+            "kvmfs_migrations_failed_total",
+            "Migrations that left the instance on the node it was on.",
+            m.migrations_failed.get(),
+        ),
+        (
             "kvmfs_reconcile_repairs_total",
             "What the reconciliation repaired: builds finished or undone, deletes finished, stray addresses released.",
             m.reconcile_repairs.get(),
@@ -326,6 +331,16 @@ pub fn daemon_part(m: &Metrics) -> String {
             &n.builds.snapshot(),
         );
     }
+    o.family(
+        "kvmfs_migration_duration_seconds",
+        "histogram",
+        "Time migrations that arrived took, from the write of node to ready on the target.",
+    );
+    o.histogram(
+        "kvmfs_migration_duration_seconds",
+        &[],
+        &m.migrations.snapshot(),
+    );
     o.family(
         "kvmfs_backend_call_duration_seconds",
         "histogram",

@@ -130,11 +130,12 @@ pub fn instance_perm(i: &InstanceView, f: FileKind) -> u16 {
         FileKind::Spec if i.takes_spec() => 0o644,
         FileKind::SshKey => 0o600,
         FileKind::Ctl => 0o644,
+        FileKind::Node if i.managed() => 0o644,
         _ => 0o444,
     }
 }
 
-pub const NODE_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
+pub const NODE_FILES: &[FileKind] = &[FileKind::Ctl, FileKind::Info, FileKind::Status];
 pub const NETWORK_FILES: &[FileKind] = &[FileKind::Info, FileKind::Status];
 pub const IMAGE_FILES: &[FileKind] = &[FileKind::Info, FileKind::Nodes, FileKind::Size];
 pub const FLAVOR_FILES: &[FileKind] = &[FileKind::Info, FileKind::RamMb, FileKind::Vcpus];
@@ -198,6 +199,7 @@ pub fn node_file(n: &NodeView, f: FileKind) -> Vec<u8> {
     match f {
         FileKind::Info => json(n),
         FileKind::Status => line(&n.status),
+        FileKind::Ctl => line(crate::cluster::actions::NodeControl::WORDS),
         _ => Vec::new(),
     }
 }

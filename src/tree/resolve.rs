@@ -521,6 +521,7 @@ impl Tree {
                             .map(|n| n.info_changed_at())
                             .unwrap_or(base.mtime),
                     ),
+                    Ino::NodeFile(_, FileKind::Ctl) => (0o644, 0, base.mtime),
                     Ino::NodeFile(..) => (0o444, base.uid, node_mtime().unwrap_or(base.mtime)),
                     Ino::NetworkFile(..) => {
                         (0o444, base.uid, network_mtime().unwrap_or(base.mtime))

@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use super::handles::{Handle, WriteHandle};
 use super::ino::{Ino, instance_key};
 use super::{Attr, FileKind, Tree, TreeError, render};
-use crate::cluster::actions::{ActionError, Control};
+use crate::cluster::actions::{ActionError, Control, NodeControl};
 use crate::spec::{MAX_SPEC_BYTES, is_incomplete};
 
 /// An instance folder that takes scratch files: a managed instance's incarnation.
@@ -33,9 +33,21 @@ impl Tree {
         uid: u32,
     ) -> Result<u32, TreeError> {
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        if let Some(Handle::Scratch(id)) = self.handles.lock().get(&fh) {
-            self.scratch.lock().write(*id, offset, data)?;
-            return Ok(len);
+        let node_ctl = match self.handles.lock().get(&fh) {
+            Some(Handle::Scratch(id)) => {
+                self.scratch.lock().write(*id, offset, data)?;
+                return Ok(len);
+            }
+            Some(Handle::NodeCtl(node)) => Some(node.clone()),
+            _ => None,
+        };
+        if let Some(node) = node_ctl {
+            let cmd = NodeControl::parse(data)?;
+            let c = self.cluster.clone();
+            return self
+                .detached(async move { c.node_control(&node, uid, cmd).await })
+                .await
+                .map(|()| len);
         }
         let mut w = self.write_handle(fh)?;
         // Nothing through a file opened on an instance that is gone, or made again.
@@ -61,6 +73,36 @@ impl Tree {
                     .await;
                 self.record_failure(&w, &r);
                 r.map(|_| len)
+            }
+            FileKind::Node => {
+                let (c, name, inc, text) = (
+                    self.cluster.clone(),
+                    w.instance.clone(),
+                    w.incarnation.clone(),
+                    data.to_vec(),
+                );
+                let moving = self
+                    .detached(async move { c.migrate(&name, &inc, uid, &text).await })
+                    .await;
+                let r = match moving {
+                    // Its outcome if it ends within the operation bound; past that the
+                    // write is done and `status` follows the move.
+                    Ok(Some(task)) => {
+                        match tokio::time::timeout(self.cluster.config().timing.op_timeout(), task)
+                            .await
+                        {
+                            Ok(Ok(r)) => r.map_err(TreeError::from),
+                            Ok(Err(e)) => {
+                                Err(ActionError::Backend(format!("migration failed: {e}")).into())
+                            }
+                            Err(_) => Ok(()),
+                        }
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                self.record_failure(&w, &r);
+                r.map(|()| len)
             }
             _ if w.committed => {
                 // `echo` may send its newline in a write of its own after the document.
@@ -181,11 +223,12 @@ impl Tree {
             return self.attr(&r);
         }
         match r.ino {
-            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl)
+            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl | FileKind::Node)
                 if self.owns(&view, &name, uid) => {}
-            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl) => {
+            Ino::InstanceFile(_, FileKind::Spec | FileKind::Ctl | FileKind::Node) => {
                 return Err(ActionError::NotOwner(format!("instance {name} is not yours")).into());
             }
+            Ino::NodeFile(_, FileKind::Ctl) if uid == 0 => return self.attr(&r),
             _ => return Err(TreeError::ReadOnly("this file cannot be changed")),
         }
         if let Some(fh) = fh

@@ -82,6 +82,7 @@ impl Cluster {
             image_shared: self.storage().is_some(),
             networks: &networks,
             node: spec.node.as_ref().map(|n| n.as_str()),
+            among: None,
         };
         let spec_text = String::from_utf8_lossy(text).into_owned();
         let build = BuildRow {

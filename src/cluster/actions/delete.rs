@@ -30,6 +30,8 @@ impl Cluster {
             let n = name.to_string();
             let r = if made.shared && part != Part::Domain {
                 self.remove_shared_file(name, part).await
+            } else if part != Part::Domain && self.pool_shared(ni) {
+                self.remove_shared_pool_volume(ni, name, part).await
             } else {
                 self.action_call(ni, move |b| match part {
                     Part::Domain => b.remove_domain(&n).map(|_| ()),
@@ -50,6 +52,33 @@ impl Cluster {
             }
         }
         made
+    }
+
+    /// Deletes an instance's disk or seed from a pool declared shared: through node `ni`
+    /// (the instance's), and if that node does not list it (a netfs pool shows a file
+    /// another node made only after a refresh), through the other nodes of the shared
+    /// pool that answer. Gone everywhere is fine.
+    async fn remove_shared_pool_volume(
+        &self,
+        ni: usize,
+        name: &str,
+        part: Part,
+    ) -> Result<(), String> {
+        let vol = match part {
+            Part::Disk => disk_volume(name),
+            _ => seed_volume(name),
+        };
+        let others = (0..self.nodes.len()).filter(|&i| i != ni && self.pool_shared(i));
+        for i in std::iter::once(ni).chain(others) {
+            let v = vol.clone();
+            match self.action_call(i, move |b| b.delete_volume(&v)).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if i == ni => return Err(e.to_string()),
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Deletes an instance's disk or seed file from the shared storage (gone already is
@@ -140,6 +169,10 @@ impl Cluster {
             InstanceState::Building => Err(ActionError::Busy(format!(
                 "instance {name} is being built ({}); delete it when the build ends",
                 row.step
+            ))),
+            InstanceState::Migrating => Err(ActionError::Busy(format!(
+                "instance {name} is migrating to {}; delete it when it has arrived",
+                row.migrate_to.as_deref().unwrap_or("?")
             ))),
             InstanceState::Deleting => match row.worker.as_deref() {
                 Some(w) if w != self.worker_id && self.worker_is_live(w).await? => {

@@ -9,6 +9,10 @@ mod build;
 mod control;
 mod create;
 mod delete;
+mod migrate;
+
+pub(crate) use migrate::Landing;
+pub use migrate::NodeControl;
 mod snapshot;
 
 use std::time::Duration;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::capacity::{Held, node_view};
 use super::*;
 use crate::config::PlacementConfig;
-use crate::db::InstanceRecord;
+use crate::db::{InstanceRecord, InstanceState};
 use crate::hv::{DomainProbe, VolumeProbe, Volumes};
 
 /// What the backends besides the nodes said went wrong at their last poll.
@@ -306,13 +306,19 @@ pub(super) fn build_instances(
     }
     for n in nodes {
         for d in n.domains.iter() {
-            if let Some(row) = rows.get(d.name.as_str())
-                && row.node.as_deref() == Some(n.name.as_str())
-            {
-                if let Some(iv) = instances.get_mut(&d.name) {
-                    iv.domain = Some(d.clone());
+            if let Some(row) = rows.get(d.name.as_str()) {
+                if row.node.as_deref() == Some(n.name.as_str()) {
+                    if let Some(iv) = instances.get_mut(&d.name) {
+                        iv.domain = Some(d.clone());
+                    }
+                    continue;
                 }
-                continue;
+                // Arriving there: the instance's, not a stranger of the same name.
+                if row.state == InstanceState::Migrating
+                    && row.migrate_to.as_deref() == Some(n.name.as_str())
+                {
+                    continue;
+                }
             }
             // Unmanaged: shown under its own name unless that is taken, then as name@node.
             let name = if instances.contains_key(&d.name) || !is_listable(&d.name) {
@@ -379,6 +385,16 @@ pub(super) fn update_instances(
                 .ok()
                 .map(|i| (n, &n.domains[i]))
         });
+        // A migrating instance's domain may be on two nodes, one of them not its own (see
+        // `build_instances`, and the unlisted load of `Held::add_unlisted`): rare, and built
+        // with everything, as is the change that ends it.
+        let migrating =
+            |r: Option<&InstanceRecord>| r.is_some_and(|r| r.state == InstanceState::Migrating);
+        if migrating(rows.get(name.as_str()).map(|r| &**r))
+            || migrating(map.get(name.as_str()).and_then(|i| i.row.as_deref()))
+        {
+            return None;
+        }
         let iv = match rows.get(name.as_str()) {
             Some(row) => {
                 let mut domain = None;

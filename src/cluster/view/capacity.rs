@@ -173,8 +173,13 @@ pub(super) fn node_view(
     NodeView {
         name: n.name.clone(),
         uri: n.uri.clone(),
-        status: n.status.line(),
+        status: match (n.drained, n.status.is_online()) {
+            (true, true) => "online, drained".into(),
+            (true, false) => format!("{}, drained", n.status.line()),
+            (false, _) => n.status.line(),
+        },
         online: n.status.is_online(),
+        drained: n.drained,
         last_error: n.last_error.clone(),
         hostname: probe.and_then(|p| p.hostname.clone()),
         cpus,

@@ -53,6 +53,7 @@ pub fn online(name: &str, probe: NodeProbe, domains: Vec<Arc<DomainProbe>>) -> N
         domains_epoch: 0,
         polls: 0,
         full_poll: None,
+        drained: false,
     }
 }
 

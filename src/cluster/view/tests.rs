@@ -112,7 +112,7 @@ fn volume(name: &str) -> VolumeProbe {
 // Names that collide across nodes and with rows, and one with `@`, so every way a name
 // can depend on others comes up.
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "a@n1"];
-const STATES: [InstanceState; 5] = InstanceState::ALL;
+const STATES: [InstanceState; 6] = InstanceState::ALL;
 
 fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
@@ -153,6 +153,11 @@ fn row(name: &str, node: Option<&str>, state: InstanceState, vcpus: i64) -> Inst
         worker: None,
         rev: 0,
         incarnation: format!("inc-{name}"),
+        // A migrating row is on its way to the other node, whose copy of the domain is then
+        // the row's and no stranger's.
+        migrate_to: (state == InstanceState::Migrating)
+            .then(|| if node == Some("n1") { "n2" } else { "n1" }.to_string()),
+        saved_snapshots: None,
     }
 }
 

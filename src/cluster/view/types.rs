@@ -54,6 +54,8 @@ pub struct NodeState {
     /// that poll was: with events, a node is listed whole again only when its connection
     /// changed or `full_poll_ms` passed.
     pub full_poll: Option<(Option<u64>, std::time::Instant)>,
+    /// Drained (`host.drained`, read with every database poll): it takes no instances.
+    pub drained: bool,
 }
 
 /// A node as shown under `/nodes`.
@@ -63,6 +65,8 @@ pub struct NodeView {
     pub uri: String,
     pub status: String,
     pub online: bool,
+    /// Drained (`echo drain > ctl`): placement and migrations pass it by.
+    pub drained: bool,
     pub last_error: Option<String>,
     pub hostname: Option<String>,
     pub cpus: u32,
@@ -129,6 +133,7 @@ impl NodeView {
     pub(super) fn same_as(&self, other: &NodeView) -> bool {
         self.status == other.status
             && self.online == other.online
+            && self.drained == other.drained
             && self.last_error == other.last_error
             && self.hostname == other.hostname
             && self.cpus == other.cpus
@@ -248,6 +253,13 @@ impl InstanceView {
                 InstanceState::Draft => return "draft: waiting for spec.json".into(),
                 InstanceState::Building => return format!("building: {}", row.step),
                 InstanceState::Deleting => return InstanceState::Deleting.word().into(),
+                InstanceState::Migrating => {
+                    return format!(
+                        "migrating: from {} to {}",
+                        row.node.as_deref().unwrap_or("?"),
+                        row.migrate_to.as_deref().unwrap_or("?")
+                    );
+                }
                 InstanceState::Failed => {
                     return format!(
                         "failed: {}",
@@ -283,6 +295,7 @@ impl InstanceView {
                 InstanceState::Draft => return "draft",
                 InstanceState::Building => return "building",
                 InstanceState::Deleting => return "deleting",
+                InstanceState::Migrating => return "migrating",
                 InstanceState::Failed => return "failed",
                 InstanceState::Ready => {}
             }
@@ -367,6 +380,7 @@ pub const INSTANCE_STATES: &[&str] = &[
     "draft",
     "building",
     "deleting",
+    "migrating",
     "failed",
     "unknown",
     "missing",

@@ -29,8 +29,8 @@ use ffi::{
 
 use super::{
     DiskInfo, DomainDevices, DomainOp, DomainProbe, DomainState, EventSink, HvError, InterfaceInfo,
-    NetworkProbe, NodeBackend, NodeProbe, ProbeScope, SnapshotProbe, Snapshots, VolumeProbe,
-    Volumes,
+    MigrateHow, NetworkProbe, NodeBackend, NodeProbe, ProbeScope, SavedSnapshot, SnapshotProbe,
+    Snapshots, VolumeProbe, Volumes,
 };
 
 /// What is read once per domain definition: at the domain id it was read at, the device
@@ -533,6 +533,86 @@ impl LibvirtNode {
 }
 
 impl LibvirtNode {
+    /// libvirt's test driver has no migration: its domains move by definition (the XML
+    /// defined on `dest`, started there if it ran here, then removed here), which is what
+    /// a migration leaves behind, without the memory copy there is nothing to make.
+    fn move_definition(
+        &self,
+        name: &str,
+        dest: &LibvirtNode,
+        how: MigrateHow,
+    ) -> Result<(), HvError> {
+        let xml = self.with_conn(|c| {
+            c.lookup_domain_by_name(name)?
+                .xml_desc(sys::VIR_DOMAIN_XML_SECURE | sys::VIR_DOMAIN_XML_INACTIVE)
+        })?;
+        dest.with_conn(|c| {
+            let d = c.define_domain_xml(&xml)?;
+            if how.live
+                && let Err(e) = d.create()
+            {
+                let _ = d.undefine();
+                return Err(e);
+            }
+            Ok(())
+        })?;
+        let removed = self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            d.undefine()?;
+            if d.is_active()? {
+                d.destroy()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            // Back as it was: the domain only here.
+            let _ = dest.remove_domain(name);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Snapshots ordered so that each comes after its parent (what redefining needs).
+fn parents_first(mut left: Vec<SavedSnapshot>) -> Vec<SavedSnapshot> {
+    let mut out: Vec<SavedSnapshot> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let before = left.len();
+        let mut i = 0;
+        while i < left.len() {
+            let (_, _, parent) = parse_snapshot_xml(&left[i].xml);
+            let ready = parent.is_none_or(|p| {
+                out.iter().any(|o| o.name == p) || !left.iter().any(|l| l.name == p)
+            });
+            if ready {
+                out.push(left.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if left.len() == before {
+            // A cycle cannot come from libvirt; keep whatever is left as it came.
+            out.append(&mut left);
+        }
+    }
+    out
+}
+
+/// The URI QEMU's migration stream goes to for a node reached at `uri`: `tcp://HOST` for a
+/// remote URI (`qemu+tcp://HOST/system`, `qemu+ssh://user@HOST:22/system`), or `None`
+/// (libvirt's own choice) for a local one.
+fn migration_uri(uri: &str) -> Option<String> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => host.split(':').next()?.to_string(),
+    };
+    (!host.is_empty()).then(|| format!("tcp://{host}"))
+}
+
+impl LibvirtNode {
     /// Every domain of the node, sorted by name; forgets what was cached of domains gone.
     fn probe_all_domains(&self, c: &Connect) -> Result<Vec<DomainProbe>, virt::error::Error> {
         let mut probes = match self.probe_bulk(c)? {
@@ -650,9 +730,20 @@ impl NodeBackend for LibvirtNode {
             let pool = c.lookup_storage_pool_by_name(&self.pool)?;
             // A volume made again under this name is read anew at the next listing.
             self.volumes.lock().details.remove(name);
+            let absent = |e: &virt::error::Error| e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL;
             match pool.lookup_storage_vol_by_name(name) {
                 Ok(v) => v.delete(0).map(|_| true),
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(false),
+                Err(e) if absent(&e) => {
+                    // A shared pool lists a file another node made only once refreshed.
+                    if pool.refresh(0).is_err() {
+                        return Ok(false);
+                    }
+                    match pool.lookup_storage_vol_by_name(name) {
+                        Ok(v) => v.delete(0).map(|_| true),
+                        Err(e) if absent(&e) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             }
         })
@@ -677,6 +768,7 @@ impl NodeBackend for LibvirtNode {
                 DomainOp::Shutdown => d.shutdown(),
                 DomainOp::Destroy => d.destroy(),
                 DomainOp::Reboot => d.reboot(0),
+                DomainOp::Resume => d.resume(),
             }
         });
         match r {
@@ -879,6 +971,95 @@ impl NodeBackend for LibvirtNode {
         let conn = guard.as_ref()?;
         conn.delivers_events()
             .then(|| self.event_connections.load(Ordering::Acquire))
+    }
+
+    fn saved_snapshots(&self, name: &str) -> Result<Vec<SavedSnapshot>, HvError> {
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            let all = match d.list_all_snapshots(0) {
+                Ok(all) => all,
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut saved = Vec::with_capacity(all.len());
+            for s in all {
+                saved.push(SavedSnapshot {
+                    name: s.name()?,
+                    xml: s.xml_desc(sys::VIR_DOMAIN_SNAPSHOT_XML_SECURE)?,
+                    current: s.is_current(0).unwrap_or(false),
+                });
+            }
+            Ok(parents_first(saved))
+        })
+    }
+
+    fn forget_snapshots(&self, name: &str) -> Result<(), HvError> {
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            let all = match d.list_all_snapshots(0) {
+                Ok(all) => all,
+                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for s in all {
+                match s.delete(sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY) {
+                    Ok(()) => {}
+                    Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_DOMAIN_SNAPSHOT => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn redefine_snapshots(&self, name: &str, snapshots: &[SavedSnapshot]) -> Result<(), HvError> {
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            for s in snapshots {
+                if Domain::lookup_snapshot_by_name(&d, &s.name, 0).is_ok() {
+                    continue;
+                }
+                let mut flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE;
+                if s.current {
+                    flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
+                }
+                d.create_snapshot_xml(&s.xml, flags)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn migrate(&self, name: &str, dest: &dyn NodeBackend, how: MigrateHow) -> Result<(), HvError> {
+        let Some(dest) = dest.as_any().downcast_ref::<LibvirtNode>() else {
+            return Err(HvError::Call {
+                node: self.name.clone(),
+                message: "cannot migrate to a node of another kind".into(),
+            });
+        };
+        if self.is_test_driver() || dest.is_test_driver() {
+            return self.move_definition(name, dest, how);
+        }
+        let dconn = dest.connection()?;
+        let mut flags = sys::VIR_MIGRATE_PERSIST_DEST | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        let mut params = virt::domain::MigrateParameters::default();
+        if how.live {
+            flags |= sys::VIR_MIGRATE_LIVE;
+            // QEMU's migration stream goes to the address kvmfs reaches the node at.
+            params.uri = migration_uri(&dest.uri);
+        } else {
+            flags |= sys::VIR_MIGRATE_OFFLINE;
+        }
+        if how.declared_shared {
+            flags |= sys::VIR_MIGRATE_UNSAFE;
+        }
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            d.migrate3(&dconn, params, flags).map(|_| ())
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -1086,6 +1267,52 @@ mod tests {
             (DomainState::Shutoff, 1796596217, Some("s1"))
         );
         assert_eq!(parse_snapshot_xml("<bad"), (DomainState::NoState, 0, None));
+    }
+
+    #[test]
+    fn migration_streams_go_where_the_node_is_reached() {
+        assert_eq!(
+            migration_uri("qemu+tcp://10.99.0.2/system").as_deref(),
+            Some("tcp://10.99.0.2")
+        );
+        assert_eq!(
+            migration_uri("qemu+ssh://root@kvm2:2222/system?keyfile=/k").as_deref(),
+            Some("tcp://kvm2")
+        );
+        assert_eq!(
+            migration_uri("qemu+tcp://[fd00::2]:16509/system").as_deref(),
+            Some("tcp://[fd00::2]")
+        );
+        assert_eq!(migration_uri("qemu:///system"), None);
+    }
+
+    #[test]
+    fn snapshots_are_redefined_parents_first() {
+        let snap = |name: &str, parent: Option<&str>| SavedSnapshot {
+            name: name.into(),
+            xml: format!(
+                "<domainsnapshot><name>{name}</name>{}</domainsnapshot>",
+                parent
+                    .map(|p| format!("<parent><name>{p}</name></parent>"))
+                    .unwrap_or_default()
+            ),
+            current: false,
+        };
+        let order: Vec<String> = parents_first(vec![
+            snap("c", Some("b")),
+            snap("b", Some("a")),
+            snap("a", None),
+            snap("d", Some("a")),
+        ])
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+        let at = |n: &str| order.iter().position(|o| o == n).unwrap();
+        assert_eq!(order.len(), 4);
+        assert!(
+            at("a") < at("b") && at("b") < at("c") && at("a") < at("d"),
+            "{order:?}"
+        );
     }
 
     #[test]
