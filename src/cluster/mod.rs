@@ -59,6 +59,8 @@ struct Inputs {
     db_error: Option<String>,
     /// Why the shared storage did not answer its last probe (`storage_loop`).
     storage_error: Option<String>,
+    /// The shared storage's last listing (`list_share`); empty until one succeeds.
+    share_files: view::SharedFiles,
     /// Errors shown in `error` files that the database has not stored yet, laid over the
     /// rows every poll brings until it has.
     pending_errors: HashMap<String, PendingError>,
@@ -231,6 +233,7 @@ impl Cluster {
                 rows_read: None,
                 db_error: None,
                 storage_error: None,
+                share_files: Arc::default(),
                 pending_errors: HashMap::new(),
             }),
             cfg,
@@ -357,10 +360,22 @@ impl Cluster {
             .collect();
         let c = self.clone();
         let db_first = tokio::spawn(async move { c.poll_db().await });
+        // The shared storage's first listing, under the deadline a node's first poll has, so
+        // the first `ls /images` is populated too (a slow share is listed again later).
+        let c = self.clone();
+        let share_first = tokio::spawn(async move {
+            let within = c.cfg.timing.libvirt_timeout();
+            match tokio::time::timeout(within, c.list_share()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list the shared storage"),
+                Err(_) => tracing::warn!(?within, "the shared storage's first listing is late"),
+            }
+        });
         for h in first_round {
             let _ = h.await;
         }
         let _ = db_first.await;
+        let _ = share_first.await;
         for i in 0..self.nodes.len() {
             let c = self.clone();
             tokio::spawn(async move { c.node_loop(i).await });
@@ -410,6 +425,7 @@ impl Cluster {
                 database: inputs.db_error.clone(),
                 storage: inputs.storage_error.clone(),
             },
+            self.storage.is_some().then_some(&inputs.share_files),
             &self.cfg.placement,
             &prev,
             SystemTime::now(),

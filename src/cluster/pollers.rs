@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::Cluster;
 use super::calls::CallError;
-use super::view::{NodeStatus, RowMap};
+use super::view::{NodeStatus, RowMap, SharedFile};
 use crate::db::{InstanceRecord, VmFingerprint};
 use crate::hv::{DomainProbe, ProbeScope};
 
@@ -225,11 +225,14 @@ impl Cluster {
 
     /// Probes the shared storage every refresh, as a node is polled: a share that does not
     /// answer within the libvirt deadline (the bound a node gets) makes `/status` degraded,
-    /// naming the nodes whose instances' disks are there (all of them).
+    /// naming the nodes whose instances' disks are there (all of them). Beside the probes,
+    /// lists it every `POOL_EVERY` refreshes, as a node's pool (`share_list_loop`).
     pub(super) async fn storage_loop(self: Arc<Self>) {
         let Some(share) = self.storage.clone() else {
             return;
         };
+        let lister = self.clone();
+        tokio::spawn(async move { lister.share_list_loop().await });
         let mut tick = tokio::time::interval(self.cfg.timing.refresh());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -246,6 +249,52 @@ impl Cluster {
                 self.mark_dirty(&mut inputs);
             }
         }
+    }
+
+    /// Lists the shared storage every `POOL_EVERY` refreshes (the first listing was made by
+    /// `start`), in a task of its own: a listing is bounded by `[storage] timeout_ms`, which
+    /// may be long, and must not hold up the probes `/status` follows. A failed listing
+    /// keeps the last one; the log says so once per new error.
+    async fn share_list_loop(self: Arc<Self>) {
+        let every = self.cfg.timing.refresh() * POOL_EVERY as u32;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_error: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let error = self.list_share().await.err().map(|e| e.to_string());
+            if error != last_error {
+                match &error {
+                    Some(e) => tracing::warn!(error = %e, "cannot list the shared storage"),
+                    None => tracing::info!("shared storage listed again"),
+                }
+                last_error = error;
+            }
+        }
+    }
+
+    /// Reads the shared storage's files into the inputs: what `/images` shows. An unchanged
+    /// listing changes nothing (the view keeps its images).
+    pub(super) async fn list_share(&self) -> Result<(), crate::storage::StorageError> {
+        let Some(share) = &self.storage else {
+            return Ok(());
+        };
+        let files: Vec<SharedFile> = share
+            .list()
+            .await?
+            .into_iter()
+            .map(|f| SharedFile {
+                location: share.location(&f.name),
+                name: f.name,
+                size_bytes: f.size_bytes,
+            })
+            .collect();
+        let mut inputs = self.inputs.lock();
+        if *inputs.share_files != files {
+            inputs.share_files = Arc::new(files);
+            self.mark_dirty(&mut inputs);
+        }
+        Ok(())
     }
 
     /// Polls node `i` once, whole or for its own numbers only (see `scope_of`); returns how

@@ -1,11 +1,14 @@
-//! Builds, undos, `rmdir` and `/status` with a shared storage (an in-memory share,
-//! `storage::mem`): disks and seeds are files there, never volumes of the node's pool, and
-//! whatever a build made there is removed from there (docs/SEMANTICS.md: "Build", "The
-//! domain", "The shared storage failing").
+//! Builds, undos, `rmdir`, `/status` and `/images` with a shared storage (an in-memory
+//! share, `storage::mem`): disks and seeds are files there, never volumes of the node's
+//! pool, whatever a build made there is removed from there, and the images are the share's
+//! files (docs/SEMANTICS.md: "Paths", "Build", "The domain", "The shared storage failing").
 
 use std::sync::Arc;
 
+use super::{action_error, error_file, names_in};
+use crate::cluster::actions::ActionError;
 use crate::hv::mem::Call;
+use crate::model::InstanceState;
 use crate::storage::mem::{MemShare, ShareOp};
 use crate::testing::Rig;
 
@@ -34,19 +37,153 @@ async fn disks_and_seeds_go_to_the_share_and_rmdir_removes_them_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placement_needs_no_pool_copy_and_a_missing_shared_image_fails_cleanly() {
+async fn placement_needs_no_pool_copy_and_a_missing_shared_image_is_refused_at_commit() {
     let share = Arc::new(MemShare::default());
     let rig = Rig::with_share(&[("n1", 4, 8192)], share.clone()).await;
     let spec = r#"{"vcpus":1,"ram_mb":512,"disk_gb":1,"image":"elsewhere.qcow2"}"#;
-    rig.create("vm1", OWNER, spec).await.unwrap();
+    let want = "image elsewhere.qcow2 is not on the shared storage mem://st/cloud (see /images)";
+    let e = action_error(rig.create("vm1", OWNER, spec).await);
+    assert_eq!(e, ActionError::Invalid(want.into()));
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert_eq!(error_file(&rig, "vm1"), format!("{want}\n"));
+    assert!(share.files().is_empty());
+    let row = rig.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+    assert_eq!(row.state, InstanceState::Draft);
+    assert!(row.made.is_empty() && row.node.is_none(), "{}", row.made);
+    // Copied there since the last listing: the commit looks on the share itself. No node's
+    // pool holds it, and none needs to.
+    share.fail(ShareOp::List, u32::MAX);
+    share.put("elsewhere.qcow2", 1 << 30);
+    rig.write("instances/vm1/spec.json", OWNER, spec)
+        .await
+        .unwrap();
+    rig.wait_status("vm1", "running").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_gone_between_commit_and_build_fails_the_build_cleanly() {
+    let share = share_with_image();
+    let rig = Rig::with_share(&[("n1", 4, 8192)], share.clone()).await;
+    // The listing still has it (listings fail from now on); the share no longer does.
+    share.fail(ShareOp::List, u32::MAX);
+    share.take(IMAGE);
+    rig.create("vm1", OWNER, SPEC).await.unwrap();
     let status = rig.wait_status("vm1", "failed: ").await;
     assert_eq!(
         status,
-        "failed: image elsewhere.qcow2 is not on the shared storage mem://st/cloud"
+        "failed: image debian-12.qcow2 is not on the shared storage mem://st/cloud"
     );
     assert!(share.files().is_empty());
     let row = rig.cluster.db().get_vm("vm1").await.unwrap().unwrap();
     assert!(row.made.is_empty() && row.node.is_none(), "{}", row.made);
+}
+
+fn images(rig: &Rig) -> Vec<String> {
+    names_in(rig, rig.ino("images").unwrap())
+}
+
+fn json(rig: &Rig, path: &str) -> serde_json::Value {
+    let text = rig.read(path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_the_shares_files_not_the_pools_nor_instances_parts() {
+    let share = Arc::new(MemShare::default());
+    share.put(IMAGE, 300 << 20);
+    share.put("alpine-3.qcow2", 50 << 20);
+    share.put(".hidden.qcow2", 1);
+    let rig = Rig::with_share(&[("n1", 4, 8192), ("n2", 4, 8192)], share.clone()).await;
+    // In a pool only: not an image with a shared storage (builds never use the pools).
+    rig.node("n2").add_volume("centos-7.qcow2", 3 << 30);
+    // Listed before the mount: the first `ls` has them.
+    assert_eq!(images(&rig), ["alpine-3.qcow2", IMAGE]);
+
+    rig.create("vm1", OWNER, SPEC).await.unwrap();
+    rig.wait_status("vm1", "running").await;
+    rig.create("vm2", OWNER, r#"{"image":"centos-7.qcow2"}"#)
+        .await
+        .unwrap_err();
+    // Listed again: vm1's disk and seed are there, and are no images.
+    rig.wait_for("the listing with vm1's files", |r| {
+        r.cluster
+            .view()
+            .share_files
+            .as_ref()
+            .is_some_and(|f| f.len() == 4)
+    })
+    .await;
+    assert_eq!(images(&rig), ["alpine-3.qcow2", IMAGE]);
+    assert_eq!(
+        rig.ino("images/vm1.disk.qcow2").unwrap_err().errno(),
+        libc::ENOENT
+    );
+    let e = action_error(
+        rig.create("vm3", OWNER, r#"{"image":"vm1.disk.qcow2"}"#)
+            .await,
+    );
+    assert_eq!(
+        e,
+        ActionError::Invalid(
+            "image vm1.disk.qcow2 is instance vm1's own disk or seed, not an image".into()
+        )
+    );
+
+    let info = json(&rig, &format!("images/{IMAGE}/info.json"));
+    assert_eq!(
+        info,
+        serde_json::json!({
+            "name": IMAGE,
+            "size_bytes": 300u64 << 20,
+            "size_gb": 0.29,
+            "storage": "shared",
+            "protocol": "nfs",
+            "host": "st",
+            "path": "/cloud/debian-12.qcow2",
+            "nodes": [
+                {"node": "n1", "size_bytes": 300u64 << 20, "path": "/cloud/debian-12.qcow2"},
+                {"node": "n2", "size_bytes": 300u64 << 20, "path": "/cloud/debian-12.qcow2"},
+            ],
+        })
+    );
+    assert_eq!(
+        rig.read(&format!("images/{IMAGE}/nodes")).unwrap(),
+        "n1\nn2\n"
+    );
+    assert_eq!(
+        rig.read("images/alpine-3.qcow2/size").unwrap(),
+        format!("{}\n", 50u64 << 20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_copied_to_or_removed_from_the_share_show_at_the_next_listing() {
+    let share = share_with_image();
+    let rig = Rig::with_share(&[("n1", 4, 8192)], share.clone()).await;
+    let before = rig.cluster.view().images[IMAGE].clone();
+    share.put("new.qcow2", 4096);
+    rig.wait_for("new.qcow2", |r| {
+        images(r) == ["debian-12.qcow2", "new.qcow2"]
+    })
+    .await;
+    // What did not change is the same object (nothing for the kernel to forget).
+    assert!(Arc::ptr_eq(&before, &rig.cluster.view().images[IMAGE]));
+    share.put("new.qcow2", 8192);
+    rig.wait_for("new.qcow2 grown", |r| {
+        r.read("images/new.qcow2/size").ok().as_deref() == Some("8192\n")
+    })
+    .await;
+    share.take("new.qcow2");
+    rig.wait_for("new.qcow2 gone", |r| images(r) == [IMAGE])
+        .await;
+    // A listing that fails keeps the last one.
+    share.fail(ShareOp::List, u32::MAX);
+    share.put("later.qcow2", 1);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(images(&rig), [IMAGE]);
+    share.fail(ShareOp::List, 0);
+    rig.wait_for("later.qcow2", |r| images(r) == [IMAGE, "later.qcow2"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -601,6 +601,7 @@ async fn images_are_pool_volumes_but_not_instances_own_volumes() {
     assert_eq!(rig.ino("images/web1.disk.qcow2"), Err(TreeError::NotFound));
     let info = json(&rig, "images/centos-7.qcow2/info.json");
     assert_eq!(info["name"], "centos-7.qcow2");
+    assert_eq!(info["storage"], "node");
     assert_eq!(info["size_bytes"], 3u64 << 30);
     assert_eq!(info["size_gb"], 3.0);
     assert_eq!(info["nodes"][0]["node"], "n2");

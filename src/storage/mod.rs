@@ -2,8 +2,9 @@
 //! images once and every instance's disk and seed. Nothing here mounts it: QEMU on the
 //! nodes opens the files over NFS itself (libvirt network disks), and kvmfs makes and
 //! deletes them from userspace — `qemu-img` for disks and seeds (`nfs::NfsShare`), a small
-//! NFSv3 client of its own for looking files up and removing them (`rpc`), since no
-//! packaged tool removes a file over NFS.
+//! NFSv3 client of its own for looking files up, removing them and listing the export's
+//! top folder with each file's size (`rpc`), since no packaged tool does that over NFS.
+//! The listing is what `/images` shows with a shared storage.
 //!
 //! Invariants: every operation is bounded by `StorageConfig::timeout` (a silent server is
 //! an error after it, never a hang), and nothing here overwrites a file: making a file
@@ -48,6 +49,14 @@ pub struct ShareLocation {
     pub path: String,
 }
 
+/// A file of the share's top folder, as a listing found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFile {
+    pub name: String,
+    /// Its length in bytes (for a qcow2 image, the file's, not its virtual disk's).
+    pub size_bytes: u64,
+}
+
 /// What kvmfs needs from the shared storage. File names are plain names in the export's
 /// top folder (see `check_name`).
 pub trait Share: Send + Sync + 'static {
@@ -63,6 +72,10 @@ pub trait Share: Send + Sync + 'static {
     fn upload<'a>(&'a self, name: &'a str, data: Vec<u8>) -> ShareFuture<'a, ()>;
     /// Deletes `name`; `false` if it was not there.
     fn delete<'a>(&'a self, name: &'a str) -> ShareFuture<'a, bool>;
+    /// The regular files of the export's top folder whose names `check_name` accepts,
+    /// with their sizes, in name order (folders, links, hidden files and odd names are
+    /// left out: no spec could name them).
+    fn list(&self) -> ShareFuture<'_, Vec<ShareFile>>;
     /// Whether the share answers (its export's top folder can be looked into), within
     /// `within`: what `/status` says about it.
     fn probe(&self, within: Duration) -> ShareFuture<'_, ()>;

@@ -1,13 +1,13 @@
 //! The NFS share of `[storage]`, reached from userspace: `qemu-img` (QEMU's libnfs driver,
 //! Debian's `qemu-block-extra`) makes disks as overlays of base images with absolute
 //! `nfs://` backing URLs, and writes seeds by converting a private temporary file to
-//! `nfs://`; `rpc` looks names up and removes them. Every operation runs under the share's
+//! `nfs://`; `rpc` looks names up, removes them and lists the export's top folder. Every operation runs under the share's
 //! timeout, and a `qemu-img` that outlives it is killed.
 
 use std::time::Duration;
 
 use super::rpc::{self, Op};
-use super::{Share, ShareFuture, ShareLocation, StorageError, check_name};
+use super::{Share, ShareFile, ShareFuture, ShareLocation, StorageError, check_name};
 use crate::config::StorageConfig;
 
 /// The shared NFS export.
@@ -144,6 +144,28 @@ impl Share for NfsShare {
         }))
     }
 
+    fn list(&self) -> ShareFuture<'_, Vec<ShareFile>> {
+        Box::pin(self.bounded(async move {
+            let entries = rpc::list(self.cfg.host(), self.cfg.export())
+                .await
+                .map_err(|e| self.failed(e.to_string()))?;
+            let mut files: Vec<ShareFile> = entries
+                .into_iter()
+                .filter_map(|e| match e.attr {
+                    Some(a) if a.kind == rpc::NF3REG && check_name(&e.name).is_ok() => {
+                        Some(ShareFile {
+                            name: e.name,
+                            size_bytes: a.size,
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            files.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(files)
+        }))
+    }
+
     fn probe(&self, within: Duration) -> ShareFuture<'_, ()> {
         Box::pin(async move {
             // `.` names the export's folder itself: present whenever the share answers.
@@ -211,13 +233,27 @@ mod tests {
         }
     }
 
+    /// rpcbind's socket and lock are host-wide: one server of these tests at a time.
+    static SERVERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Runs `body` on a thread in a new network namespace holding a ganesha server that
     /// exports a temporary folder as `127.0.0.1:/cloud`.
     fn with_share(body: impl FnOnce(&Path, &tokio::runtime::Runtime) + Send + 'static) {
+        with_share_holding(|_| {}, body)
+    }
+
+    /// As `with_share`, the folder filled by `prepare` before the server starts (so its
+    /// caches cannot miss what was put there behind its back).
+    fn with_share_holding(
+        prepare: impl FnOnce(&Path) + Send + 'static,
+        body: impl FnOnce(&Path, &tokio::runtime::Runtime) + Send + 'static,
+    ) {
+        let _one_at_a_time = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
         in_new_netns(move |rt| {
             let dir = tempfile::tempdir().unwrap();
             let export = dir.path().join("cloud");
             std::fs::create_dir_all(&export).unwrap();
+            prepare(&export);
             std::fs::create_dir_all(dir.path().join("recovery")).unwrap();
             let conf = dir.path().join("ganesha.conf");
             std::fs::write(&conf, ganesha_conf(dir.path(), &export)).unwrap();
@@ -368,6 +404,72 @@ mod tests {
     }
 
     #[test]
+    fn the_top_folder_is_listed_with_sizes_on_a_real_nfs_server() {
+        use std::os::unix::ffi::OsStrExt;
+        // Enough files, with long names, for many pages of READDIRPLUS.
+        let image = |i: usize| format!("image-{i:04}-{}.qcow2", "x".repeat(40));
+        let prepare = move |export: &Path| {
+            for i in 0..1500 {
+                std::fs::write(export.join(image(i)), vec![7u8; i]).unwrap();
+            }
+            // None of these is a file a spec could name.
+            std::fs::write(export.join(".hidden.qcow2"), b"h").unwrap();
+            std::fs::write(export.join("-rf"), b"r").unwrap();
+            std::fs::write(
+                export.join(std::ffi::OsStr::from_bytes(b"bad\xff.qcow2")),
+                b"b",
+            )
+            .unwrap();
+            std::fs::create_dir(export.join("sub.qcow2")).unwrap();
+            std::fs::write(export.join("sub.qcow2/inner.qcow2"), b"i").unwrap();
+            std::os::unix::fs::symlink(image(1), export.join("link.qcow2")).unwrap();
+            let big = std::fs::File::create(export.join("big.qcow2")).unwrap();
+            big.set_len(5 << 30).unwrap(); // sparse: its length, not what it uses
+        };
+        with_share_holding(prepare, move |_export, rt| {
+            let s = share(Duration::from_secs(30));
+            let files = rt.block_on(s.list()).unwrap();
+            assert_eq!(files.len(), 1501, "{:?}", &files[..3]);
+            assert_eq!(
+                files[0],
+                ShareFile {
+                    name: "big.qcow2".into(),
+                    size_bytes: 5 << 30
+                }
+            );
+            for (i, f) in files[1..].iter().enumerate() {
+                assert_eq!(
+                    (f.name.as_str(), f.size_bytes),
+                    (image(i).as_str(), i as u64)
+                );
+            }
+            // What kvmfs writes there shows at the next listing, and goes with it.
+            rt.block_on(s.upload("a.seed.iso", vec![1; 4096])).unwrap();
+            let files = rt.block_on(s.list()).unwrap();
+            assert_eq!(files.len(), 1502);
+            assert_eq!(
+                files[0],
+                ShareFile {
+                    name: "a.seed.iso".into(),
+                    size_bytes: 4096
+                }
+            );
+            assert!(rt.block_on(s.delete("a.seed.iso")).unwrap());
+            assert_eq!(rt.block_on(s.list()).unwrap().len(), 1501);
+            // The raw listing has every entry, `.` and `..` too, with its type.
+            let raw = rt.block_on(rpc::list("127.0.0.1", "/cloud")).unwrap();
+            assert_eq!(
+                raw.len(),
+                1501 + 7,
+                "{:?}",
+                raw.iter().map(|e| &e.name).collect::<Vec<_>>()
+            );
+            let sub = raw.iter().find(|e| e.name == "sub.qcow2").unwrap();
+            assert_eq!(sub.attr.map(|a| a.kind), Some(2), "a folder (NF3DIR)");
+        });
+    }
+
+    #[test]
     fn a_silent_server_is_an_error_within_the_timeout() {
         in_new_netns(|rt| {
             // Something on the portmapper's port that never answers.
@@ -382,6 +484,7 @@ mod tests {
                 rt.block_on(silent.create_overlay("a", "b", 1)),
                 rt.block_on(silent.upload("a", vec![0; 512])),
                 rt.block_on(silent.probe(Duration::from_millis(500))),
+                rt.block_on(silent.list()).map(|_| ()),
             ] {
                 assert!(matches!(r, Err(StorageError::Timeout { .. })), "{r:?}");
             }

@@ -74,6 +74,10 @@ impl Cluster {
                 return Err(e);
             }
         };
+        if let Err(e) = self.check_shared_image(&spec.image).await {
+            self.record_error(name, Some(incarnation), &e);
+            return Err(e);
+        }
         let networks: Vec<&str> = self.cfg.networks.iter().map(|n| n.name.as_str()).collect();
         let need = Need {
             vcpus: spec.vcpus,
@@ -150,5 +154,40 @@ impl Cluster {
         };
         tokio::spawn(async move { c.build(target, spec, uid, claim).await });
         Ok(())
+    }
+
+    /// With a shared storage, refuses a spec whose image is not one (`EINVAL`): `/images`
+    /// first (the share's last listing), then, for a name it lacks, the share itself (an
+    /// image copied there since the listing). A share that does not answer refuses nothing
+    /// here: the build looks the image up again and fails in its step, as it does when the
+    /// image goes between the commit and the build.
+    async fn check_shared_image(&self, image: &str) -> Result<(), ActionError> {
+        let Some(share) = &self.storage else {
+            return Ok(());
+        };
+        let view = self.view();
+        if view.images.contains_key(image) {
+            return Ok(());
+        }
+        if let Some(i) =
+            crate::model::instance_of_volume(image).filter(|i| view.instances.contains_key(*i))
+        {
+            return Err(ActionError::Invalid(format!(
+                "image {image} is instance {i}'s own disk or seed, not an image"
+            )));
+        }
+        let within = self.cfg.timing.libvirt_timeout();
+        match tokio::time::timeout(within, share.exists(image)).await {
+            Ok(Ok(false)) => Err(ActionError::Invalid(format!(
+                "image {image} is not on the shared storage {} (see /images)",
+                share.describe()
+            ))),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(image, error = %e, "image not checked at commit");
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
     }
 }

@@ -27,10 +27,14 @@ pub struct Faults {
 /// instances are taken as they are (only node numbers moved: a poll time, CPU counters); with
 /// a few names, only those are built again, and the nodes' totals are adjusted by what they
 /// changed (see `update_instances`), so a build costs what changed, not the cluster's size.
+/// `share` is the shared storage's last listing when a `[storage]` is configured (empty
+/// until one succeeds): the images are then its files, not the pools' volumes.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     nodes: &[NodeState],
     rows: &RowMap,
     faults: Faults,
+    share: Option<&SharedFiles>,
     placement: &PlacementConfig,
     previous: &View,
     now: SystemTime,
@@ -150,39 +154,16 @@ pub fn build(
             (name, nv)
         })
         .collect();
-    // Images: each node's own list, kept while nothing it depends on moved.
-    let images_unchanged = node_views.len() == previous.nodes.len()
-        && node_views.iter().all(|(name, nv)| {
-            previous
-                .nodes
-                .get(name)
-                .is_some_and(|p| Arc::ptr_eq(&p.images, &nv.images))
-        });
-    let images: BTreeMap<String, Arc<ImageView>> = if images_unchanged {
-        previous.images.clone()
-    } else {
-        let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
-        for nv in node_views.values() {
-            for v in nv.images.iter() {
-                out.entry(v.name.clone())
-                    .or_insert_with(|| ImageView {
-                        name: v.name.clone(),
-                        per_node: Vec::new(),
-                        changed_at: now,
-                    })
-                    .per_node
-                    .push((nv.name.clone(), v.capacity_bytes, v.path.clone()));
-            }
-        }
-        out.into_iter()
-            .map(|(name, iv)| {
-                let iv = match previous.images.get(&name) {
-                    Some(prev) if prev.per_node == iv.per_node => prev.clone(),
-                    _ => Arc::new(iv),
-                };
-                (name, iv)
-            })
-            .collect()
+    let images = match share {
+        Some(files) => shared_images(
+            files,
+            &node_views,
+            &instances,
+            updates.as_deref(),
+            previous,
+            now,
+        ),
+        None => pool_images(&node_views, previous, now),
     };
 
     let mut v = View {
@@ -201,6 +182,7 @@ pub fn build(
         instances,
         networks,
         images,
+        share_files: share.cloned(),
         db_error: faults.database,
         storage_error: faults.storage,
         built_at: Some(now),
@@ -220,6 +202,115 @@ pub fn build(
         v.status_changed_at = now;
     }
     v
+}
+
+/// Without a shared storage, the images are the nodes' own (`NodeView::images`) merged by
+/// name; kept whole while no node's list moved.
+fn pool_images(
+    node_views: &BTreeMap<String, Arc<NodeView>>,
+    previous: &View,
+    now: SystemTime,
+) -> BTreeMap<String, Arc<ImageView>> {
+    let images_unchanged = node_views.len() == previous.nodes.len()
+        && node_views.iter().all(|(name, nv)| {
+            previous
+                .nodes
+                .get(name)
+                .is_some_and(|p| Arc::ptr_eq(&p.images, &nv.images))
+        });
+    if images_unchanged {
+        previous.images.clone()
+    } else {
+        let mut out: BTreeMap<String, ImageView> = BTreeMap::new();
+        for nv in node_views.values() {
+            for v in nv.images.iter() {
+                out.entry(v.name.clone())
+                    .or_insert_with(|| ImageView {
+                        name: v.name.clone(),
+                        per_node: Vec::new(),
+                        shared: None,
+                        changed_at: now,
+                    })
+                    .per_node
+                    .push((nv.name.clone(), v.capacity_bytes, v.path.clone()));
+            }
+        }
+        out.into_iter()
+            .map(|(name, iv)| {
+                let iv = match previous.images.get(&name) {
+                    Some(prev) if prev.same_as(&iv) => prev.clone(),
+                    _ => Arc::new(iv),
+                };
+                (name, iv)
+            })
+            .collect()
+    }
+}
+
+/// With a shared storage, the images are the files of its top folder that are no
+/// instance's disk or seed (of an instance on any node), each reached by every node. Kept
+/// whole while the listing is the previous view's, the nodes are, and no instance with a
+/// file there came or went.
+fn shared_images(
+    files: &SharedFiles,
+    node_views: &BTreeMap<String, Arc<NodeView>>,
+    instances: &InstanceMap,
+    updates: Option<&[Update]>,
+    previous: &View,
+    now: SystemTime,
+) -> BTreeMap<String, Arc<ImageView>> {
+    let on_share = |name: &str| {
+        [
+            crate::model::disk_volume(name),
+            crate::model::seed_volume(name),
+        ]
+        .iter()
+        .any(|f| {
+            files
+                .binary_search_by(|x| x.name.as_str().cmp(f.as_str()))
+                .is_ok()
+        })
+    };
+    let unchanged = previous
+        .share_files
+        .as_ref()
+        .is_some_and(|p| Arc::ptr_eq(p, files))
+        && same_keys_btree(node_views, &previous.nodes)
+        && updates.is_some_and(|u| {
+            u.iter().all(|(b, a)| {
+                b.is_some() == a.is_some()
+                    || b.as_ref()
+                        .or(a.as_ref())
+                        .is_some_and(|i| !on_share(&i.name))
+            })
+        });
+    if unchanged {
+        return previous.images.clone();
+    }
+    files
+        .iter()
+        .filter(|f| {
+            is_listable(&f.name)
+                && !crate::model::instance_of_volume(&f.name)
+                    .is_some_and(|i| instances.contains_key(i))
+        })
+        .map(|f| {
+            let iv = ImageView {
+                name: f.name.clone(),
+                per_node: node_views
+                    .keys()
+                    .map(|n| (n.clone(), f.size_bytes, Some(f.location.path.clone())))
+                    .collect(),
+                shared: Some(f.location.clone()),
+                changed_at: now,
+            };
+            let iv = match previous.images.get(&f.name) {
+                Some(prev) if prev.same_as(&iv) => prev.clone(),
+                _ => Arc::new(iv),
+            };
+            (f.name.clone(), iv)
+        })
+        .collect()
 }
 
 pub(super) fn same_keys(a: &InstanceMap, b: &InstanceMap) -> bool {

@@ -63,6 +63,7 @@ pub fn view_of(nodes: &[NodeState]) -> View {
         nodes,
         &RowMap::new(),
         Faults::default(),
+        None,
         &PlacementConfig::default(),
         &View::default(),
         SystemTime::now(),

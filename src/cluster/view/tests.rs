@@ -164,10 +164,12 @@ fn row(name: &str, node: Option<&str>, state: InstanceState, vcpus: i64) -> Inst
 proptest::proptest! {
     /// Building only the instances that changed gives the view building all of them
     /// gives, step after step (each step starting from the last in-place build, so any
-    /// drift in the nodes' totals would add up and show).
+    /// drift in the nodes' totals would add up and show). With `shared`, the images are a
+    /// shared storage's files: node `n1`'s pool stands for its listing.
     #[test]
     fn building_what_changed_equals_building_everything(
-        ops in proptest::collection::vec(op(), 1..60)
+        ops in proptest::collection::vec(op(), 1..60),
+        shared in proptest::bool::ANY,
     ) {
         let placement = PlacementConfig::default();
         let mut nodes = vec![node("n1", 8, 8192, Vec::new()), node("n2", 8, 8192, Vec::new())];
@@ -178,7 +180,20 @@ proptest::proptest! {
         }
         let mut rows = RowMap::new();
         let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
-        let mut prev = build(&nodes, &rows, Faults::default(), &placement, &View::default(), t0, &Changed::all());
+        let listing = |n: &NodeState| -> SharedFiles {
+            Arc::new(n.probe.as_deref().unwrap().volumes.as_deref().unwrap().iter().map(|v| SharedFile {
+                name: v.name.clone(),
+                size_bytes: v.capacity_bytes,
+                location: crate::storage::ShareLocation {
+                    protocol: "nfs",
+                    host: "st".into(),
+                    path: format!("/cloud/{}", v.name),
+                },
+            }).collect())
+        };
+        let mut files = listing(&nodes[0]);
+        let share = |files: &SharedFiles| shared.then(|| files.clone());
+        let mut prev = build(&nodes, &rows, Faults::default(), share(&files).as_ref(), &placement, &View::default(), t0, &Changed::all());
         for (step, op) in ops.into_iter().enumerate() {
             let mut changed = Changed::default();
             match op {
@@ -243,11 +258,15 @@ proptest::proptest! {
                     vols.sort_by(|a, b| a.name.cmp(&b.name));
                     p.volumes = Some(Arc::new(vols));
                     n.probe = Some(Arc::new(p));
+                    if node == 0 {
+                        files = listing(&nodes[0]);
+                    }
                 }
             }
             let now = t0 + std::time::Duration::from_secs(step as u64 + 1);
-            let part = build(&nodes, &rows, Faults::default(), &placement, &prev, now, &changed);
-            let whole = build(&nodes, &rows, Faults::default(), &placement, &prev, now, &Changed::all());
+            let share = share(&files);
+            let part = build(&nodes, &rows, Faults::default(), share.as_ref(), &placement, &prev, now, &changed);
+            let whole = build(&nodes, &rows, Faults::default(), share.as_ref(), &placement, &prev, now, &Changed::all());
             proptest::prop_assert_eq!(
                 part.instances.iter().collect::<Vec<_>>(),
                 whole.instances.iter().collect::<Vec<_>>()
@@ -261,7 +280,7 @@ proptest::proptest! {
             let images = |v: &View| {
                 v.images
                     .values()
-                    .map(|i| (i.name.clone(), i.per_node.clone()))
+                    .map(|i| (i.name.clone(), i.per_node.clone(), i.shared.clone()))
                     .collect::<Vec<_>>()
             };
             proptest::prop_assert_eq!(images(&part), images(&whole));

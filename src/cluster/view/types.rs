@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::db::{InstanceRecord, InstanceState};
 use crate::hv::{DomainProbe, NetworkProbe, NodeProbe, VolumeProbe, Volumes};
+use crate::storage::ShareLocation;
 
 /// Reachability of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,36 +449,67 @@ impl NetworkView {
     }
 }
 
-/// A base image: a volume in the storage pools that no instance uses as its own disk or
-/// seed, which a spec's `image` may name.
+/// A base image, which a spec's `image` may name. Without a shared storage: a volume in
+/// the nodes' pools that no instance uses as its own disk or seed; with one (`[storage]`):
+/// a file of the share's top folder that is no instance's disk or seed, which every node
+/// reaches.
 #[derive(Debug, Clone)]
 pub struct ImageView {
     pub name: String,
-    /// (node, capacity in bytes, path) for every node whose pool holds it.
+    /// (node, size in bytes, path) for every node that holds it (in its pool) or reaches
+    /// it (on the share: the path is the file's on the server).
     pub per_node: Vec<(String, u64, Option<String>)>,
+    /// Where it is on the shared storage; `None` for a volume of the nodes' pools.
+    pub shared: Option<ShareLocation>,
     /// When what the image's files show last changed.
     pub changed_at: SystemTime,
 }
 
 impl ImageView {
-    /// The largest capacity over the nodes (they normally agree).
+    /// The largest size over the nodes (they normally agree).
     pub fn size_bytes(&self) -> u64 {
         self.per_node.iter().map(|(_, c, _)| *c).max().unwrap_or(0)
     }
 
+    /// Whether it shows what `other` shows (all but the change time).
+    pub fn same_as(&self, other: &ImageView) -> bool {
+        self.name == other.name && self.per_node == other.per_node && self.shared == other.shared
+    }
+
     pub fn info_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.name,
             "size_bytes": self.size_bytes(),
             "size_gb": (self.size_bytes() as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0,
+            "storage": if self.shared.is_some() { "shared" } else { "node" },
             "nodes": self.per_node.iter().map(|(n, c, p)| serde_json::json!({
                 "node": n,
                 "size_bytes": c,
                 "path": p,
             })).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(l) = &self.shared {
+            v["protocol"] = l.protocol.into();
+            v["host"] = l.host.clone().into();
+            v["path"] = l.path.clone().into();
+        }
+        v
     }
 }
+
+/// A file of the shared storage's top folder, as its last listing found it, and where the
+/// nodes' QEMU reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    pub name: String,
+    pub size_bytes: u64,
+    pub location: ShareLocation,
+}
+
+/// The shared storage's last listing, in name order: what `/images` shows with a
+/// `[storage]`. A listing that found what the previous one found is the previous one's
+/// `Arc`, so a view keeps its images while the share does not change.
+pub type SharedFiles = Arc<Vec<SharedFile>>;
 
 /// The instances of a view, by name: a persistent map, so a view that changes a few
 /// instances shares the rest of the map with the previous view (clone and update cost
@@ -528,6 +560,8 @@ pub struct View {
     pub instances: InstanceMap,
     pub networks: BTreeMap<String, Arc<NetworkView>>,
     pub images: BTreeMap<String, Arc<ImageView>>,
+    /// The shared storage's listing the images were made from, with a `[storage]`.
+    pub share_files: Option<SharedFiles>,
     /// Whether the last database poll succeeded, and why not.
     pub db_error: Option<String>,
     /// Why the shared storage did not answer its last probe; every node's instances have
@@ -551,6 +585,7 @@ impl Default for View {
             instances: InstanceMap::new(),
             networks: BTreeMap::new(),
             images: BTreeMap::new(),
+            share_files: None,
             db_error: None,
             storage_error: None,
             built_at: None,
