@@ -100,6 +100,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
         domains_epoch: 0,
         polls: 0,
         full_poll: None,
+        drained: false,
     };
     let runs = if opts.quick { 200 } else { 2000 };
     let measure = |name: &str, runs: usize, f: &mut dyn FnMut()| match how {
@@ -130,6 +131,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
         image_shared: false,
         networks: &networks,
         node: None,
+        among: None,
     };
     let none = kvmfs::db::Loads::default();
     let committed = Committed::from_loads(&none);
