@@ -226,8 +226,14 @@ impl Cluster {
             )));
         }
         let drained = cmd == NodeControl::Drain;
-        self.db.gate()?;
-        self.db.set_drained(node, drained).await?;
+        let set = match self.db.gate() {
+            Ok(()) => self.db.set_drained(node, drained).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = set {
+            tracing::warn!(node, drained, error = %e, "cannot change the node's drain");
+            return Err(e.into());
+        }
         if let Ok(all) = self.db.drained_nodes().await {
             self.set_drained(&all);
         }
