@@ -103,6 +103,8 @@ pub struct Cluster {
     metrics: Arc<crate::metrics::Metrics>,
     /// The shared storage of `[storage]`, where instances' disks and seeds go.
     storage: Option<Arc<dyn crate::storage::Share>>,
+    /// Drained nodes this daemon is moving instances off now (see `actions::migrate`).
+    evacuating: Mutex<HashSet<String>>,
 }
 
 /// One operation's hold on an instance; released when dropped.
@@ -254,6 +256,7 @@ impl Cluster {
             refusals_logged: Mutex::new(HashMap::new()),
             metrics,
             storage: cfg_storage,
+            evacuating: Mutex::new(HashSet::new()),
         })
     }
 

@@ -178,6 +178,16 @@ impl Cluster {
             }
         }
         self.release_strays(&mut report).await;
+        // Drains begun by a daemon that stopped, and instances a drain could not move yet.
+        let view = self.view();
+        for n in view.nodes.values().filter(|n| n.drained) {
+            let holds = rows.iter().any(|r| {
+                r.state == InstanceState::Ready && r.node.as_deref() == Some(n.name.as_str())
+            });
+            if holds {
+                self.start_evacuation(&n.name);
+            }
+        }
         // Keys another (older) kvmfs on the database stored in the clear.
         if let Err(e) = self.seal_keys_at_rest().await {
             tracing::debug!(error = %e, "cannot seal private keys yet");

@@ -239,16 +239,33 @@ impl Cluster {
         }
         tracing::info!(node, drained, "node drain changed");
         if drained {
-            let c = self.clone();
-            let node = node.to_string();
-            tokio::spawn(async move { c.evacuate(&node).await });
+            self.start_evacuation(node);
         }
         Ok(())
     }
 
+    /// Moves the instances off drained node `node` on a task of its own, unless this
+    /// daemon is at it already. Also called by every reconciliation of the lease holder
+    /// for each drained node that still has instances, so a drain outlives the daemon
+    /// that began it, and instances that could not move are tried again.
+    pub(crate) fn start_evacuation(self: &Arc<Self>, node: &str) {
+        if !self.evacuating.lock().insert(node.to_string()) {
+            return;
+        }
+        let c = self.clone();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            let left = c.evacuate(&node).await;
+            c.evacuating.lock().remove(&node);
+            if left > 0 {
+                tracing::warn!(node, left, "drain: instances that cannot move stay for now");
+            }
+        });
+    }
+
     /// Moves every ready instance off drained node `node`, one at a time, while it stays
     /// drained. Returns how many are left there.
-    pub(crate) async fn evacuate(self: &Arc<Self>, node: &str) -> usize {
+    async fn evacuate(self: &Arc<Self>, node: &str) -> usize {
         let mut tried = std::collections::HashSet::new();
         loop {
             let view = self.view();
