@@ -40,17 +40,27 @@ python3 - "$timings" "$machine" "$commit" "$load" <<'EOF'
 import json, sys, datetime, re
 timings, machine, commit, load = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], sys.argv[4]
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+mig = timings.pop("migration", None)
 rows = "\n".join(
     f"| `{name}` | `{t['node']}` | {t['running_s']:.1f} s | {t['http_200_s']:.1f} s |"
     for name, t in sorted(timings.items())
 )
+migration = "" if mig is None else f"""
+
+Live migration of `web1` (`echo {mig['to']} > instances/web1/node`, disks on the NFS share,
+guest running under TCG) while a client in the control namespace requested its page every
+50 ms (each request bounded at 1 s):
+
+| From → to | write → status `running` on the target | longest gap between answered requests | requests answered |
+|---|---|---|---|
+| `{mig['from']}` → `{mig['to']}` | {mig['migrate_s']:.1f} s | {mig['longest_gap_s']:.2f} s | {mig['answered']} of {mig['sent']} |"""
 section = f"""<!-- e2e:begin (written by scripts/bench-e2e.sh; edits here are overwritten) -->
 Measured {date} on commit {commit}; {machine}; load average {load} before the run.
 One run of `scripts/bench-e2e.sh`; times are polled every 0.2 s.
 
 | Instance | Node | `mkdir` → status `running` | `mkdir` → HTTP 200 with its page |
 |---|---|---|---|
-{rows}
+{rows}{migration}
 <!-- e2e:end -->"""
 path = "docs/BENCHMARKS.md"
 doc = open(path).read()

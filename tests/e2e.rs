@@ -5,7 +5,8 @@
 //! cached). kvmfs is mounted on the lab's configuration and driven with plain file calls;
 //! the guests are checked from the outside: HTTP, SSH, QEMU processes, the share's and the
 //! pools' folders, rows. The guests' disks and seeds are on the storage node, and QEMU opens
-//! them over NFS itself.
+//! them over NFS itself, so a running guest moves live between the nodes
+//! (`echo kvm2 > node`) while a client keeps requesting its page.
 //!
 //! The waits are hang detectors (guests boot under software emulation, slowly), never timing
 //! assertions. With `KVMFS_E2E_TIMINGS=FILE` the measured times are written to FILE as JSON
@@ -371,6 +372,76 @@ struct Timing {
     http_200_s: f64,
 }
 
+/// A live migration as the lab measured it.
+#[derive(serde::Serialize)]
+struct MigrationTiming {
+    from: String,
+    to: String,
+    /// From the write of `node` to `status` reading `running` with `node` the target.
+    migrate_s: f64,
+    /// The longest time between two answered requests of the poller around it.
+    longest_gap_s: f64,
+    sent: u64,
+    answered: u64,
+}
+
+/// What an HTTP client polling a guest saw.
+#[derive(Debug)]
+struct Polled {
+    sent: u64,
+    answered: u64,
+    longest_gap_s: f64,
+    last_answered: bool,
+}
+
+/// An HTTP client in the control namespace requesting a guest's page every 50 ms (each
+/// request bounded at 1 s), on a thread of its own, timing the answers.
+struct HttpPoller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Polled>,
+}
+
+impl HttpPoller {
+    fn start(lab: &Lab, ip: &str) -> HttpPoller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let netns = lab.var("LAB_CTL_NETNS").to_string();
+        let url = format!("http://{ip}/");
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut p = Polled {
+                sent: 0,
+                answered: 0,
+                longest_gap_s: 0.0,
+                last_answered: false,
+            };
+            let mut last_ok = Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{netns}"))
+                    .args(["curl", "-s", "-o", "/dev/null"])
+                    .args(["-m", "1", "-w", "%{http_code}", &url])
+                    .output();
+                p.sent += 1;
+                let ok = out.is_ok_and(|o| o.stdout == b"200");
+                if ok {
+                    p.answered += 1;
+                    p.longest_gap_s = p.longest_gap_s.max(last_ok.elapsed().as_secs_f64());
+                    last_ok = Instant::now();
+                }
+                p.last_answered = ok;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            p
+        });
+        HttpPoller { stop, thread }
+    }
+
+    fn stop(self) -> Polled {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("poller")
+    }
+}
+
 /// Creates web instance `name` serving `url`, waits for its page over HTTP and for SSH;
 /// returns its node, eth0 address and timings.
 fn create_web(
@@ -592,6 +663,60 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(again, body1);
 
+    // 5b. Live migration while an HTTP client polls: `echo OTHER > node` moves the running
+    //     guest (its disks are on the share: nothing is copied but memory); the page is
+    //     served before, during (but for the switch-over) and after, by one QEMU.
+    let other = if node1 == "kvm1" { "kvm2" } else { "kvm1" }.to_string();
+    let poller = HttpPoller::start(&lab, &ip1);
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    write_file(m.path("instances/web1/node"), &format!("{other}\n"));
+    wait_until(
+        SHORT,
+        "web1 to run on the other node",
+        || {
+            let s = read(m.path("instances/web1/status"));
+            assert!(!s.starts_with("failed"), "{}", describe(&lab, &m, "web1"));
+            (s.starts_with("running") && read(m.path("instances/web1/node")).trim() == other)
+                .then_some(())
+        },
+        || describe(&lab, &m, "web1"),
+    );
+    let migrate_s = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let polled = poller.stop();
+    assert_eq!(lab.virsh(&other, &["domstate", "web1"]), "running");
+    assert_eq!(lab.virsh(&node1, &["list", "--all", "--name"]), "", "left on {node1}");
+    assert_eq!(lab.qemu_pids("web1").len(), 1, "one QEMU runs web1");
+    assert_eq!(read(m.path("instances/web1/ip")), ips1, "its addresses follow it");
+    assert_eq!(
+        lab.sql("SELECT state, hostname FROM vm WHERE vmname = 'web1'"),
+        format!("ready\t{other}")
+    );
+    assert_eq!(read(m.path("instances/web1/error")), "");
+    let (_, after) = wait_until(
+        SHORT,
+        "web1's page after the migration",
+        || lab.http_get(&ip1).filter(|(c, _)| *c == 200),
+        || describe(&lab, &m, "web1"),
+    );
+    assert_eq!(after, body1);
+    assert!(polled.answered > 0 && polled.last_answered, "{polled:?}");
+    eprintln!(
+        "web1 {node1} → {other}: running there after {migrate_s:.1} s; longest gap between \
+         answered requests {:.2} s ({} of {} requests answered)",
+        polled.longest_gap_s, polled.answered, polled.sent
+    );
+    let migration = MigrationTiming {
+        from: node1.clone(),
+        to: other.clone(),
+        migrate_s,
+        longest_gap_s: polled.longest_gap_s,
+        sent: polled.sent,
+        answered: polled.answered,
+    };
+    let node1 = other;
+
     // A domain destroyed behind kvmfs's back, on the node itself: the event tells.
     lab.virsh(&node1, &["destroy", "web1"]);
     wait_until(
@@ -718,7 +843,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     assert_eq!(lab.share_files(), ["debian-12.qcow2"], "files on the share");
 
     if let Some(out) = std::env::var_os("KVMFS_E2E_TIMINGS") {
-        let t = serde_json::json!({ "web1": t1, "web2": t2 });
+        let t = serde_json::json!({ "web1": t1, "web2": t2, "migration": migration });
         std::fs::write(out, format!("{t:#}\n")).expect("write timings");
     }
     drop(m);
