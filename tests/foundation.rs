@@ -33,7 +33,7 @@ fn demo_shows_nodes_instances_and_networks() {
     assert_eq!(list(m.path("networks")), vec!["default", "overlay"]);
     assert_eq!(
         list(m.path("nodes/kvm1")),
-        vec!["info.json", "instances", "status"]
+        vec!["ctl", "info.json", "instances", "status"]
     );
 
     let kvm1 = read_json(m.path("nodes/kvm1/info.json"));
