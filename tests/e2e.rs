@@ -686,9 +686,17 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     std::thread::sleep(Duration::from_secs(2));
     let polled = poller.stop();
     assert_eq!(lab.virsh(&other, &["domstate", "web1"]), "running");
-    assert_eq!(lab.virsh(&node1, &["list", "--all", "--name"]), "", "left on {node1}");
+    assert_eq!(
+        lab.virsh(&node1, &["list", "--all", "--name"]),
+        "",
+        "left on {node1}"
+    );
     assert_eq!(lab.qemu_pids("web1").len(), 1, "one QEMU runs web1");
-    assert_eq!(read(m.path("instances/web1/ip")), ips1, "its addresses follow it");
+    assert_eq!(
+        read(m.path("instances/web1/ip")),
+        ips1,
+        "its addresses follow it"
+    );
     assert_eq!(
         lab.sql("SELECT state, hostname FROM vm WHERE vmname = 'web1'"),
         format!("ready\t{other}")

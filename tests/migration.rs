@@ -64,19 +64,6 @@ impl Two {
             .collect()
     }
 
-    fn snapshots(&self, node: &str, name: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .node(node)
-            .virsh(&["snapshot-list", name, "--name"])
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        v.sort();
-        v
-    }
-
     /// The row's state and node.
     fn row(&self, name: &str) -> String {
         self.db
@@ -130,7 +117,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
     built_on(&m, "web1", "n1");
     let ip = read(m.path("instances/web1/ip"));
     std::fs::create_dir(m.path("instances/web1/snapshots/s1")).unwrap();
-    assert_eq!(two.snapshots("n1", "web1"), ["s1"]);
+    assert_eq!(two.node("n1").snapshots("web1"), ["s1"]);
 
     let (ok, err) = echo_into(&m.path("instances/web1/node"), "n2");
     assert!(ok, "{err}\n{}", m.log());
@@ -140,7 +127,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
         two.copies("web1"),
         [("n2".to_string(), "running".to_string())]
     );
-    assert_eq!(two.snapshots("n2", "web1"), ["s1"], "snapshots follow");
+    assert_eq!(two.node("n2").snapshots("web1"), ["s1"], "snapshots follow");
     assert_eq!(read(m.path("instances/web1/ip")), ip);
     assert_eq!(two.row("web1"), "ready\tn2");
     // (The test driver's own domain `test` is on both: one is `test@n2`.)
@@ -189,7 +176,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
         two.copies("web1"),
         [("n1".to_string(), "shut off".to_string())]
     );
-    assert_eq!(two.snapshots("n1", "web1"), ["s1"]);
+    assert_eq!(two.node("n1").snapshots("web1"), ["s1"]);
 
     // rmdir after the moves leaves nothing on either node.
     std::fs::remove_dir(m.path("instances/web1")).unwrap();
@@ -293,13 +280,7 @@ fn a_kill_at_every_step_of_a_move_leaves_one_domain_on_the_node_the_row_names() 
         let to = if at == "n1" { "n2" } else { "n1" };
         // The daemon dies during or after this write: its result says nothing.
         let _ = std::fs::write(m.path("instances/mv/node"), format!("{to}\n"));
-        let st = m.wait_died(Duration::from_secs(30));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&st),
-            Some(libc::SIGKILL),
-            "the daemon did not stop at {point}: {st}\n{}",
-            m.log()
-        );
+        m.wait_killed_at(point);
         m.restart(&[]);
         let status = settled(&m, "mv");
         let copies = two.copies("mv");
@@ -309,7 +290,11 @@ fn a_kill_at_every_step_of_a_move_leaves_one_domain_on_the_node_the_row_names() 
         assert!(status.starts_with("running"), "{point}: {status}");
         assert_eq!(two.row("mv"), format!("ready\t{node}"), "{point}");
         assert_eq!(read(m.path("instances/mv/node")).trim(), node, "{point}");
-        assert_eq!(two.snapshots(node, "mv"), ["s1"], "{point}: snapshots kept");
+        assert_eq!(
+            two.node(node).snapshots("mv"),
+            ["s1"],
+            "{point}: snapshots kept"
+        );
         // Recorded but not moved: it stays, and `error` says why.
         let moved = matches!(point, "migrate:moved" | "migrate:snapshots restored");
         assert_eq!(node, if moved { to } else { at.as_str() }, "{point}");

@@ -136,17 +136,6 @@ fn points(op: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// Checks that the daemon died of its crash point's SIGKILL, not of something else.
-fn assert_killed_at(m: &mut Mounted, point: &str) {
-    let st = m.wait_died(Duration::from_secs(30));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&st),
-        Some(libc::SIGKILL),
-        "the daemon did not stop at {point}: {st}\n{}",
-        m.log()
-    );
-}
-
 #[test]
 fn a_crash_at_every_step_of_a_create_is_finished_or_undone() {
     let rig = Rig::new();
@@ -163,7 +152,7 @@ fn a_crash_at_every_step_of_a_create_is_finished_or_undone() {
         std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
         // The daemon dies during or after this write: its result says nothing.
         let _ = write_spec(&m, &name, &rig.spec());
-        assert_killed_at(&mut m, point);
+        m.wait_killed_at(point);
 
         m.restart(&[]);
         let last = *point == "create:domain made";
@@ -231,7 +220,7 @@ fn a_crash_at_every_step_of_a_delete_is_finished() {
         wait_status(&m, &name, "running");
 
         let _ = std::fs::remove_dir(m.path(&format!("instances/{name}")));
-        assert_killed_at(&mut m, point);
+        m.wait_killed_at(point);
         let t = rig.traces(&name);
         assert!(t.row.starts_with("deleting"), "{point}: {t:?}");
 

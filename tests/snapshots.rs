@@ -23,20 +23,6 @@ fn config(rig: &Rig) -> String {
     rig.config("refresh_ms = 200", "")
 }
 
-/// The snapshots libvirt has of domain `name`.
-fn snapshots(rig: &Rig, name: &str) -> Vec<String> {
-    let mut v: Vec<String> = rig
-        .node
-        .virsh(&["snapshot-list", name, "--name"])
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    v.sort();
-    v
-}
-
 fn domstate(rig: &Rig, name: &str) -> String {
     rig.node.virsh(&["domstate", name]).trim().to_string()
 }
@@ -63,7 +49,7 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
 
     std::fs::create_dir(snaps.join("before")).unwrap();
     assert_eq!(list(&snaps), ["before"]);
-    assert_eq!(snapshots(&rig, "web1"), ["before"]);
+    assert_eq!(rig.node.snapshots("web1"), ["before"]);
     assert_eq!(list(snaps.join("before")), ["info.json"]);
     let info = read_json(snaps.join("before/info.json"));
     assert_eq!(info["name"], "before");
@@ -111,7 +97,7 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
         read(m.path("instances/web1/error")),
         "instance web1 has no snapshot nope to revert to\n"
     );
-    assert_eq!(snapshots(&rig, "web1"), ["before", "off"]);
+    assert_eq!(rig.node.snapshots("web1"), ["before", "off"]);
 
     // Revert brings the state of the snapshot back.
     ctl(&m, "web1", "revert before\n").unwrap();
@@ -125,7 +111,7 @@ fn snapshots_are_taken_listed_reverted_and_deleted_on_a_libvirt_node() {
     // rmdir deletes one.
     std::fs::remove_dir(snaps.join("off")).unwrap();
     assert_eq!(list(&snaps), ["before"]);
-    assert_eq!(snapshots(&rig, "web1"), ["before"]);
+    assert_eq!(rig.node.snapshots("web1"), ["before"]);
     assert_eq!(
         errno_of(std::fs::remove_dir(snaps.join("off"))),
         libc::ENOENT
@@ -144,7 +130,7 @@ fn another_user_may_list_snapshots_but_not_take_delete_or_revert_them() {
     wait_status(&m, "web2", "running");
     let snaps = web.join("snapshots");
     assert_eq!(as_user(&alice, Op::Mkdir(&snaps.join("a1"))), 0);
-    assert_eq!(snapshots(&rig, "web2"), ["a1"]);
+    assert_eq!(rig.node.snapshots("web2"), ["a1"]);
 
     assert_eq!(as_user(&bob, Op::List(&snaps)), 0);
     assert_eq!(as_user(&bob, Op::Read(&snaps.join("a1/info.json"))), 0);
@@ -154,14 +140,14 @@ fn another_user_may_list_snapshots_but_not_take_delete_or_revert_them() {
         as_user(&bob, Op::Write(&web.join("ctl"), "revert a1\n")),
         libc::EACCES
     );
-    assert_eq!(snapshots(&rig, "web2"), ["a1"]);
+    assert_eq!(rig.node.snapshots("web2"), ["a1"]);
     // Alice may do all three.
     assert_eq!(
         as_user(&alice, Op::Write(&web.join("ctl"), "revert a1\n")),
         0
     );
     assert_eq!(as_user(&alice, Op::Rmdir(&snaps.join("a1"))), 0);
-    assert!(snapshots(&rig, "web2").is_empty());
+    assert!(rig.node.snapshots("web2").is_empty());
 }
 
 #[test]
@@ -177,7 +163,7 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
         ctl(&m, name, "destroy\n").unwrap();
         wait_status(&m, name, "shutoff");
         std::fs::create_dir(snaps.join("s2")).unwrap();
-        assert_eq!(snapshots(&rig, name), ["s1", "s2"]);
+        assert_eq!(rig.node.snapshots(name), ["s1", "s2"]);
     }
     std::fs::remove_dir(m.path("instances/gone1")).unwrap();
     assert!(
@@ -207,7 +193,7 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
     // The names are free again, and the new instances have no snapshots.
     built(&m, "gone1");
     assert!(list(m.path("instances/gone1/snapshots")).is_empty());
-    assert!(snapshots(&rig, "gone1").is_empty());
+    assert!(rig.node.snapshots("gone1").is_empty());
 }
 
 /// The libvirt backend on real QEMU (the QEMU driver of the same daemon, a TCG guest with a
@@ -333,6 +319,6 @@ fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
     assert_eq!(errno_of(r), libc::EOPNOTSUPP);
     let err = read(m.path("instances/nfs1/error"));
     assert!(err.contains("network disk") && err.contains("vda"), "{err}");
-    assert!(snapshots(&rig, "nfs1").is_empty());
+    assert!(rig.node.snapshots("nfs1").is_empty());
     assert!(list(m.path("instances/nfs1/snapshots")).is_empty());
 }

@@ -299,6 +299,19 @@ impl MemNode {
         }
     }
 
+    /// Runs `f` on domain `name`, or says it is not there.
+    fn with_domain<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut MemDomain) -> T,
+    ) -> Result<T, HvError> {
+        let mut st = self.state.lock();
+        match st.domains.get_mut(name) {
+            Some(d) => Ok(f(d)),
+            None => Err(self.not_found(format!("domain {name}"))),
+        }
+    }
+
     fn not_found(&self, what: String) -> HvError {
         HvError::NotFound {
             node: self.name.clone(),
@@ -570,12 +583,7 @@ impl NodeBackend for MemNode {
 
     fn list_snapshots(&self, name: &str) -> Result<Vec<SnapshotProbe>, HvError> {
         self.enter(Call::ListSnapshots)?;
-        let st = self.state.lock();
-        let d = st
-            .domains
-            .get(name)
-            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
-        Ok(d.snapshots.values().cloned().collect())
+        self.with_domain(name, |d| d.snapshots.values().cloned().collect())
     }
 
     fn revert_snapshot(&self, name: &str, snapshot: &str) -> Result<(), HvError> {
@@ -624,11 +632,6 @@ impl NodeBackend for MemNode {
 
     fn saved_snapshots(&self, name: &str) -> Result<Vec<SavedSnapshot>, HvError> {
         self.enter(Call::ListSnapshots)?;
-        let st = self.state.lock();
-        let d = st
-            .domains
-            .get(name)
-            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
         let xml = |s: &SnapshotProbe| {
             format!(
                 "<domainsnapshot><name>{}</name><state>{}</state>\
@@ -642,38 +645,28 @@ impl NodeBackend for MemNode {
                     .unwrap_or_default()
             )
         };
-        // Parents first: creation order.
-        let mut all: Vec<&SnapshotProbe> = d.snapshots.values().collect();
-        all.sort_by_key(|s| s.created_at);
-        Ok(all
-            .into_iter()
-            .map(|s| SavedSnapshot {
-                name: s.name.clone(),
-                xml: xml(s),
-                current: s.current,
-            })
-            .collect())
+        self.with_domain(name, |d| {
+            // Parents first: creation order.
+            let mut all: Vec<&SnapshotProbe> = d.snapshots.values().collect();
+            all.sort_by_key(|s| s.created_at);
+            all.into_iter()
+                .map(|s| SavedSnapshot {
+                    name: s.name.clone(),
+                    xml: xml(s),
+                    current: s.current,
+                })
+                .collect()
+        })
     }
 
     fn forget_snapshots(&self, name: &str) -> Result<(), HvError> {
         self.enter(Call::DeleteSnapshot)?;
-        let mut st = self.state.lock();
-        let d = st
-            .domains
-            .get_mut(name)
-            .ok_or_else(|| self.not_found(format!("domain {name}")))?;
-        d.snapshots.clear();
-        Ok(())
+        self.with_domain(name, |d| d.snapshots.clear())
     }
 
     fn redefine_snapshots(&self, name: &str, snapshots: &[SavedSnapshot]) -> Result<(), HvError> {
         self.enter(Call::CreateSnapshot)?;
-        {
-            let mut st = self.state.lock();
-            let d = st
-                .domains
-                .get_mut(name)
-                .ok_or_else(|| self.not_found(format!("domain {name}")))?;
+        self.with_domain(name, |d| {
             for s in snapshots {
                 if d.snapshots.contains_key(&s.name) {
                     continue;
@@ -696,7 +689,7 @@ impl NodeBackend for MemNode {
                     },
                 );
             }
-        }
+        })?;
         self.event(name);
         Ok(())
     }

@@ -174,6 +174,13 @@ impl Libvirtd {
         lines(&self.virsh(&["list", "--all", "--name"]))
     }
 
+    /// The snapshots libvirt has of domain `name`, sorted.
+    pub fn snapshots(&self, name: &str) -> Vec<String> {
+        let mut v = lines(&self.virsh(&["snapshot-list", name, "--name"]));
+        v.sort();
+        v
+    }
+
     /// Names of every volume in `default-pool`.
     pub fn volumes(&self) -> Vec<String> {
         self.virsh(&["pool-refresh", "default-pool"]);

@@ -635,6 +635,18 @@ impl Mounted {
         wait_exit(&mut child, limit)
     }
 
+    /// Waits for the daemon to die of crash point `point`'s SIGKILL (see `failpoint`), and
+    /// fails if it ended otherwise.
+    pub fn wait_killed_at(&mut self, point: &str) {
+        let st = self.wait_died(Duration::from_secs(30));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL),
+            "the daemon did not stop at {point}: {st}\n{}",
+            self.log()
+        );
+    }
+
     /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon running");
