@@ -569,16 +569,27 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
             describe(&lab, &m, "web2")
         ),
     }
+    // libvirt lists the snapshot while QEMU still saves it (not yet current, the guest
+    // paused): it is taken once it is the current one.
     let snap = wait_until(
         SHORT,
-        "web2's snapshot `before` to be listed",
-        || std::fs::read_to_string(snap_dir.join("info.json")).ok(),
-        || describe(&lab, &m, "web2"),
+        "web2's snapshot `before` to be taken (current)",
+        || {
+            std::fs::read_to_string(snap_dir.join("info.json"))
+                .ok()
+                .map(|t| serde_json::from_str::<serde_json::Value>(&t).expect("info.json"))
+                .filter(|v| v["current"] == true)
+        },
+        || {
+            format!(
+                "info.json: {:?}\n{}",
+                std::fs::read_to_string(snap_dir.join("info.json")),
+                describe(&lab, &m, "web2")
+            )
+        },
     );
     let snap_s = t_snap.elapsed().as_secs_f64();
-    let snap: serde_json::Value = serde_json::from_str(&snap).expect("info.json");
     assert_eq!(snap["state"], "running", "{snap}");
-    assert_eq!(snap["current"], true, "{snap}");
     assert_eq!(
         lab.virsh(&node2, &["snapshot-list", "web2", "--name"]),
         "before"
@@ -633,7 +644,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(back, "before", "the revert did not bring the file back");
     eprintln!(
-        "web2 on {node2}: snapshot of its NFS disk listed after {snap_s:.1} s, reverted after \
+        "web2 on {node2}: snapshot of its NFS disk taken after {snap_s:.1} s, reverted after \
          {revert_s:.1} s; the file changed since is back"
     );
     assert_eq!(read(m.path("instances/web2/error")), "");
