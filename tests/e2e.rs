@@ -510,7 +510,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     let lab = Lab::up();
     // Nodes listed whole once an hour only: what the domains do between reaches kvmfs by
     // libvirt's domain events alone (a power-off after `stop`, a `virsh destroy` below).
-    // Operations on the share bounded at 20 s, for step 7.
+    // Operations on the share bounded at 20 s, for step 8.
     let toml = format!(
         "{}\n[timing]\nfull_poll_ms = 3600000\n",
         read(lab.var("LAB_CONFIG")).replace("[storage]\n", "[storage]\ntimeout_ms = 20000\n")
@@ -622,7 +622,107 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "4");
 
-    // 5. ctl on the real domain: a graceful stop powers the guest off, start boots it again.
+    // 5. A snapshot of web2, whose disk is on NFS: taken while it runs (QEMU's internal
+    //    snapshot, inside the qcow2 on the share), a file changed in the guest afterwards,
+    //    and `revert` brings the file back as it was.
+    let key2 = m.path("instances/web2/ssh_key");
+    let mark = "/home/debian/kvmfs-e2e-mark";
+    lab.ssh(&key2, &ip2, &format!("echo before > {mark} && sync"))
+        .expect("write the mark in web2");
+    let snap_dir = m.path("instances/web2/snapshots/before");
+    let t_snap = Instant::now();
+    match std::fs::create_dir(&snap_dir) {
+        Ok(()) => {}
+        // Saving the guest's RAM over NFS takes seconds: it goes on in the background.
+        Err(e) if errno(&e) == libc::EINPROGRESS => {}
+        Err(e) => panic!(
+            "mkdir snapshots/before: {e}\n{}",
+            describe(&lab, &m, "web2")
+        ),
+    }
+    // libvirt lists the snapshot while QEMU still saves it (not yet current, the guest
+    // paused): it is taken once it is the current one.
+    let snap = wait_until(
+        SHORT,
+        "web2's snapshot `before` to be taken (current)",
+        || {
+            std::fs::read_to_string(snap_dir.join("info.json"))
+                .ok()
+                .map(|t| serde_json::from_str::<serde_json::Value>(&t).expect("info.json"))
+                .filter(|v| v["current"] == true)
+        },
+        || {
+            format!(
+                "info.json: {:?}\n{}",
+                std::fs::read_to_string(snap_dir.join("info.json")),
+                describe(&lab, &m, "web2")
+            )
+        },
+    );
+    let snap_s = t_snap.elapsed().as_secs_f64();
+    assert_eq!(snap["state"], "running", "{snap}");
+    assert_eq!(
+        lab.virsh(&node2, &["snapshot-list", "web2", "--name"]),
+        "before"
+    );
+    assert!(
+        lab.virsh(&node2, &["snapshot-info", "web2", "before"])
+            .contains("internal"),
+        "not an internal snapshot"
+    );
+    wait_until(
+        SHORT,
+        "web2 to run again after its snapshot",
+        || {
+            read(m.path("instances/web2/status"))
+                .starts_with("running")
+                .then_some(())
+        },
+        || describe(&lab, &m, "web2"),
+    );
+    let changed = wait_until(
+        SSH_READY,
+        "the mark changed in web2 over ssh",
+        || {
+            lab.ssh(
+                &key2,
+                &ip2,
+                &format!("echo after > {mark} && sync && cat {mark}"),
+            )
+            .ok()
+        },
+        || format!("{:?}", lab.ssh(&key2, &ip2, "true")),
+    );
+    assert_eq!(changed, "after");
+    let t_revert = Instant::now();
+    write_file(m.path("instances/web2/ctl"), "revert before\n");
+    wait_until(
+        SHORT,
+        "web2 to run from its snapshot",
+        || {
+            read(m.path("instances/web2/status"))
+                .starts_with("running: from snapshot")
+                .then_some(())
+        },
+        || describe(&lab, &m, "web2"),
+    );
+    let revert_s = t_revert.elapsed().as_secs_f64();
+    let back = wait_until(
+        SSH_READY,
+        "the mark in web2 over ssh after the revert",
+        || lab.ssh(&key2, &ip2, &format!("cat {mark}")).ok(),
+        || format!("{:?}", lab.ssh(&key2, &ip2, "true")),
+    );
+    assert_eq!(back, "before", "the revert did not bring the file back");
+    eprintln!(
+        "web2 on {node2}: snapshot of its NFS disk taken after {snap_s:.1} s, reverted after \
+         {revert_s:.1} s; the file changed since is back"
+    );
+    assert_eq!(read(m.path("instances/web2/error")), "");
+    assert_eq!(lab.http_get(&ip2).map(|(c, _)| c), Some(200));
+    assert_eq!(lab.qemu_pids("web2").len(), 1, "one QEMU runs web2");
+
+    // 6. ctl on the real domain: a graceful stop powers the guest off, start boots it again.
     let qemu_before = lab.qemu_pids("web1");
     write_file(m.path("instances/web1/ctl"), "stop\n");
     wait_until(
@@ -737,8 +837,24 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
         },
         || describe(&lab, &m, "web1"),
     );
+    // Shut off, its NFS disk cannot be snapshotted (libvirt needs QEMU running for that):
+    // refused with the reason, and nothing is left on the node.
+    let r = std::fs::create_dir(m.path("instances/web1/snapshots/off"));
+    assert_eq!(
+        r.as_ref().map_err(errno),
+        Err(libc::EOPNOTSUPP),
+        "mkdir a snapshot of shut-off web1: {r:?}"
+    );
+    let err = read(m.path("instances/web1/error"));
+    assert!(
+        err.starts_with("instance web1 is shutoff and its disk vda is a network disk (nfs on ")
+            && err.contains("start it first"),
+        "{err}"
+    );
+    assert_eq!(lab.virsh(&node1, &["snapshot-list", "web1", "--name"]), "");
 
-    // 6. rmdir: QEMU gone, files gone from the share, rows and addresses gone.
+    // 7. rmdir: QEMU gone, files gone from the share, rows and addresses gone (web2 with
+    //    its snapshot: it lived in its disk).
     for name in ["web1", "web2"] {
         let dir = m.path(&format!("instances/{name}"));
         match std::fs::remove_dir(&dir) {
@@ -795,7 +911,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");
 
-    // 7. The storage node falls silent (its NFS server and portmapper frozen): /status says
+    // 8. The storage node falls silent (its NFS server and portmapper frozen): /status says
     //    so and names the nodes that use it, a build fails within the share's bound having
     //    made nothing, and all is well again once it answers.
     let frozen: Vec<String> = {

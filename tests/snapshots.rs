@@ -289,10 +289,11 @@ fn the_libvirt_backend_takes_reverts_and_deletes_snapshots_on_real_qemu() {
 }
 
 /// A domain whose disk is a network disk (`<disk type='network'>`, here NFS; the test driver
-/// reaches nothing) is refused with EOPNOTSUPP and the reason in `error`, before libvirt is
-/// asked.
+/// reaches nothing) is snapshotted while it runs, as libvirt does on QEMU (savevm); shut off,
+/// taking and deleting are refused with EOPNOTSUPP and the reason in `error`, before libvirt
+/// is asked, and a revert to a snapshot taken running starts it again.
 #[test]
-fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
+fn a_network_disk_is_snapshotted_running_and_refused_shut_off() {
     let rig = Rig::new();
     let m = Mounted::with_config(&config(&rig));
     wait_online(&m, &["n1"]);
@@ -315,10 +316,28 @@ fn a_network_disk_is_refused_with_eopnotsupp_and_the_reason() {
     ctl(&m, "nfs1", "start\n").unwrap();
     wait_status(&m, "nfs1", "running");
 
-    let r = std::fs::create_dir(m.path("instances/nfs1/snapshots/s1"));
+    std::fs::create_dir(m.path("instances/nfs1/snapshots/s1")).unwrap();
+    assert_eq!(rig.node.snapshots("nfs1"), ["s1"]);
+
+    ctl(&m, "nfs1", "destroy\n").unwrap();
+    wait_status(&m, "nfs1", "shutoff");
+    let r = std::fs::create_dir(m.path("instances/nfs1/snapshots/s2"));
     assert_eq!(errno_of(r), libc::EOPNOTSUPP);
     let err = read(m.path("instances/nfs1/error"));
-    assert!(err.contains("network disk") && err.contains("vda"), "{err}");
+    assert!(
+        err.starts_with(
+            "instance nfs1 is shutoff and its disk vda is a network disk (nfs on 127.0.0.1)"
+        ) && err.contains("start it first"),
+        "{err}"
+    );
+    let r = std::fs::remove_dir(m.path("instances/nfs1/snapshots/s1"));
+    assert_eq!(errno_of(r), libc::EOPNOTSUPP);
+    assert_eq!(rig.node.snapshots("nfs1"), ["s1"]);
+    assert_eq!(list(m.path("instances/nfs1/snapshots")), ["s1"]);
+
+    ctl(&m, "nfs1", "revert s1\n").unwrap();
+    wait_status(&m, "nfs1", "running");
+    std::fs::remove_dir(m.path("instances/nfs1/snapshots/s1")).unwrap();
     assert!(rig.node.snapshots("nfs1").is_empty());
     assert!(list(m.path("instances/nfs1/snapshots")).is_empty());
 }

@@ -210,13 +210,15 @@ impl MemNode {
         self.event(name);
     }
 
-    /// Makes every disk of a domain a network disk (as `<disk type='network'>`, which
-    /// libvirt cannot snapshot).
+    /// Makes every disk of a domain a network disk (as `<disk type='network'>` on NFS,
+    /// which libvirt snapshots only while the domain runs).
     pub fn set_network_disks(&self, name: &str) {
         if let Some(d) = self.state.lock().domains.get_mut(name) {
             let mut devices = DomainDevices::clone(&d.devices);
             for disk in &mut devices.disks {
                 disk.network = true;
+                disk.protocol = Some("nfs".into());
+                disk.host = Some("nfs1".into());
             }
             d.devices = Arc::new(devices);
         }
@@ -318,6 +320,23 @@ impl MemNode {
             what,
         }
     }
+
+    fn call_err(&self, message: &str) -> HvError {
+        HvError::Call {
+            node: self.name.clone(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The target of a domain's first writable network disk: libvirt refuses, as this node
+/// does, to take, delete or revert to a snapshot of one without a running QEMU.
+fn network_disk(d: &MemDomain) -> Option<String> {
+    d.devices
+        .disks
+        .iter()
+        .find(|disk| disk.network && disk.device != "cdrom")
+        .map(|disk| disk.target.clone())
 }
 
 /// The text of the first element called `tag` in `doc`.
@@ -555,6 +574,12 @@ impl NodeBackend for MemNode {
                     message: format!("domain {name} has a snapshot {snapshot} already"),
                 });
             }
+            if !d.state.is_active() && network_disk(d).is_some() {
+                return Err(self.call_err(
+                    "internal error: internal inactive snapshots are not supported on \
+                     'network' disks using 'nfs' protocol",
+                ));
+            }
             let mut parent = None;
             for s in d.snapshots.values_mut() {
                 if s.current {
@@ -596,6 +621,19 @@ impl NodeBackend for MemNode {
             let Some(state) = d.snapshots.get(snapshot).map(|s| s.state) else {
                 return Err(self.not_found(format!("snapshot {snapshot} of domain {name}")));
             };
+            if !state.is_active()
+                && let Some(disk) = network_disk(d)
+            {
+                // As libvirt does: the running domain is stopped first, then the revert
+                // of its network disk fails.
+                d.state = DomainState::Shutoff;
+                drop(st);
+                self.event(name);
+                return Err(self.call_err(&format!(
+                    "Requested operation is not valid: can't manipulate inactive snapshots \
+                     of disk '{disk}'"
+                )));
+            }
             for s in d.snapshots.values_mut() {
                 s.current = s.name == snapshot;
             }
@@ -612,6 +650,15 @@ impl NodeBackend for MemNode {
             let Some(d) = st.domains.get_mut(name) else {
                 return Err(self.not_found(format!("domain {name}")));
             };
+            if !d.state.is_active()
+                && d.snapshots.contains_key(snapshot)
+                && let Some(disk) = network_disk(d)
+            {
+                return Err(self.call_err(&format!(
+                    "Requested operation is not valid: can't manipulate inactive snapshots \
+                     of disk '{disk}'"
+                )));
+            }
             let Some(gone) = d.snapshots.remove(snapshot) else {
                 return Ok(false);
             };

@@ -158,7 +158,8 @@ pub struct DiskInfo {
     pub protocol: Option<String>,
     /// The network disk's server.
     pub host: Option<String>,
-    /// A `<disk type='network'>` (NFS, RBD, iSCSI…): storage libvirt cannot snapshot.
+    /// A `<disk type='network'>` (NFS, RBD, iSCSI…): QEMU opens it itself, and libvirt
+    /// snapshots it only through a running QEMU (see `cluster::actions::snapshot`).
     #[serde(skip)]
     pub network: bool,
 }

@@ -1,7 +1,7 @@
 //! Snapshots through the tree (docs/SEMANTICS.md, "Snapshots"): `mkdir` and `rmdir` in
 //! `instances/<i>/snapshots/`, `revert NAME` in `ctl`, `info.json`, and every refusal —
-//! not the owner, not ready, a bad or taken name, an unknown snapshot, storage that cannot
-//! be snapshotted, a node that fails — each leaving nothing half-made.
+//! not the owner, not ready, a bad or taken name, an unknown snapshot, a network disk of a
+//! stopped domain, a node that fails — each leaving nothing half-made.
 
 use std::ffi::OsStr;
 use std::time::Duration;
@@ -281,29 +281,128 @@ async fn a_failing_node_leaves_no_snapshot_and_says_why() {
     assert_eq!(n1.calls(Call::CreateSnapshot), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_disks_are_refused_with_eopnotsupp_and_the_reason() {
-    let rig = Rig::new(&[("n1", 4, 8192)], "").await;
-    let n1 = rig.node("n1");
-    built(&rig, "vm1").await;
-    n1.set_network_disks("vm1");
+/// Makes vm1's disks network disks (NFS, as on the shared storage) and waits for the picture.
+async fn on_nfs(rig: &Rig, name: &str) {
+    rig.node("n1").set_network_disks(name);
     rig.wait_for("the network disk", |r| {
-        r.cluster.view().instances["vm1"]
+        r.cluster.view().instances[name]
             .domain
             .as_ref()
             .is_some_and(|d| d.devices.disks.iter().any(|d| d.network))
     })
     .await;
-    let r = mkdir_snap(&rig, "vm1", "s1", OWNER).await;
+}
+
+fn eopnotsupp(r: Result<(), TreeError>) -> String {
     assert_eq!(
         crate::fs::errno(r.as_ref().unwrap_err()),
         fuser::Errno::from_i32(libc::EOPNOTSUPP)
     );
-    let e = action_error(r);
-    assert!(matches!(e, ActionError::Unsupported(_)), "{e:?}");
-    let err = error_file(&rig, "vm1");
-    assert!(err.contains("network disk"), "{err}");
-    assert_eq!(n1.calls(Call::CreateSnapshot), 0);
+    match action_error(r) {
+        ActionError::Unsupported(why) => why,
+        e => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_disks_are_snapshotted_while_the_domain_runs() {
+    let rig = Rig::new(&[("n1", 4, 8192)], "").await;
+    let n1 = rig.node("n1");
+    built(&rig, "vm1").await;
+    on_nfs(&rig, "vm1").await;
+    // Running: taken, reverted to and deleted by the node as on a local disk.
+    mkdir_snap(&rig, "vm1", "s1", OWNER).await.unwrap();
+    mkdir_snap(&rig, "vm1", "s2", OWNER).await.unwrap();
+    rig.write("instances/vm1/ctl", OWNER, "revert s1\n")
+        .await
+        .unwrap();
+    assert_eq!(info(&rig, "vm1", "s1")["current"], true);
+    rmdir_snap(&rig, "vm1", "s2", OWNER).await.unwrap();
+    assert_eq!(n1.snapshots("vm1"), ["s1"]);
+    assert_eq!(error_file(&rig, "vm1"), "");
+
+    // Shut off: taking and deleting are refused with the reason, nothing asked of the node.
+    rig.write("instances/vm1/ctl", OWNER, "destroy\n")
+        .await
+        .unwrap();
+    assert_eq!(rig.status("vm1").unwrap(), "shutoff");
+    let (creates, deletes) = (
+        n1.calls(Call::CreateSnapshot),
+        n1.calls(Call::DeleteSnapshot),
+    );
+    let why = eopnotsupp(mkdir_snap(&rig, "vm1", "s3", OWNER).await);
+    assert_eq!(
+        why,
+        "instance vm1 is shutoff and its disk vda is a network disk (nfs on nfs1): \
+         libvirt takes snapshots of a network disk only while the domain runs (QEMU's \
+         internal snapshots); start it first"
+    );
+    assert_eq!(error_file(&rig, "vm1"), format!("{why}\n"));
+    let why = eopnotsupp(rmdir_snap(&rig, "vm1", "s1", OWNER).await);
+    assert!(why.contains("libvirt deletes snapshots"), "{why}");
+    assert_eq!(n1.calls(Call::CreateSnapshot), creates);
+    assert_eq!(n1.calls(Call::DeleteSnapshot), deletes);
+    assert_eq!(n1.snapshots("vm1"), ["s1"]);
+    assert_eq!(names_in(&rig, snapshots_dir(&rig, "vm1")), ["s1"]);
+    // An unknown name is still ENOENT for rmdir, and a taken one EEXIST for mkdir.
+    let e = action_error(rmdir_snap(&rig, "vm1", "nope", OWNER).await);
+    assert!(matches!(e, ActionError::NotFound(_)), "{e:?}");
+    let e = action_error(mkdir_snap(&rig, "vm1", "s1", OWNER).await);
+    assert!(matches!(e, ActionError::Exists(_)), "{e:?}");
+
+    // A revert to a snapshot taken running starts it again from there; then all works.
+    rig.write("instances/vm1/ctl", OWNER, "revert s1\n")
+        .await
+        .unwrap();
+    assert_eq!(rig.status("vm1").unwrap(), "running");
+    rmdir_snap(&rig, "vm1", "s1", OWNER).await.unwrap();
+    assert!(n1.snapshots("vm1").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_disk_is_not_reverted_to_a_snapshot_taken_shut_off() {
+    let rig = Rig::new(&[("n1", 4, 8192)], "").await;
+    let n1 = rig.node("n1");
+    built(&rig, "vm1").await;
+    // Taken shut off while the disk was local; the disk is on the share since.
+    rig.write("instances/vm1/ctl", OWNER, "destroy\n")
+        .await
+        .unwrap();
+    mkdir_snap(&rig, "vm1", "down", OWNER).await.unwrap();
+    rig.write("instances/vm1/ctl", OWNER, "start\n")
+        .await
+        .unwrap();
+    on_nfs(&rig, "vm1").await;
+    // libvirt would stop the running domain and then fail: kvmfs refuses first.
+    let why = eopnotsupp(rig.write("instances/vm1/ctl", OWNER, "revert down\n").await);
+    assert_eq!(
+        why,
+        "instance vm1: snapshot down was taken shutoff and its disk vda is a network disk \
+         (nfs on nfs1): libvirt reverts a network disk only to a snapshot taken while the \
+         domain ran"
+    );
+    assert_eq!(n1.calls(Call::RevertSnapshot), 0);
+    assert_eq!(rig.status("vm1").unwrap(), "running");
+    // Deleting it is fine while the domain runs.
+    rmdir_snap(&rig, "vm1", "down", OWNER).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_disk_whose_domain_stopped_unseen_is_refused_with_the_reason() {
+    let rig = Rig::new(&[("n1", 4, 8192)], "").await;
+    let n1 = rig.node("n1");
+    built(&rig, "vm1").await;
+    on_nfs(&rig, "vm1").await;
+    // The picture says running; the node knows better and refuses as libvirt does.
+    n1.set_domain_state_silently("vm1", DomainState::Shutoff);
+    let why = eopnotsupp(mkdir_snap(&rig, "vm1", "s1", OWNER).await);
+    assert!(
+        why.starts_with("instance vm1 is shutoff and its disk vda"),
+        "{why}"
+    );
+    assert_eq!(n1.calls(Call::CreateSnapshot), 1);
+    assert!(n1.snapshots("vm1").is_empty());
+    assert_eq!(rig.status("vm1").unwrap(), "shutoff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,15 @@
 //! only while it is `ready`, under its claim, and re-read the domain (with its snapshots)
 //! afterwards so the tree shows the result as the operation returns. Whether a snapshot
 //! exists is first answered from the picture and then by the node, which has the last word.
+//!
+//! A network disk (`<disk type='network'>`: how instances on the shared NFS storage run) is
+//! opened by QEMU, not by libvirt, so libvirt snapshots it only through a running QEMU
+//! (`savevm`, `loadvm`, `delvm` on the qcow2, whatever the protocol): with such a disk,
+//! taking and deleting need the domain active, and a revert needs a snapshot taken while it
+//! was. libvirt refuses the rest; a revert it refuses has already stopped the domain, so
+//! kvmfs refuses first, with the reason (`network_disk_refusal`), and asks nothing of the
+//! node. Doing those with `qemu-img snapshot` on the `nfs://` URL is left out: it would race
+//! a domain started meanwhile, and libvirt's metadata would have to be redefined by hand.
 
 use super::{ActionError, Claim};
 use crate::cluster::{CallError, Cluster};
@@ -81,15 +90,6 @@ impl Cluster {
                     "instance {name} has a snapshot {snap} already"
                 )));
             }
-            SnapshotOp::Create => {
-                if let Some(d) = t.domain.devices.disks.iter().find(|d| d.network) {
-                    return Err(ActionError::Unsupported(format!(
-                        "instance {name}: its disk {} is a network disk (<disk \
-                         type='network'>), which libvirt cannot snapshot",
-                        d.target
-                    )));
-                }
-            }
             SnapshotOp::Delete if !known => {
                 return Err(ActionError::NotFound(format!(
                     "instance {name} has no snapshot {snap}"
@@ -100,7 +100,10 @@ impl Cluster {
                     "instance {name} has no snapshot {snap} to revert to"
                 )));
             }
-            SnapshotOp::Delete | SnapshotOp::Revert => {}
+            SnapshotOp::Create | SnapshotOp::Delete | SnapshotOp::Revert => {}
+        }
+        if let Some(why) = network_disk_refusal(name, snap, op, &t.domain) {
+            return Err(ActionError::Unsupported(why));
         }
         let (n, s) = (name.to_string(), snap.to_string());
         let r = self
@@ -133,6 +136,16 @@ impl Cluster {
                 return Err(ActionError::Busy(message));
             }
             (_, Err(e)) => {
+                // The picture lagged (the domain stopped just before): say why, as if it
+                // had not.
+                let now = self
+                    .view()
+                    .instances
+                    .get(name)
+                    .and_then(|i| i.domain.clone());
+                if let Some(why) = now.and_then(|d| network_disk_refusal(name, snap, op, &d)) {
+                    return Err(ActionError::Unsupported(why));
+                }
                 return Err(ActionError::Backend(format!(
                     "instance {name}: snapshot {snap}: {e}"
                 )));
@@ -182,5 +195,52 @@ impl Cluster {
             node: ni,
             domain,
         })
+    }
+}
+
+/// Why libvirt would refuse `op` on this domain for its network disk, if it would (see the
+/// module's header). Only a writable disk counts: a read-only cdrom (the seed) is left out
+/// of every snapshot.
+fn network_disk_refusal(
+    name: &str,
+    snap: &str,
+    op: SnapshotOp,
+    domain: &DomainProbe,
+) -> Option<String> {
+    let disk = domain
+        .devices
+        .disks
+        .iter()
+        .find(|d| d.network && d.device != "cdrom")?;
+    let what = format!(
+        "its disk {} is a network disk ({} on {})",
+        disk.target,
+        disk.protocol.as_deref().unwrap_or("network"),
+        disk.host.as_deref().unwrap_or("a server")
+    );
+    match op {
+        SnapshotOp::Create | SnapshotOp::Delete if !domain.state.is_active() => {
+            let verb = if op == SnapshotOp::Create {
+                "takes"
+            } else {
+                "deletes"
+            };
+            Some(format!(
+                "instance {name} is {} and {what}: libvirt {verb} snapshots of a network \
+                 disk only while the domain runs (QEMU's internal snapshots); start it first",
+                domain.state.word()
+            ))
+        }
+        SnapshotOp::Create | SnapshotOp::Delete => None,
+        SnapshotOp::Revert => {
+            let s = domain.snapshots.iter().find(|s| s.name == snap)?;
+            (!s.state.is_active()).then(|| {
+                format!(
+                    "instance {name}: snapshot {snap} was taken {} and {what}: libvirt \
+                     reverts a network disk only to a snapshot taken while the domain ran",
+                    s.state.word()
+                )
+            })
+        }
     }
 }
