@@ -763,7 +763,7 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(again, body1);
 
-    // 5b. Live migration while an HTTP client polls: `echo OTHER > node` moves the running
+    // 6b. Live migration while an HTTP client polls: `echo OTHER > node` moves the running
     //     guest (its disks are on the share: nothing is copied but memory); the page is
     //     served before, during (but for the switch-over) and after, by one QEMU.
     let other = if node1 == "kvm1" { "kvm2" } else { "kvm1" }.to_string();
@@ -823,6 +823,36 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
         sent: polled.sent,
         answered: polled.answered,
     };
+
+    // web2 moves too, to the node web1 left, with its snapshot: its metadata is taken off
+    // the source and defined again on the target; its data is in the qcow2 on the share.
+    write_file(m.path("instances/web2/node"), &format!("{node1}\n"));
+    wait_until(
+        SHORT,
+        "web2 to run on the node web1 left",
+        || {
+            let s = read(m.path("instances/web2/status"));
+            assert!(!s.starts_with("failed"), "{}", describe(&lab, &m, "web2"));
+            (s.starts_with("running") && read(m.path("instances/web2/node")).trim() == node1)
+                .then_some(())
+        },
+        || describe(&lab, &m, "web2"),
+    );
+    assert_eq!(lab.virsh(&node1, &["snapshot-list", "web2", "--name"]), "before");
+    assert!(
+        !lab.virsh(&node2, &["list", "--all", "--name"])
+            .lines()
+            .any(|d| d == "web2"),
+        "web2 left on {node2}"
+    );
+    assert_eq!(list(m.path("instances/web2/snapshots")), ["before"]);
+    let (_, again2) = wait_until(
+        SHORT,
+        "web2's page after its migration",
+        || lab.http_get(&ip2).filter(|(c, _)| *c == 200),
+        || describe(&lab, &m, "web2"),
+    );
+    assert_eq!(again2, body2);
     let node1 = other;
 
     // A domain destroyed behind kvmfs's back, on the node itself: the event tells.
