@@ -838,7 +838,10 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
         },
         || describe(&lab, &m, "web2"),
     );
-    assert_eq!(lab.virsh(&node1, &["snapshot-list", "web2", "--name"]), "before");
+    assert_eq!(
+        lab.virsh(&node1, &["snapshot-list", "web2", "--name"]),
+        "before"
+    );
     assert!(
         !lab.virsh(&node2, &["list", "--all", "--name"])
             .lines()

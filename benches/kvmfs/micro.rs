@@ -79,6 +79,7 @@ pub fn micro(opts: &Opts, how: Measure<'_>) -> Micro {
                 capacity_bytes: 2 << 30,
                 path: Some("/var/lib/libvirt/images/debian-12.qcow2".into()),
             }])),
+            pool_source: None,
         })),
         domains: (0..domains)
             .map(|i| {

@@ -84,6 +84,8 @@ pub struct MemNode {
     /// What `events` answers: `None` (polls only) unless a test says the node delivers
     /// events (`set_events`).
     events: Mutex<Option<u64>>,
+    /// What `NodeProbe::pool_source` says (`set_pool_source`).
+    pool_source: Mutex<Option<String>>,
 }
 
 impl MemNode {
@@ -98,6 +100,7 @@ impl MemNode {
             faults: Mutex::new(Faults::default()),
             sinks: Mutex::new(Vec::new()),
             events: Mutex::new(None),
+            pool_source: Mutex::new(None),
         };
         for net in ["default", "overlay"] {
             node.add_network(net, true);
@@ -165,6 +168,11 @@ impl MemNode {
         d.state = state;
         d.snapshots.clear();
         dest.state.lock().domains.insert(name.to_string(), d);
+    }
+
+    /// Makes the node's pool a `netfs` pool of `source` (`HOST:/dir`), or not.
+    pub fn set_pool_source(&self, source: Option<&str>) {
+        *self.pool_source.lock() = source.map(str::to_string);
     }
 
     /// Every call fails (as a node whose libvirtd is down) while `down`.
@@ -365,6 +373,7 @@ impl NodeBackend for MemNode {
         self.enter(Call::Probe)?;
         let st = self.state.lock();
         Ok(NodeProbe {
+            pool_source: self.pool_source.lock().clone(),
             hostname: Some(self.name.clone()),
             cpus: self.cpus,
             mhz: 2000,

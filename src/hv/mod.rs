@@ -268,6 +268,10 @@ pub struct NodeProbe {
     pub networks: Vec<NetworkProbe>,
     /// Volumes of the node's configured storage pool; `None` if the pool is missing.
     pub volumes: Option<Volumes>,
+    /// Where the node's pool is, when it is a libvirt `netfs` pool: `HOST:/dir` of its
+    /// `<source>` (as last read with the pool's volumes). Nodes whose pools have the same
+    /// source share their storage.
+    pub pool_source: Option<String>,
 }
 
 /// The volumes of a pool, in name order. Shared: a listing that finds the same volumes as

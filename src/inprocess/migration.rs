@@ -225,13 +225,42 @@ async fn every_refusal_has_its_errno_and_reason_and_leaves_it_where_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disks_in_a_node_pool_do_not_move_unless_the_pools_are_declared_shared() {
+async fn disks_in_a_node_pool_move_only_between_netfs_pools_of_one_source_or_declared_shared() {
     let rig = Rig::new(&[("n1", 4, 8192), ("n2", 4, 8192)], "").await;
     rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
     rig.wait_status("vm1", "running").await;
     let e = action_error(move_to(&rig, "vm1", OWNER, "n2").await);
     assert_eq!(e.errno(), libc::EOPNOTSUPP, "{e}");
     assert!(e.to_string().contains("own pool"), "{e}");
+
+    // netfs pools of different sources are not one storage; of the same source they are.
+    rig.node("n1").set_pool_source(Some("storage:/cloud"));
+    rig.node("n2").set_pool_source(Some("storage:/other"));
+    rig.wait_for("the pools' sources", |r| {
+        r.read("nodes/n2/info.json")
+            .is_ok_and(|i| i.contains("storage:/other"))
+    })
+    .await;
+    let e = action_error(move_to(&rig, "vm1", OWNER, "n2").await);
+    assert_eq!(e.errno(), libc::EOPNOTSUPP, "{e}");
+    rig.node("n2").set_pool_source(Some("storage:/cloud"));
+    rig.wait_for("the same source", |r| {
+        r.read("nodes/n2/info.json")
+            .is_ok_and(|i| i.contains("storage:/cloud"))
+    })
+    .await;
+    move_to(&rig, "vm1", OWNER, "n2").await.unwrap();
+    assert_eq!(
+        copies(&rig, "vm1"),
+        [("n2".to_string(), DomainState::Running)]
+    );
+    rig.rmdir("vm1", OWNER).await.unwrap();
+    assert!(
+        !rig.node("n1")
+            .volumes()
+            .iter()
+            .any(|v| v.starts_with("vm1."))
+    );
 
     let rig = Rig::with_shared_pools(&[("n1", 4, 8192), ("n2", 4, 8192)]).await;
     rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();

@@ -81,6 +81,7 @@ impl Tree {
                     w.incarnation.clone(),
                     data.to_vec(),
                 );
+                let started = tokio::time::Instant::now();
                 let moving = self
                     .detached(async move { c.migrate(&name, &inc, uid, &text).await })
                     .await;
@@ -88,9 +89,8 @@ impl Tree {
                     // Its outcome if it ends within the operation bound; past that the
                     // write is done and `status` follows the move.
                     Ok(Some(task)) => {
-                        match tokio::time::timeout(self.cluster.config().timing.op_timeout(), task)
-                            .await
-                        {
+                        let bound = self.cluster.config().timing.op_timeout();
+                        match tokio::time::timeout_at(started + bound, task).await {
                             Ok(Ok(r)) => r.map_err(TreeError::from),
                             Ok(Err(e)) => {
                                 Err(ActionError::Backend(format!("migration failed: {e}")).into())

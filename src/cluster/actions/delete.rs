@@ -30,7 +30,9 @@ impl Cluster {
             let n = name.to_string();
             let r = if made.shared && part != Part::Domain {
                 self.remove_shared_file(name, part).await
-            } else if part != Part::Domain && self.pool_shared(ni) {
+            } else if part != Part::Domain
+                && (0..self.nodes.len()).any(|j| j != ni && self.pools_shared(ni, j))
+            {
                 self.remove_shared_pool_volume(ni, name, part).await
             } else {
                 self.action_call(ni, move |b| match part {
@@ -68,7 +70,7 @@ impl Cluster {
             Part::Disk => disk_volume(name),
             _ => seed_volume(name),
         };
-        let others = (0..self.nodes.len()).filter(|&i| i != ni && self.pool_shared(i));
+        let others = (0..self.nodes.len()).filter(|&i| i != ni && self.pools_shared(ni, i));
         for i in std::iter::once(ni).chain(others) {
             let v = vol.clone();
             match self.action_call(i, move |b| b.delete_volume(&v)).await {

@@ -135,16 +135,14 @@ impl Cluster {
         };
         // Where it may go without copying its disks.
         let among: Vec<String> = (0..self.nodes.len())
-            .filter(|&i| {
-                i != from && (row.made.shared || (self.pool_shared(from) && self.pool_shared(i)))
-            })
+            .filter(|&i| i != from && (row.made.shared || self.pools_shared(from, i)))
             .map(|i| self.nodes[i].name.clone())
             .collect();
         if target.is_some_and(|t| !among.iter().any(|a| a == t)) {
             return Err(ActionError::Unsupported(format!(
                 "instance {name}: its disks are in node {from_name}'s own pool; kvmfs moves \
-                 only instances on shared storage ([storage], or pools declared pool_shared \
-                 on both nodes), without copying disks"
+                 only instances on shared storage ([storage], pools declared pool_shared on \
+                 both nodes, or netfs pools of the same source), without copying disks"
             )));
         }
         let networks: Vec<&str> = self.cfg.networks.iter().map(|n| n.name.as_str()).collect();
@@ -191,18 +189,35 @@ impl Cluster {
             to,
             how: MigrateHow {
                 live: domain.state.is_active(),
-                declared_shared: !row.made.shared,
+                // libvirt tells an NFS mount (a netfs pool) is shared by itself; a pool
+                // declared shared may be a filesystem it cannot tell.
+                declared_shared: !row.made.shared && self.pool_shared(from),
             },
         })
     }
 
     /// Whether node `i`'s pool is declared shared storage.
-    pub(crate) fn pool_shared(&self, i: usize) -> bool {
+    fn pool_shared(&self, i: usize) -> bool {
         self.cfg
             .nodes
             .iter()
             .find(|n| n.name.as_str() == self.nodes[i].name)
             .is_some_and(|n| n.pool_shared)
+    }
+
+    /// Whether the pools of nodes `a` and `b` are one storage: both declared shared
+    /// (`pool_shared`), or both `netfs` pools of the same source (as last listed).
+    pub(crate) fn pools_shared(&self, a: usize, b: usize) -> bool {
+        if self.pool_shared(a) && self.pool_shared(b) {
+            return true;
+        }
+        let view = self.view();
+        let source = |i: usize| {
+            view.nodes
+                .get(&self.nodes[i].name)
+                .and_then(|n| n.pool_source.clone())
+        };
+        matches!((source(a), source(b)), (Some(x), Some(y)) if x == y)
     }
 
     /// `echo drain > nodes/NODE/ctl` (root only): the node takes no instances from now on

@@ -206,6 +206,7 @@ pub(super) fn node_view(
         instance_names: names,
         unmanaged_load,
         volumes: probe.and_then(|p| p.volumes.clone()),
+        pool_source: probe.and_then(|p| p.pool_source.clone()),
         image_candidates: Arc::new(Vec::new()),
         images: Arc::new(Vec::new()),
         changed_at: now,

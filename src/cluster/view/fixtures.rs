@@ -36,6 +36,7 @@ pub fn probe(cpus: u32, mib: u64) -> NodeProbe {
         domains: Vec::new(),
         networks: Vec::new(),
         volumes: None,
+        pool_source: None,
     }
 }
 

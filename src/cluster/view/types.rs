@@ -94,6 +94,8 @@ pub struct NodeView {
     /// as `pool_volumes`; `None` when the pool is missing.
     #[serde(rename = "pool_volumes", serialize_with = "volume_names")]
     pub volumes: Option<Volumes>,
+    /// `HOST:/dir` when the node's pool is a `netfs` pool (see `NodeProbe::pool_source`).
+    pub pool_source: Option<String>,
     /// The names of the node's instances (shared with the previous view while they stay).
     #[serde(skip)]
     pub instance_names: imbl::OrdSet<String>,
@@ -155,6 +157,7 @@ impl NodeView {
                 || self.instance_names == other.instance_names)
             && self.unmanaged_load == other.unmanaged_load
             && self.volumes == other.volumes
+            && self.pool_source == other.pool_source
     }
 }
 

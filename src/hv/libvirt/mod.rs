@@ -211,6 +211,8 @@ pub struct LibvirtNode {
     bulk_stats: AtomicBool,
     /// Connections stored so far that deliver events (see `NodeBackend::events`).
     event_connections: AtomicU64,
+    /// The pool's `netfs` source, read with its volumes (`NodeProbe::pool_source`).
+    pool_source: Mutex<Option<String>>,
 }
 
 /// Silences libvirt's default error printer (it writes every error to stderr); errors are
@@ -232,6 +234,7 @@ impl LibvirtNode {
             volumes: Mutex::new(VolumeCache::default()),
             bulk_stats: AtomicBool::new(true),
             event_connections: AtomicU64::new(0),
+            pool_source: Mutex::new(None),
         }
     }
 
@@ -468,8 +471,12 @@ impl LibvirtNode {
     fn probe_volumes(&self, c: &Connect) -> Result<Option<Volumes>, virt::error::Error> {
         let pool = match c.lookup_storage_pool_by_name(&self.pool) {
             Ok(p) => p,
-            Err(_) => return Ok(None),
+            Err(_) => {
+                *self.pool_source.lock() = None;
+                return Ok(None);
+            }
         };
+        *self.pool_source.lock() = pool.xml_desc(0).ok().and_then(|x| netfs_source(&x));
         let mut listed = Vec::new();
         for v in pool.list_all_volumes(0)? {
             listed.push((v.name()?, v));
@@ -583,6 +590,25 @@ impl LibvirtNode {
     }
 }
 
+/// `HOST:/dir` of a `netfs` pool's XML (`<pool type='netfs'><source><host name=…/><dir
+/// path=…/>`); `None` for any other pool.
+pub fn netfs_source(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let root = doc.root_element();
+    if root.attribute("type") != Some("netfs") {
+        return None;
+    }
+    let source = root.children().find(|n| n.has_tag_name("source"))?;
+    let attr = |tag: &str, a: &str| {
+        source
+            .children()
+            .find(|n| n.has_tag_name(tag))
+            .and_then(|n| n.attribute(a))
+    };
+    let (host, dir) = (attr("host", "name")?, attr("dir", "path")?);
+    Some(format!("{host}:{}", dir.trim_end_matches('/')))
+}
+
 /// Snapshots ordered so that each comes after its parent (what redefining needs).
 fn parents_first(mut left: Vec<SavedSnapshot>) -> Vec<SavedSnapshot> {
     let mut out: Vec<SavedSnapshot> = Vec::with_capacity(left.len());
@@ -679,6 +705,7 @@ impl NodeBackend for LibvirtNode {
                 } else {
                     None
                 },
+                pool_source: self.pool_source.lock().clone(),
                 domains: probes,
             })
         })
@@ -1300,6 +1327,18 @@ mod tests {
             Some("tcp://[fd00::2]")
         );
         assert_eq!(migration_uri("qemu:///system"), None);
+    }
+
+    #[test]
+    fn netfs_pools_are_told_by_their_source() {
+        let netfs = "<pool type='netfs'><name>cloud</name><source><host name='storage'/>\
+                     <dir path='/cloud/'/><format type='nfs'/></source>\
+                     <target><path>/remote</path></target></pool>";
+        assert_eq!(netfs_source(netfs).as_deref(), Some("storage:/cloud"));
+        let dir = "<pool type='dir'><name>default</name><target><path>/var/lib/libvirt/images\
+                   </path></target></pool>";
+        assert_eq!(netfs_source(dir), None);
+        assert_eq!(netfs_source("<pool type='netfs'><source/></pool>"), None);
     }
 
     #[test]
