@@ -41,6 +41,9 @@
 # and kvmfs's configuration names it as `[storage]`: instances' disks and seeds are made
 # there and QEMU on the nodes opens them over NFS itself (nothing is mounted anywhere).
 # Each node's storage pool `default` is its own folder (DIR/n1/pool, DIR/n2/pool), empty.
+# Both nodes also have a pool `shared`: a `dir` pool at the same path, DIR/shared, holding a
+# copy of the base image — the form a `netfs` pool of one export mounted on every node takes
+# (this kernel has no NFS client to mount one), for kvmfs's `pool_shared`.
 # The kernel and initramfs for direct kernel boot are in DIR/boot. `up` writes
 # DIR/kvmfs.toml (a kvmfs configuration for this lab) and DIR/lab.env (the facts above as
 # shell variables, for scripts and tests).
@@ -182,7 +185,7 @@ EOF
 node_start() {
     local n=$1 d=$DIR/$1
     ip netns exec "$PREFIX-$n" unshare -m --propagation private bash -euo pipefail -c '
-        d=$1; shift
+        d=$1 shared=$2; shift 2
         mount --bind "$d/etc" /etc/libvirt
         mount --bind "$d/run" /run/libvirt
         mount --bind "$d/lib" /var/lib/libvirt
@@ -203,7 +206,9 @@ node_start() {
         done
         virsh -q -c qemu:///system pool-define-as default dir --target "$d/pool" >/dev/null
         virsh -q -c qemu:///system pool-start default >/dev/null
-    ' _ "$d" >"$d/start.log" 2>&1 || {
+        virsh -q -c qemu:///system pool-define-as shared dir --target "$shared" >/dev/null
+        virsh -q -c qemu:///system pool-start shared >/dev/null
+    ' _ "$d" "$DIR/shared" >"$d/start.log" 2>&1 || {
         cat "$d/start.log" >&2
         [[ -f $d/libvirtd.log ]] && tail -n 20 "$d/libvirtd.log" >&2
         die "node $n: libvirtd did not start"
@@ -377,6 +382,7 @@ LAB_GIT_DIR=$DIR/git
 LAB_GIT_URL=git://10.77.0.1
 LAB_NODE_URIS="kvm1=qemu+tcp://$(node_ip n1)/system kvm2=qemu+tcp://$(node_ip n2)/system"
 LAB_POOLS="kvm1=$DIR/n1/pool kvm2=$DIR/n2/pool"
+LAB_SHARED_POOL=$DIR/shared
 EOF
 }
 
@@ -400,6 +406,8 @@ up() {
     # reach the cache.
     mkdir -p "$DIR/st/cloud"
     cp --sparse=always "$img/debian-12-lab.qcow2" "$DIR/st/cloud/debian-12.qcow2"
+    mkdir -p "$DIR/shared"
+    cp --sparse=always "$img/debian-12-lab.qcow2" "$DIR/shared/debian-12.qcow2"
     log "image copied ($((SECONDS - start)) s)"
     storage_start
     log "storage node up ($((SECONDS - start)) s)"

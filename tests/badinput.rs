@@ -193,7 +193,6 @@ fn the_corpus_is_refused_with_errnos_and_reasons_and_nothing_is_made() {
     for f in [
         "instances/bad/status",
         "instances/bad/info.json",
-        "instances/bad/node",
         "instances/bad/ip",
         "instances/bad/error",
         "nodes/n1/status",
@@ -204,6 +203,21 @@ fn the_corpus_is_refused_with_errnos_and_reasons_and_nothing_is_made() {
         let e = OpenOptions::new().write(true).open(m.path(f)).unwrap_err();
         assert_eq!(errno(&e), libc::EACCES, "{f}");
     }
+    // `node` takes a node to move to, but only a built instance moves; garbage is EINVAL.
+    for (text, want) in [
+        ("n1\n", libc::EBUSY),
+        ("../n1\n", libc::EINVAL),
+        ("\u{0}", libc::EINVAL),
+    ] {
+        let e = std::fs::write(m.path("instances/bad/node"), text).unwrap_err();
+        assert_eq!(errno(&e), want, "{text:?}");
+    }
+    assert!(
+        read(m.path("instances/bad/error")).contains("only a built instance moves")
+            || read(m.path("instances/bad/error")).contains("node:"),
+        "{}",
+        read(m.path("instances/bad/error"))
+    );
     for (what, r) in [
         (
             "a file in /instances",

@@ -372,6 +372,27 @@ struct Timing {
     http_200_s: f64,
 }
 
+/// The lab's configuration with the pool form of shared storage instead of the NFS share:
+/// no `[storage]`, and both nodes on their pool `shared`, declared `pool_shared`.
+fn pool_shared_config(lab_toml: &str) -> String {
+    let mut out = String::new();
+    let mut in_storage = false;
+    for line in lab_toml.lines() {
+        if line.starts_with('[') {
+            in_storage = line.trim() == "[storage]";
+        }
+        if in_storage {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("uri = ") {
+            out.push_str("pool = \"shared\"\npool_shared = true\n");
+        }
+    }
+    out
+}
+
 /// A live migration as the lab measured it.
 #[derive(serde::Serialize)]
 struct MigrationTiming {
@@ -943,6 +964,73 @@ fn web_instances_boot_on_real_nodes_serve_their_page_and_go_away() {
     );
     assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
     assert_eq!(lab.sql("SELECT COUNT(*) FROM ip_alloc"), "0");
+
+    // 7b. The other form of shared storage: a pool at the same path on both nodes (`dir`
+    //     pools `shared` over one folder, as a `netfs` pool of one export mounted on each
+    //     node would be), declared `pool_shared`, and no `[storage]`. A second mount on the
+    //     same database with that configuration builds a web instance there, moves it live
+    //     while the client polls, and removes it: its disk is in the shared folder, once.
+    let shared_toml = pool_shared_config(&read(lab.var("LAB_CONFIG")));
+    let m2 = Mounted::with_config_in_netns(&shared_toml, lab.var("LAB_CTL_NETNS"));
+    let shared_dir = lab.var("LAB_SHARED_POOL").to_string();
+    let body3 = format!("<!doctype html><p>kvmfs e2e web3 {token}</p>\n");
+    let url3 = site(&lab, "site3", &body3);
+    let (node3, ip3, _) = create_web(&lab, &m2, "web3", &url3, &body3);
+    assert_eq!(
+        list(&shared_dir),
+        ["debian-12.qcow2", "web3.disk.qcow2", "web3.seed.iso"],
+        "web3's disk and seed are in the shared pool"
+    );
+    assert_eq!(
+        lab.share_files(),
+        ["debian-12.qcow2"],
+        "nothing on the NFS share"
+    );
+    let to3 = if node3 == "kvm1" { "kvm2" } else { "kvm1" }.to_string();
+    let poller = HttpPoller::start(&lab, &ip3);
+    std::thread::sleep(Duration::from_millis(500));
+    write_file(m2.path("instances/web3/node"), &format!("{to3}\n"));
+    wait_until(
+        SHORT,
+        "web3 to run on the other node",
+        || {
+            let s = read(m2.path("instances/web3/status"));
+            assert!(!s.starts_with("failed"), "{}", describe(&lab, &m2, "web3"));
+            (s.starts_with("running") && read(m2.path("instances/web3/node")).trim() == to3)
+                .then_some(())
+        },
+        || describe(&lab, &m2, "web3"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let polled3 = poller.stop();
+    assert!(polled3.answered > 0 && polled3.last_answered, "{polled3:?}");
+    assert_eq!(lab.virsh(&to3, &["domstate", "web3"]), "running");
+    assert_eq!(lab.qemu_pids("web3").len(), 1, "one QEMU runs web3");
+    let (_, page3) = wait_until(
+        SHORT,
+        "web3's page after its migration",
+        || lab.http_get(&ip3).filter(|(c, _)| *c == 200),
+        || describe(&lab, &m2, "web3"),
+    );
+    assert_eq!(page3, body3);
+    eprintln!(
+        "web3 (pool_shared) {node3} → {to3}: longest gap between answered requests {:.2} s",
+        polled3.longest_gap_s
+    );
+    match std::fs::remove_dir(m2.path("instances/web3")) {
+        Ok(()) => {}
+        Err(e) if errno(&e) == libc::EINPROGRESS => {}
+        Err(e) => panic!("rmdir web3: {e}"),
+    }
+    wait_until(
+        SHORT,
+        "web3's files to leave the shared pool",
+        || (list(&shared_dir) == ["debian-12.qcow2"]).then_some(()),
+        || format!("{:?}\n{}", list(&shared_dir), m2.log()),
+    );
+    assert!(lab.qemu_pids("web3").is_empty(), "QEMU still runs web3");
+    assert_eq!(lab.sql("SELECT COUNT(*) FROM vm"), "0");
+    drop(m2);
 
     // 8. The storage node falls silent (its NFS server and portmapper frozen): /status says
     //    so and names the nodes that use it, a build fails within the share's bound having
