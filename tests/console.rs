@@ -444,6 +444,42 @@ fn the_menu_stops_and_starts_several_instances() {
 }
 
 #[test]
+fn the_menu_moves_instances_to_another_node_and_shows_refusals() {
+    let menu = Menu::start();
+    let (m, t) = (&menu.m, &menu.t);
+    for name in ["v1", "v2"] {
+        std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
+        write_spec(
+            m,
+            name,
+            r#"{"vcpus":1,"ram_mb":256,"disk_gb":1,"node":"kvm1"}"#,
+        )
+        .unwrap();
+        wait_status(m, name, "running");
+    }
+    menu.item("7");
+    t.wait_for_all(&["Instances to move", "v1", "v2"]);
+    t.keys(&["Space", "Enter"]);
+    // The nodes that take instances, in name order: kvm1, kvm2, kvm3.
+    t.wait_for_all(&["Move them to", "kvm2", "kvm3"]);
+    t.keys(&["Down", "Enter"]);
+    t.wait_for("Moved: v1");
+    assert_eq!(read(m.path("instances/v1/node")), "kvm2\n");
+    assert!(read(m.path("instances/v1/status")).starts_with("running"));
+    t.keys(&["Enter"]);
+    // kvm3 has no network `overlay`: the refusal and its reason are shown, v2 stays.
+    menu.item("7");
+    t.wait_for("Instances to move");
+    t.keys(&["Down", "Space", "Enter"]);
+    t.wait_for("Move them to");
+    t.keys(&["Down", "Down", "Enter"]);
+    t.wait_for_all(&["Failed:", "v2:", "overlay"]);
+    assert_eq!(read(m.path("instances/v2/node")), "kvm1\n");
+    t.keys(&["Enter"]);
+    let _ = menu.exit();
+}
+
+#[test]
 fn the_menu_speaks_korean_where_the_locale_does() {
     let menu = Menu::start_with(&[("LANG", "ko_KR.UTF-8")]);
     let t = &menu.t;
