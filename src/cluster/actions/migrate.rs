@@ -60,7 +60,9 @@ impl Cluster {
         uid: u32,
         text: &[u8],
     ) -> Result<Option<tokio::task::JoinHandle<Result<(), ActionError>>>, ActionError> {
-        let word = std::str::from_utf8(text).unwrap_or("").trim();
+        let word = one_word(text)
+            .ok_or_else(|| ActionError::Invalid(too_long("node", text.len())))?
+            .trim();
         let target = NodeName::new(word)
             .map_err(|e| ActionError::Invalid(format!("node: {e}; write a node's name")))?;
         self.check_owner(name, Some(incarnation), uid)?;
@@ -571,7 +573,10 @@ impl NodeControl {
     pub const WORDS: &'static str = "drain undrain";
 
     pub fn parse(text: &[u8]) -> Result<NodeControl, ActionError> {
-        match std::str::from_utf8(text).unwrap_or("").trim() {
+        let Some(text) = one_word(text) else {
+            return Err(ActionError::Invalid(too_long("a node's ctl", text.len())));
+        };
+        match text.trim() {
             "drain" => Ok(NodeControl::Drain),
             "undrain" => Ok(NodeControl::Undrain),
             other => Err(ActionError::Invalid(format!(
@@ -583,10 +588,42 @@ impl NodeControl {
     }
 }
 
+/// The longest write to `node` or to a node's `ctl` that is read: a name or a word, and
+/// room for blanks around it.
+pub const MAX_WORD_WRITE: usize = 256;
+
+/// The text of a write to `node` or a node's `ctl` (`""` if not UTF-8), `None` past
+/// `MAX_WORD_WRITE` bytes. A longer write reaches kvmfs in several requests when it is
+/// longer than the kernel sends at once: its first one must not act on a word the rest
+/// then turns into garbage (`n2` and a megabyte of blanks moved the instance, then failed).
+fn one_word(text: &[u8]) -> Option<&str> {
+    (text.len() <= MAX_WORD_WRITE).then(|| std::str::from_utf8(text).unwrap_or(""))
+}
+
+fn too_long(file: &str, len: usize) -> String {
+    format!("{file}: a write of {len} bytes is no word; at most {MAX_WORD_WRITE} are read")
+}
+
 /// Why a migration call failed, for the `error` file.
 fn migration_failure(e: CallError) -> String {
     match e {
         CallError::Timeout(d) => format!("libvirt did not finish it within {d:?}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_longer_than_a_word_is_refused_whole() {
+        let padded = format!("drain{}", " ".repeat(MAX_WORD_WRITE));
+        assert!(NodeControl::parse(padded.as_bytes()).is_err());
+        let padded = format!("drain{}", " ".repeat(MAX_WORD_WRITE - 6));
+        assert_eq!(
+            NodeControl::parse(padded.as_bytes()).unwrap(),
+            NodeControl::Drain
+        );
     }
 }
