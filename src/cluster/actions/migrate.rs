@@ -164,6 +164,7 @@ impl Cluster {
                 .begin_migration(
                     name,
                     &row.incarnation,
+                    &from_name,
                     &self.worker_id,
                     &Committed::domains_to_check(&view),
                     |loads| {
@@ -615,6 +616,10 @@ fn migration_failure(e: CallError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hv::mem::MemNode;
+    use crate::testing::Rig;
+
+    const OWNER: u32 = 1000;
 
     #[test]
     fn a_write_longer_than_a_word_is_refused_whole() {
@@ -625,5 +630,61 @@ mod tests {
             NodeControl::parse(padded.as_bytes()).unwrap(),
             NodeControl::Drain
         );
+    }
+
+    fn copies(rig: &Rig, name: &str) -> Vec<String> {
+        rig.nodes
+            .iter()
+            .filter(|n| n.domains().iter().any(|(d, _)| d == name))
+            .map(|n: &Arc<MemNode>| n.name().to_string())
+            .collect()
+    }
+
+    /// Two mounts move one instance: the second read the row (ready on n1) before the first
+    /// moved it to n2, and records its move after that one ended. Its move from n1 must not
+    /// be recorded: the instance is no longer there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_checked_on_a_row_read_before_another_mount_moved_it_is_refused() {
+        let rig =
+            Rig::with_shared_pools(&[("n1", 4, 8192), ("n2", 4, 8192), ("n3", 4, 8192)]).await;
+        let spec = r#"{"vcpus":1,"ram_mb":512,"disk_gb":1,"node":"n1"}"#;
+        rig.create("vm1", OWNER, spec).await.unwrap();
+        rig.wait_status("vm1", "running").await;
+        let other = rig.another_daemon("other").await;
+        other
+            .wait_for("the other mount to see it", |r| {
+                r.status("vm1").is_some_and(|s| s.starts_with("running"))
+                    && ["n1", "n2", "n3"].iter().all(|n| {
+                        r.read(&format!("nodes/{n}/status"))
+                            .is_ok_and(|s| s.starts_with("online"))
+                    })
+            })
+            .await;
+        let read_before = other.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+        rig.write("instances/vm1/node", OWNER, "n2\n")
+            .await
+            .unwrap();
+        assert_eq!(copies(&rig, "vm1"), ["n2"]);
+        // Its picture has caught up (the domain is there, on n2): only the row it read is
+        // old, as when its read came just before the other move and its update just after.
+        other
+            .wait_for("the other mount to see the move", |r| {
+                r.read("instances/vm1/node").is_ok_and(|n| n == "n2\n")
+            })
+            .await;
+
+        let e = other
+            .cluster
+            .record_move(&read_before, Some("n3"))
+            .await
+            .err()
+            .expect("a move from where it no longer is");
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let row = rig.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.node.as_deref()),
+            (InstanceState::Ready, Some("n2"))
+        );
+        assert_eq!(copies(&rig, "vm1"), ["n2"]);
     }
 }
