@@ -115,12 +115,20 @@ fn built_with(m: &Mounted, name: &str, spec: &str) {
 /// Waits until `name`'s status no longer says it is moving, and returns it.
 fn settled(m: &Mounted, name: &str) -> String {
     let p = m.path(&format!("instances/{name}/status"));
-    let mut last = String::new();
-    wait_for(Duration::from_secs(60), "the move to settle", || {
-        last = std::fs::read_to_string(&p).unwrap_or_default();
-        !last.is_empty() && !last.starts_with("migrating")
-    });
-    last
+    let start = std::time::Instant::now();
+    loop {
+        let last = std::fs::read_to_string(&p).unwrap_or_default();
+        if !last.is_empty() && !last.starts_with("migrating") {
+            return last;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} did not settle: {last:?}, error {:?}\n{}",
+            error_of(m, name),
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until mount `m` shows `name` running on `node`, managed (its `node` writable: a
