@@ -448,11 +448,13 @@ impl Db {
     /// holds the placement lock, like `begin_build`: `choose` sees what every instance in
     /// the database holds per node (the instance itself on its own node only) and names the
     /// node it goes to, or refuses. `State` when the row is no longer this incarnation's
-    /// `ready` row.
+    /// `ready` row on node `from`, the node the move was checked for: another mount may
+    /// have moved it since its row was read.
     pub async fn begin_migration<E: From<DbError>>(
         &self,
         name: &str,
         incarnation: &str,
+        from: &str,
         worker: &str,
         domains: &[(&str, &str)],
         choose: impl Fn(&Loads) -> Result<String, E>,
@@ -472,7 +474,7 @@ impl Db {
             let n = sqlx::query(
                 "UPDATE vm SET rev = ?, updated_at = ?, state = 'migrating', step = 'moving', \
                  migrate_to = ?, snapshots = NULL, worker = ?, error = NULL \
-                 WHERE vmname = ? AND incarnation = ? AND state = 'ready'",
+                 WHERE vmname = ? AND incarnation = ? AND state = 'ready' AND hostname = ?",
             )
             .bind(rev)
             .bind(unix_now())
@@ -480,11 +482,13 @@ impl Db {
             .bind(worker)
             .bind(name)
             .bind(incarnation)
+            .bind(from)
             .execute(&mut *tx)
             .await?;
             if n.rows_affected() == 0 {
                 return Err(DbError::State(format!(
-                    "instance {name} is no longer ready (another operation changed it)"
+                    "instance {name} is no longer ready on node {from} (another operation \
+                     changed it)"
                 )));
             }
             tx.commit().await?;

@@ -349,9 +349,11 @@ async fn a_crash_at_every_step_of_a_move_ends_with_one_domain_on_the_node_the_ro
         {
             let _claim = rig.cluster.claim("vm1").unwrap();
             let db = rig.cluster.db();
-            db.begin_migration::<crate::db::DbError>("vm1", &inc, "dead", &[], |_| Ok("n2".into()))
-                .await
-                .unwrap();
+            db.begin_migration::<crate::db::DbError>("vm1", &inc, "n1", "dead", &[], |_| {
+                Ok("n2".into())
+            })
+            .await
+            .unwrap();
             if !matches!(cut, Cut::Recorded) {
                 let saved = n1.saved_snapshots("vm1").unwrap();
                 let json = serde_json::to_string(&saved).unwrap();

@@ -60,7 +60,9 @@ impl Cluster {
         uid: u32,
         text: &[u8],
     ) -> Result<Option<tokio::task::JoinHandle<Result<(), ActionError>>>, ActionError> {
-        let word = std::str::from_utf8(text).unwrap_or("").trim();
+        let word = one_word(text)
+            .ok_or_else(|| ActionError::Invalid(too_long("node", text.len())))?
+            .trim();
         let target = NodeName::new(word)
             .map_err(|e| ActionError::Invalid(format!("node: {e}; write a node's name")))?;
         self.check_owner(name, Some(incarnation), uid)?;
@@ -162,6 +164,7 @@ impl Cluster {
                 .begin_migration(
                     name,
                     &row.incarnation,
+                    &from_name,
                     &self.worker_id,
                     &Committed::domains_to_check(&view),
                     |loads| {
@@ -571,7 +574,10 @@ impl NodeControl {
     pub const WORDS: &'static str = "drain undrain";
 
     pub fn parse(text: &[u8]) -> Result<NodeControl, ActionError> {
-        match std::str::from_utf8(text).unwrap_or("").trim() {
+        let Some(text) = one_word(text) else {
+            return Err(ActionError::Invalid(too_long("a node's ctl", text.len())));
+        };
+        match text.trim() {
             "drain" => Ok(NodeControl::Drain),
             "undrain" => Ok(NodeControl::Undrain),
             other => Err(ActionError::Invalid(format!(
@@ -583,10 +589,102 @@ impl NodeControl {
     }
 }
 
+/// The longest write to `node` or to a node's `ctl` that is read: a name or a word, and
+/// room for blanks around it.
+pub const MAX_WORD_WRITE: usize = 256;
+
+/// The text of a write to `node` or a node's `ctl` (`""` if not UTF-8), `None` past
+/// `MAX_WORD_WRITE` bytes. A longer write reaches kvmfs in several requests when it is
+/// longer than the kernel sends at once: its first one must not act on a word the rest
+/// then turns into garbage (`n2` and a megabyte of blanks moved the instance, then failed).
+fn one_word(text: &[u8]) -> Option<&str> {
+    (text.len() <= MAX_WORD_WRITE).then(|| std::str::from_utf8(text).unwrap_or(""))
+}
+
+fn too_long(file: &str, len: usize) -> String {
+    format!("{file}: a write of {len} bytes is no word; at most {MAX_WORD_WRITE} are read")
+}
+
 /// Why a migration call failed, for the `error` file.
 fn migration_failure(e: CallError) -> String {
     match e {
         CallError::Timeout(d) => format!("libvirt did not finish it within {d:?}"),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hv::mem::MemNode;
+    use crate::testing::Rig;
+
+    const OWNER: u32 = 1000;
+
+    #[test]
+    fn a_write_longer_than_a_word_is_refused_whole() {
+        let padded = format!("drain{}", " ".repeat(MAX_WORD_WRITE));
+        assert!(NodeControl::parse(padded.as_bytes()).is_err());
+        let padded = format!("drain{}", " ".repeat(MAX_WORD_WRITE - 6));
+        assert_eq!(
+            NodeControl::parse(padded.as_bytes()).unwrap(),
+            NodeControl::Drain
+        );
+    }
+
+    fn copies(rig: &Rig, name: &str) -> Vec<String> {
+        rig.nodes
+            .iter()
+            .filter(|n| n.domains().iter().any(|(d, _)| d == name))
+            .map(|n: &Arc<MemNode>| n.name().to_string())
+            .collect()
+    }
+
+    /// Two mounts move one instance: the second read the row (ready on n1) before the first
+    /// moved it to n2, and records its move after that one ended. Its move from n1 must not
+    /// be recorded: the instance is no longer there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_checked_on_a_row_read_before_another_mount_moved_it_is_refused() {
+        let rig =
+            Rig::with_shared_pools(&[("n1", 4, 8192), ("n2", 4, 8192), ("n3", 4, 8192)]).await;
+        let spec = r#"{"vcpus":1,"ram_mb":512,"disk_gb":1,"node":"n1"}"#;
+        rig.create("vm1", OWNER, spec).await.unwrap();
+        rig.wait_status("vm1", "running").await;
+        let other = rig.another_daemon("other").await;
+        other
+            .wait_for("the other mount to see it", |r| {
+                r.status("vm1").is_some_and(|s| s.starts_with("running"))
+                    && ["n1", "n2", "n3"].iter().all(|n| {
+                        r.read(&format!("nodes/{n}/status"))
+                            .is_ok_and(|s| s.starts_with("online"))
+                    })
+            })
+            .await;
+        let read_before = other.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+        rig.write("instances/vm1/node", OWNER, "n2\n")
+            .await
+            .unwrap();
+        assert_eq!(copies(&rig, "vm1"), ["n2"]);
+        // Its picture has caught up (the domain is there, on n2): only the row it read is
+        // old, as when its read came just before the other move and its update just after.
+        other
+            .wait_for("the other mount to see the move", |r| {
+                r.read("instances/vm1/node").is_ok_and(|n| n == "n2\n")
+            })
+            .await;
+
+        let e = other
+            .cluster
+            .record_move(&read_before, Some("n3"))
+            .await
+            .err()
+            .expect("a move from where it no longer is");
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let row = rig.cluster.db().get_vm("vm1").await.unwrap().unwrap();
+        assert_eq!(
+            (row.state, row.node.as_deref()),
+            (InstanceState::Ready, Some("n2"))
+        );
+        assert_eq!(copies(&rig, "vm1"), ["n2"]);
     }
 }
