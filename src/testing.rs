@@ -56,11 +56,16 @@ impl Rig {
 
     /// A rig whose nodes' pools are declared one shared storage (`pool_shared`).
     pub async fn with_shared_pools(nodes: &[(&str, u32, u64)]) -> Rig {
+        Self::with_shared_pools_and_timing(nodes, TIMING).await
+    }
+
+    /// As `with_shared_pools`, with `timing` (a whole `[timing]` table).
+    pub async fn with_shared_pools_and_timing(nodes: &[(&str, u32, u64)], timing: &str) -> Rig {
         let mems: Vec<Arc<MemNode>> = nodes
             .iter()
             .map(|(n, cpus, mb)| MemNode::new(n, *cpus, *mb))
             .collect();
-        Self::on_nodes_with(mems, TIMING, "", None, true).await
+        Self::on_nodes_with(mems, timing, "", None, true).await
     }
 
     async fn on_nodes_with(

@@ -86,6 +86,8 @@ pub struct MemNode {
     events: Mutex<Option<u64>>,
     /// What `NodeProbe::pool_source` says (`set_pool_source`).
     pool_source: Mutex<Option<String>>,
+    /// How long a migration from this node takes (`set_migrate_delay`).
+    migrate_delay: Mutex<Duration>,
 }
 
 impl MemNode {
@@ -101,6 +103,7 @@ impl MemNode {
             sinks: Mutex::new(Vec::new()),
             events: Mutex::new(None),
             pool_source: Mutex::new(None),
+            migrate_delay: Mutex::new(Duration::ZERO),
         };
         for net in ["default", "overlay"] {
             node.add_network(net, true);
@@ -168,6 +171,12 @@ impl MemNode {
         d.state = state;
         d.snapshots.clear();
         dest.state.lock().domains.insert(name.to_string(), d);
+    }
+
+    /// Makes every migration from this node take `delay` before it moves the domain (the
+    /// other calls are not slowed).
+    pub fn set_migrate_delay(&self, delay: Duration) {
+        *self.migrate_delay.lock() = delay;
     }
 
     /// Makes the node's pool a `netfs` pool of `source` (`HOST:/dir`), or not.
@@ -759,6 +768,10 @@ impl NodeBackend for MemNode {
             });
         };
         dest.enter(Call::Migrate)?;
+        let delay = *self.migrate_delay.lock();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let d = {
             let st = self.state.lock();
             let d = st
@@ -794,6 +807,10 @@ impl NodeBackend for MemNode {
         self.event(name);
         dest.event(name);
         Ok(())
+    }
+
+    fn abort_job(&self, _name: &str) -> Result<(), HvError> {
+        self.enter(Call::Migrate)
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -386,6 +386,9 @@ pub trait NodeBackend: Send + Sync + 'static {
     /// if it was) on `dest` only; on failure it is left on this node as it was, as far as
     /// the hypervisor can tell.
     fn migrate(&self, name: &str, dest: &dyn NodeBackend, how: MigrateHow) -> Result<(), HvError>;
+    /// Aborts the job under way on domain `name` (a migration past its bound); nothing to
+    /// abort is fine.
+    fn abort_job(&self, name: &str) -> Result<(), HvError>;
     /// This backend as `Any`, so `migrate` can reach the other node's connection.
     fn as_any(&self) -> &dyn std::any::Any;
     /// Forgets the current connection so the next call opens a fresh one; used after a

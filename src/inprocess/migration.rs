@@ -446,3 +446,36 @@ async fn drain_moves_every_instance_off_and_keeps_placement_away_until_undrained
     rig.create("vm9", OWNER, &spec_on("n1")).await.unwrap();
     rig.wait_status("vm9", "running").await;
 }
+
+/// A migration past `migrate_timeout_ms` is aborted, and still waited for before both nodes
+/// are asked where the domain is: settled midway, the copy still on the source would be
+/// taken for where it stayed while the call went on to move it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_past_its_bound_is_aborted_and_settled_only_once_libvirt_returns() {
+    let timing = format!("{}migrate_timeout_ms = 300\n", crate::testing::TIMING);
+    let rig = Rig::with_shared_pools_and_timing(&[("n1", 4, 8192), ("n2", 4, 8192)], &timing).await;
+    rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
+    rig.wait_status("vm1", "running").await;
+    let n1 = rig.node("n1");
+    // The in-memory node ignores the abort: its migration goes on and moves the domain.
+    n1.set_migrate_delay(std::time::Duration::from_millis(1500));
+    let calls = n1.calls(Call::Migrate);
+    let _ = move_to(&rig, "vm1", OWNER, "n2").await;
+    rig.wait_for("the move to end", |r| {
+        r.status("vm1").is_some_and(|s| !s.starts_with("migrating"))
+    })
+    .await;
+    assert!(
+        n1.calls(Call::Migrate) >= calls + 2,
+        "the migration was aborted"
+    );
+    let r = row(&rig, "vm1").await;
+    assert_eq!(
+        (r.state, r.node.as_deref()),
+        (InstanceState::Ready, Some("n2"))
+    );
+    assert_eq!(
+        copies(&rig, "vm1"),
+        [("n2".to_string(), DomainState::Running)]
+    );
+}

@@ -25,8 +25,8 @@
 use std::sync::Arc;
 
 use super::{ActionError, Claim};
+use crate::cluster::Cluster;
 use crate::cluster::placement::{self, Committed, Need};
-use crate::cluster::{CallError, Cluster};
 use crate::db::InstanceState;
 use crate::failpoint;
 use crate::hv::{DomainOp, DomainProbe, DomainState, MigrateHow, SavedSnapshot};
@@ -357,18 +357,10 @@ impl Cluster {
         }
         if failure.is_none() {
             match self.db.set_migration_step(&name, "moving", None).await {
-                Ok(_) => {
-                    let (n, dest, how) = (name.clone(), self.nodes[to].backend.clone(), mv.how);
-                    let r = self
-                        .node_call_within(from, self.cfg.timing.migrate_timeout(), move |b| {
-                            b.migrate(&n, dest.as_ref(), how)
-                        })
-                        .await;
-                    match r {
-                        Ok(()) => failpoint::hit("migrate:moved"),
-                        Err(e) => failure = Some(migration_failure(e)),
-                    }
-                }
+                Ok(_) => match self.call_migrate(&name, from, to, mv.how).await {
+                    Ok(()) => failpoint::hit("migrate:moved"),
+                    Err(e) => failure = Some(e),
+                },
                 Err(e) => failure = Some(format!("cannot record the move: {e}")),
             }
         }
@@ -399,6 +391,49 @@ impl Cluster {
             Landing::Source => self.metrics.migrations_failed.inc(),
         }
         r
+    }
+
+    /// Step 3: libvirt's migration, on a blocking thread. Past `migrate_timeout_ms` libvirt
+    /// is asked to abort it, and the call is still waited for: where the domain ends up is
+    /// asked of the nodes only once libvirt no longer moves it, or a copy found midway
+    /// could be taken for a leftover. (The instance stays claimed, `migrating`, meanwhile:
+    /// a node that never answers keeps it so, as it keeps its other calls.)
+    async fn call_migrate(
+        &self,
+        name: &str,
+        from: usize,
+        to: usize,
+        how: MigrateHow,
+    ) -> Result<(), String> {
+        let (n, source, dest) = (
+            name.to_string(),
+            self.nodes[from].backend.clone(),
+            self.nodes[to].backend.clone(),
+        );
+        let mut call = tokio::task::spawn_blocking(move || source.migrate(&n, dest.as_ref(), how));
+        let bound = self.cfg.timing.migrate_timeout();
+        let joined = match tokio::time::timeout(bound, &mut call).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::warn!(
+                    instance = name,
+                    ?bound,
+                    "migration past its bound: aborting it"
+                );
+                let n = name.to_string();
+                if let Err(e) = self.action_call(from, move |b| b.abort_job(&n)).await {
+                    tracing::warn!(instance = name, error = %e, "cannot abort the migration");
+                }
+                let _ = call.await;
+                return Err(format!(
+                    "libvirt did not finish it within {bound:?}; it was aborted"
+                ));
+            }
+        };
+        match joined {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the migration call panicked: {e}")),
+        }
     }
 
     /// Step 5: the snapshots defined again where it is, the row `ready` there.
@@ -603,14 +638,6 @@ fn one_word(text: &[u8]) -> Option<&str> {
 
 fn too_long(file: &str, len: usize) -> String {
     format!("{file}: a write of {len} bytes is no word; at most {MAX_WORD_WRITE} are read")
-}
-
-/// Why a migration call failed, for the `error` file.
-fn migration_failure(e: CallError) -> String {
-    match e {
-        CallError::Timeout(d) => format!("libvirt did not finish it within {d:?}"),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! the libvirt backend, in one place: the default event loop and lifecycle callbacks
 //! (`virConnectDomainEventRegisterAny`), UUIDs read as bytes, the bulk domain stats
 //! (`virConnectGetAllDomainStats`), domain states with reasons, node memory and CPU
-//! counters, and closing a connection with its callback. Each block carries its `// SAFETY:`.
+//! counters, aborting a job, and closing a connection with its callback. Each block carries its `// SAFETY:`.
 
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -316,6 +316,16 @@ pub(super) fn raw_state(d: &Domain) -> Result<(i32, i32), virt::error::Error> {
         return Err(virt::error::Error::last_error());
     }
     Ok((state, reason))
+}
+
+/// Aborts the domain's current job (a migration under way): `virDomainAbortJob`.
+pub(super) fn abort_job(d: &Domain) -> Result<(), virt::error::Error> {
+    // SAFETY: `d` holds a valid domain reference for the duration of the call.
+    let rc = unsafe { sys::virDomainAbortJob(d.as_ptr()) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
 }
 
 /// Reads `virNodeGetMemoryStats` (free + buffers + cached) where the driver supports it.

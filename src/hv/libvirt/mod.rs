@@ -1101,6 +1101,23 @@ impl NodeBackend for LibvirtNode {
         })
     }
 
+    fn abort_job(&self, name: &str) -> Result<(), HvError> {
+        self.with_conn(|c| {
+            let d = c.lookup_domain_by_name(name)?;
+            match ffi::abort_job(&d) {
+                Ok(()) => Ok(()),
+                // No job (it ended meanwhile), or a driver without jobs.
+                Err(e)
+                    if e.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID
+                        || e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
