@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use super::{ActionError, Claim};
+use super::{ActionError, Claim, one_word, too_long};
 use crate::cluster::Cluster;
 use crate::cluster::placement::{self, Committed, Need};
 use crate::db::InstanceState;
@@ -624,24 +624,9 @@ impl NodeControl {
     }
 }
 
-/// The longest write to `node` or to a node's `ctl` that is read: a name or a word, and
-/// room for blanks around it.
-pub const MAX_WORD_WRITE: usize = 256;
-
-/// The text of a write to `node` or a node's `ctl` (`""` if not UTF-8), `None` past
-/// `MAX_WORD_WRITE` bytes. A longer write reaches kvmfs in several requests when it is
-/// longer than the kernel sends at once: its first one must not act on a word the rest
-/// then turns into garbage (`n2` and a megabyte of blanks moved the instance, then failed).
-fn one_word(text: &[u8]) -> Option<&str> {
-    (text.len() <= MAX_WORD_WRITE).then(|| std::str::from_utf8(text).unwrap_or(""))
-}
-
-fn too_long(file: &str, len: usize) -> String {
-    format!("{file}: a write of {len} bytes is no word; at most {MAX_WORD_WRITE} are read")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_WORD_WRITE;
     use super::*;
     use crate::hv::mem::MemNode;
     use crate::testing::Rig;

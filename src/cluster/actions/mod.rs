@@ -128,7 +128,9 @@ impl Control {
     pub const WORDS: &'static str = "start stop destroy reboot revert NAME";
 
     pub fn parse(text: &[u8]) -> Result<Control, ActionError> {
-        let word = std::str::from_utf8(text).unwrap_or("").trim();
+        let word = one_word(text)
+            .ok_or_else(|| ActionError::Invalid(too_long("ctl", text.len())))?
+            .trim();
         if let Some(arg) = word.strip_prefix("revert ") {
             return crate::model::SnapshotName::new(arg.trim())
                 .map(Control::Revert)
@@ -146,6 +148,22 @@ impl Control {
             ))),
         }
     }
+}
+
+/// The longest write to `ctl`, `node` or a node's `ctl` that is read: a command, a name or
+/// a word, and room for blanks around it.
+pub const MAX_WORD_WRITE: usize = 256;
+
+/// The text of a write to `ctl`, `node` or a node's `ctl` (`""` if not UTF-8), `None` past
+/// `MAX_WORD_WRITE` bytes. A longer write reaches kvmfs in several requests when it is
+/// longer than the kernel sends at once: its first one must not act on a word the rest
+/// then turns into garbage (`n2` and a megabyte of blanks moved the instance, then failed).
+pub(super) fn one_word(text: &[u8]) -> Option<&str> {
+    (text.len() <= MAX_WORD_WRITE).then(|| std::str::from_utf8(text).unwrap_or(""))
+}
+
+pub(super) fn too_long(file: &str, len: usize) -> String {
+    format!("{file}: a write of {len} bytes is no word; at most {MAX_WORD_WRITE} are read")
 }
 
 /// Whether `uid` may change an instance whose row is `row`: its owner, or root.
@@ -256,5 +274,8 @@ mod tests {
         assert!(Control::parse(b"revert\n").is_err());
         assert!(Control::parse(b"revert ../x\n").is_err());
         assert!(Control::parse(b"revert a b\n").is_err());
+        // A long write is refused whole: its first piece must not act on its own.
+        let padded = format!("destroy{}", " ".repeat(MAX_WORD_WRITE));
+        assert!(Control::parse(padded.as_bytes()).is_err());
     }
 }
