@@ -109,7 +109,7 @@ impl Cluster {
     /// Stores the errors `set_local_error` shows. The `error` file shows each at once; the
     /// database gets the last one of each instance, at most once every
     /// `ERROR_STORE_INTERVAL`, so a user writing garbage to `ctl` as fast as they can costs
-    /// the database one statement a second, not one per write.
+    /// the database a write and a read of the row a second, not one per write.
     pub(super) async fn error_writer(
         self: Arc<Self>,
         mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, PendingError)>,
@@ -150,17 +150,18 @@ impl Cluster {
                     .set_error(&name, &pending.incarnation, Some(&pending.message))
                     .await;
                 match stored {
-                    Ok(rev) => {
-                        let mut inputs = self.inputs.lock();
-                        if inputs.pending_errors.get(&name) == Some(&pending) {
-                            inputs.pending_errors.remove(&name);
-                        }
-                        // The row shows the error already; only its stamp moved.
-                        if let Some(row) = inputs.rows.get_mut(&name)
-                            && row.incarnation == pending.incarnation
+                    Ok(_) => {
                         {
-                            Arc::make_mut(row).rev = rev;
+                            let mut inputs = self.inputs.lock();
+                            if inputs.pending_errors.get(&name) == Some(&pending) {
+                                inputs.pending_errors.remove(&name);
+                            }
                         }
+                        // Read back, not patched: the row this mount shows may be older
+                        // than the one the error went into (another mount moved the
+                        // instance while this one refused it), and giving it the new stamp
+                        // would hide the difference from the polls' fingerprint.
+                        self.refresh_row(&name).await;
                     }
                     Err(e) => {
                         tracing::warn!(instance = %name, error = %e, "cannot store the error")
