@@ -12,77 +12,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::libvirtd::Libvirtd;
-use common::rig::{IMAGE, errno_of};
+use common::nodes::*;
+use common::rig::errno_of;
 use common::users::{Op, User, as_user};
 use common::*;
 
-/// A MariaDB server and two nodes.
-struct Two {
-    db: MariaDb,
-    n1: Libvirtd,
-    n2: Libvirtd,
-}
-
-impl Two {
-    fn new() -> Two {
-        Two {
-            db: MariaDb::start(),
-            n1: Libvirtd::start(IMAGE),
-            n2: Libvirtd::start(IMAGE),
-        }
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "[database]\nurl = '{}'\n\
-             [timing]\nlibvirt_timeout_ms = 5000\nrefresh_ms = 200\nreconcile_ms = 500\n\
-             [instances]\ndefault_image = '{IMAGE}'\n\
-             [[network]]\nname = 'default'\ncidr = '192.168.122.0/24'\n\
-             first = '192.168.122.10'\nlast = '192.168.122.60'\n\
-             [[node]]\nname = 'n1'\nuri = '{}'\npool = 'default-pool'\npool_shared = true\n\
-             [[node]]\nname = 'n2'\nuri = '{}'\npool = 'default-pool'\npool_shared = true\n",
-            self.db.url(),
-            self.n1.uri(),
-            self.n2.uri()
-        )
-    }
-
-    fn node(&self, n: &str) -> &Libvirtd {
-        if n == "n1" { &self.n1 } else { &self.n2 }
-    }
-
-    /// (node, `virsh domstate`) of every copy of domain `name`.
-    fn copies(&self, name: &str) -> Vec<(String, String)> {
-        ["n1", "n2"]
-            .into_iter()
-            .filter(|n| self.node(n).domains().iter().any(|d| d == name))
-            .map(|n| {
-                let state = self.node(n).virsh(&["domstate", name]).trim().to_string();
-                (n.to_string(), state)
-            })
-            .collect()
-    }
-
-    /// The row's state and node.
-    fn row(&self, name: &str) -> String {
-        self.db
-            .sql(&format!(
-                "USE kvmfs; SELECT state, hostname FROM vm WHERE vmname = '{name}'"
-            ))
-            .trim()
-            .to_string()
-    }
-}
-
-fn spec_on(node: &str) -> String {
-    format!(r#"{{"vcpus":1,"ram_mb":128,"disk_gb":1,"node":"{node}"}}"#)
-}
-
-fn built_on(m: &Mounted, name: &str, node: &str) {
-    std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
-    write_spec(m, name, &spec_on(node)).unwrap();
-    wait_status(m, name, "running");
+/// A spec of a small instance forced onto `node`.
+fn spec_of(node: &str) -> String {
+    spec(node, 128)
 }
 
 /// `echo TEXT > PATH` in a shell: its exit status and what it printed.
@@ -98,20 +35,9 @@ fn echo_into(path: &std::path::Path, text: &str) -> (bool, String) {
     )
 }
 
-/// Waits until `name`'s status no longer says it is moving, and returns it.
-fn settled(m: &Mounted, name: &str) -> String {
-    let p = m.path(&format!("instances/{name}/status"));
-    let mut last = String::new();
-    wait_for(Duration::from_secs(60), "the move to settle", || {
-        last = std::fs::read_to_string(&p).unwrap_or_default();
-        !last.is_empty() && !last.starts_with("migrating")
-    });
-    last
-}
-
 #[test]
 fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_clear() {
-    let two = Two::new();
+    let two = Nodes::new(2);
     let m = Mounted::with_config_args(&two.config(), &["--allow-other"]);
     wait_online(&m, &["n1", "n2"]);
     built_on(&m, "web1", "n1");
@@ -124,7 +50,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
     assert!(settled(&m, "web1").starts_with("running"));
     assert_eq!(read(m.path("instances/web1/node")), "n2\n");
     assert_eq!(
-        two.copies("web1"),
+        two.copies_with_state("web1"),
         [("n2".to_string(), "running".to_string())]
     );
     assert_eq!(two.node("n2").snapshots("web1"), ["s1"], "snapshots follow");
@@ -163,7 +89,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
         libc::EACCES
     );
     assert_eq!(
-        two.copies("web1"),
+        two.copies_with_state("web1"),
         [("n2".to_string(), "running".to_string())]
     );
 
@@ -173,14 +99,14 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
     std::fs::write(m.path("instances/web1/node"), "n1\n").unwrap();
     assert!(settled(&m, "web1").starts_with("shutoff"));
     assert_eq!(
-        two.copies("web1"),
+        two.copies_with_state("web1"),
         [("n1".to_string(), "shut off".to_string())]
     );
     assert_eq!(two.node("n1").snapshots("web1"), ["s1"]);
 
     // rmdir after the moves leaves nothing on either node.
     std::fs::remove_dir(m.path("instances/web1")).unwrap();
-    assert!(two.copies("web1").is_empty());
+    assert!(two.copies_with_state("web1").is_empty());
     assert_eq!(two.row("web1"), "");
     for n in ["n1", "n2"] {
         let left: Vec<String> = two
@@ -195,7 +121,7 @@ fn an_instance_moves_between_libvirt_nodes_with_its_snapshots_and_refusals_are_c
 
 #[test]
 fn drain_empties_a_node_and_keeps_placement_away_until_undrained() {
-    let two = Two::new();
+    let two = Nodes::new(2);
     let m = Mounted::with_config(&two.config());
     wait_online(&m, &["n1", "n2"]);
     for name in ["d1", "d2"] {
@@ -220,20 +146,20 @@ fn drain_empties_a_node_and_keeps_placement_away_until_undrained() {
     assert!(
         left.is_empty(),
         "left on n1: {left:?}, n1 has {:?}\n{}",
-        two.n1.domains(),
+        two.node("n1").domains(),
         m.log()
     );
     for name in ["d1", "d2"] {
         assert!(settled(&m, name).starts_with("running"));
         assert_eq!(
-            two.copies(name),
+            two.copies_with_state(name),
             [("n2".to_string(), "running".to_string())]
         );
         assert_eq!(two.row(name), "ready\tn2");
     }
     // Placement passes it by, even when a spec asks for it; a move there is refused.
     std::fs::create_dir(m.path("instances/d3")).unwrap();
-    assert_eq!(errno_of(write_spec(&m, "d3", &spec_on("n1"))), libc::ENOSPC);
+    assert_eq!(errno_of(write_spec(&m, "d3", &spec_of("n1"))), libc::ENOSPC);
     assert!(read(m.path("instances/d3/error")).contains("n1 is drained"));
     assert_eq!(
         errno_of(std::fs::write(m.path("instances/d1/node"), "n1\n")),
@@ -249,7 +175,7 @@ fn drain_empties_a_node_and_keeps_placement_away_until_undrained() {
     let (ok, err) = echo_into(&m.path("nodes/n1/ctl"), "undrain");
     assert!(ok, "{err}\n{}", m.log());
     assert_eq!(read(m.path("nodes/n1/status")), "online\n");
-    write_spec(&m, "d3", &spec_on("n1")).unwrap();
+    write_spec(&m, "d3", &spec_of("n1")).unwrap();
     wait_status(&m, "d3", "running");
 }
 
@@ -264,7 +190,7 @@ fn move_points() -> Vec<&'static str> {
 
 #[test]
 fn a_kill_at_every_step_of_a_move_leaves_one_domain_on_the_node_the_row_names() {
-    let two = Two::new();
+    let two = Nodes::new(2);
     let cfg = two.config();
     let points = move_points();
     assert_eq!(points.len(), 5);
@@ -283,7 +209,7 @@ fn a_kill_at_every_step_of_a_move_leaves_one_domain_on_the_node_the_row_names() 
         m.wait_killed_at(point);
         m.restart(&[]);
         let status = settled(&m, "mv");
-        let copies = two.copies("mv");
+        let copies = two.copies_with_state("mv");
         assert_eq!(copies.len(), 1, "{point}: {copies:?}\n{}", m.log());
         let (node, state) = &copies[0];
         assert_eq!(state, "running", "{point}: {status}");

@@ -14,122 +14,10 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::libvirtd::Libvirtd;
-use common::rig::{IMAGE, errno_of};
+use common::nodes::*;
+use common::rig::errno_of;
 use common::users::HeldOpen;
 use common::*;
-
-/// A MariaDB server and `n` nodes, `n1`…
-struct Nodes {
-    db: MariaDb,
-    nodes: Vec<Libvirtd>,
-}
-
-impl Nodes {
-    fn new(n: usize) -> Nodes {
-        Nodes {
-            db: MariaDb::start(),
-            nodes: (0..n).map(|_| Libvirtd::start(IMAGE)).collect(),
-        }
-    }
-
-    fn names(&self) -> Vec<String> {
-        (1..=self.nodes.len()).map(|i| format!("n{i}")).collect()
-    }
-
-    /// The configuration, with `timing` lines added to its `[timing]`.
-    fn config_with(&self, timing: &str) -> String {
-        let mut c = format!(
-            "[database]\nurl = '{}'\n\
-             [timing]\nlibvirt_timeout_ms = 2000\nrefresh_ms = 200\nreconcile_ms = 500\n{timing}\n\
-             [instances]\ndefault_image = '{IMAGE}'\n\
-             [[network]]\nname = 'default'\ncidr = '192.168.122.0/24'\n\
-             first = '192.168.122.10'\nlast = '192.168.122.60'\n",
-            self.db.url()
-        );
-        for (name, n) in self.names().iter().zip(&self.nodes) {
-            c += &format!(
-                "[[node]]\nname = '{name}'\nuri = '{}'\npool = 'default-pool'\n\
-                 pool_shared = true\n",
-                n.uri()
-            );
-        }
-        c
-    }
-
-    fn config(&self) -> String {
-        self.config_with("")
-    }
-
-    fn node(&self, n: &str) -> &Libvirtd {
-        let i: usize = n[1..].parse().expect("a node name nN");
-        &self.nodes[i - 1]
-    }
-
-    /// The nodes holding a domain `name`.
-    fn copies(&self, name: &str) -> Vec<String> {
-        self.names()
-            .into_iter()
-            .filter(|n| self.node(n).domains().iter().any(|d| d == name))
-            .collect()
-    }
-
-    /// The row's state and node, `""` without a row.
-    fn row(&self, name: &str) -> String {
-        self.db
-            .sql(&format!(
-                "USE kvmfs; SELECT state, hostname FROM vm WHERE vmname = '{name}'"
-            ))
-            .trim()
-            .to_string()
-    }
-
-    /// Exactly one domain `name`, on the node its row names, `ready` there; that node.
-    fn one_where_the_row_says(&self, name: &str, m: &Mounted) -> String {
-        let copies = self.copies(name);
-        assert_eq!(copies.len(), 1, "copies of {name}: {copies:?}\n{}", m.log());
-        assert_eq!(
-            self.row(name),
-            format!("ready\t{}", copies[0]),
-            "the row of {name}\n{}",
-            m.log()
-        );
-        copies[0].clone()
-    }
-}
-
-fn spec(node: &str, ram_mb: u64) -> String {
-    format!(r#"{{"vcpus":1,"ram_mb":{ram_mb},"disk_gb":1,"node":"{node}"}}"#)
-}
-
-fn built_on(m: &Mounted, name: &str, node: &str) {
-    built_with(m, name, &spec(node, 128));
-}
-
-fn built_with(m: &Mounted, name: &str, spec: &str) {
-    std::fs::create_dir(m.path(&format!("instances/{name}"))).unwrap();
-    write_spec(m, name, spec).unwrap();
-    wait_status(m, name, "running");
-}
-
-/// Waits until `name`'s status no longer says it is moving, and returns it.
-fn settled(m: &Mounted, name: &str) -> String {
-    let p = m.path(&format!("instances/{name}/status"));
-    let start = std::time::Instant::now();
-    loop {
-        let last = std::fs::read_to_string(&p).unwrap_or_default();
-        if !last.is_empty() && !last.starts_with("migrating") {
-            return last;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{name} did not settle: {last:?}, error {:?}\n{}",
-            error_of(m, name),
-            m.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Waits until mount `m` shows `name` running on `node`, managed (its `node` writable: a
 /// mount may list a domain a poll before the row another mount wrote).
@@ -143,10 +31,6 @@ fn seen_on(m: &Mounted, name: &str, node: &str) {
             && std::fs::read_to_string(m.path(&format!("instances/{name}/status")))
                 .is_ok_and(|s| s.starts_with("running"))
     });
-}
-
-fn error_of(m: &Mounted, name: &str) -> String {
-    std::fs::read_to_string(m.path(&format!("instances/{name}/error"))).unwrap_or_default()
 }
 
 /// Runs `a` and `b` on two threads released together; their results.

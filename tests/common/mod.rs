@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub mod galera;
 pub mod lan;
 pub mod libvirtd;
+pub mod nodes;
 pub mod rig;
 pub mod tmux;
 pub mod users;
