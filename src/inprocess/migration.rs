@@ -65,6 +65,17 @@ async fn move_to(
         .await
 }
 
+/// Builds `vm1` on n1 and moves it to n2, where it then runs, alone.
+async fn built_and_moved(rig: &Rig) {
+    rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
+    rig.wait_status("vm1", "running").await;
+    move_to(rig, "vm1", OWNER, "n2").await.unwrap();
+    assert_eq!(
+        copies(rig, "vm1"),
+        [("n2".to_string(), DomainState::Running)]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_instance_moves_live_with_its_row_addresses_and_snapshots() {
     let rig = two_nodes_with_vm1().await;
@@ -137,13 +148,7 @@ async fn a_running_instance_moves_live_with_its_row_addresses_and_snapshots() {
 async fn instances_on_the_shared_storage_move_and_are_removed_from_it() {
     let share = Arc::new(MemShare::with_files(&[IMAGE]));
     let rig = Rig::with_share(&[("n1", 4, 8192), ("n2", 4, 8192)], share.clone()).await;
-    rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
-    rig.wait_status("vm1", "running").await;
-    move_to(&rig, "vm1", OWNER, "n2").await.unwrap();
-    assert_eq!(
-        copies(&rig, "vm1"),
-        [("n2".to_string(), DomainState::Running)]
-    );
+    built_and_moved(&rig).await;
     assert_eq!(share.files(), [IMAGE, "vm1.disk.qcow2", "vm1.seed.iso"]);
     rig.rmdir("vm1", OWNER).await.unwrap();
     assert_eq!(share.files(), [IMAGE]);
@@ -263,13 +268,7 @@ async fn disks_in_a_node_pool_move_only_between_netfs_pools_of_one_source_or_dec
     );
 
     let rig = Rig::with_shared_pools(&[("n1", 4, 8192), ("n2", 4, 8192)]).await;
-    rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
-    rig.wait_status("vm1", "running").await;
-    move_to(&rig, "vm1", OWNER, "n2").await.unwrap();
-    assert_eq!(
-        copies(&rig, "vm1"),
-        [("n2".to_string(), DomainState::Running)]
-    );
+    built_and_moved(&rig).await;
     // Its volumes were made through n1; rmdir through n2 finds them in the shared pool.
     rig.rmdir("vm1", OWNER).await.unwrap();
     for n in ["n1", "n2"] {
