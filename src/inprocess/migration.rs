@@ -65,6 +65,15 @@ async fn move_to(
         .await
 }
 
+/// Takes snapshot `name` of `vm1`, as its owner.
+async fn snapshot(rig: &Rig, name: &str) {
+    let ino = rig.ino("instances/vm1/snapshots").unwrap();
+    rig.tree
+        .mkdir(ino, std::ffi::OsStr::new(name), OWNER)
+        .await
+        .unwrap();
+}
+
 /// Builds `vm1` on n1 and moves it to n2, where it then runs, alone.
 async fn built_and_moved(rig: &Rig) {
     rig.create("vm1", OWNER, &spec_on("n1")).await.unwrap();
@@ -80,15 +89,8 @@ async fn built_and_moved(rig: &Rig) {
 async fn a_running_instance_moves_live_with_its_row_addresses_and_snapshots() {
     let rig = two_nodes_with_vm1().await;
     let ip = rig.read("instances/vm1/ip").unwrap();
-    let ino = rig.ino("instances/vm1/snapshots").unwrap();
-    rig.tree
-        .mkdir(ino, std::ffi::OsStr::new("s1"), OWNER)
-        .await
-        .unwrap();
-    rig.tree
-        .mkdir(ino, std::ffi::OsStr::new("s2"), OWNER)
-        .await
-        .unwrap();
+    snapshot(&rig, "s1").await;
+    snapshot(&rig, "s2").await;
     let attr = rig
         .tree
         .getattr(rig.ino("instances/vm1/node").unwrap())
@@ -283,11 +285,7 @@ async fn disks_in_a_node_pool_move_only_between_netfs_pools_of_one_source_or_dec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_that_fails_leaves_it_running_where_it_was_with_its_snapshots() {
     let rig = two_nodes_with_vm1().await;
-    let ino = rig.ino("instances/vm1/snapshots").unwrap();
-    rig.tree
-        .mkdir(ino, std::ffi::OsStr::new("s1"), OWNER)
-        .await
-        .unwrap();
+    snapshot(&rig, "s1").await;
     rig.node("n1").fail_nth(Call::Migrate, 1);
     let e = action_error(move_to(&rig, "vm1", OWNER, "n2").await);
     assert_eq!(e.errno(), libc::EIO, "{e}");
@@ -338,11 +336,7 @@ async fn a_crash_at_every_step_of_a_move_ends_with_one_domain_on_the_node_the_ro
         Cut::Moved,
     ] {
         let rig = two_nodes_with_vm1().await;
-        let ino = rig.ino("instances/vm1/snapshots").unwrap();
-        rig.tree
-            .mkdir(ino, std::ffi::OsStr::new("s1"), OWNER)
-            .await
-            .unwrap();
+        snapshot(&rig, "s1").await;
         let (n1, n2) = (rig.node("n1").clone(), rig.node("n2").clone());
         let inc = row(&rig, "vm1").await.incarnation;
         {
