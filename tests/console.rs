@@ -525,16 +525,11 @@ fn each_user_is_offered_only_their_own_instances() {
     let bob = User::create("menb");
     let dir = m.path("instances/hers");
     let run = |u: &User, script: &str| {
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={}", u.uid))
-            .arg(format!("--regid={}", u.gid))
-            .args(["--clear-groups", "sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("setpriv")
+                .arg(format!("--reuid={}", u.uid))
+                .arg(format!("--regid={}", u.gid))
+                .args(["--clear-groups", "sh", "-c", script]),
         );
     };
     run(

@@ -413,19 +413,10 @@ fn demo_creates_on_sqlite() {
     let m = Mounted::demo();
     std::fs::create_dir(m.path("instances/web1")).unwrap();
     // Written the way Python writes.
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "open('{}','w').write('{{\"flavor\":\"m1.small\"}}')",
-            m.path("instances/web1/spec.json").display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("python3").arg("-c").arg(format!(
+        "open('{}','w').write('{{\"flavor\":\"m1.small\"}}')",
+        m.path("instances/web1/spec.json").display()
+    )));
     wait_status(&m, "web1", "running");
     // The shell's way: the document, then its newline in a write of its own.
     std::fs::create_dir(m.path("instances/sh1")).unwrap();
@@ -463,17 +454,6 @@ fn failed_instance(m: &Mounted, name: &str) {
     wait_status(m, name, "failed: git repository");
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn editors_and_tools_save_spec_json() {
     let m = Mounted::demo();
@@ -482,12 +462,14 @@ fn editors_and_tools_save_spec_json() {
     // vim, with its `4913` probe, its swap file, and the backup it makes by renaming
     // spec.json to spec.json~ (backupskip would skip it under /tmp).
     failed_instance(&m, "vim1");
-    run(Command::new("vim")
-        .args(["-u", "NONE", "-N", "-es", "--cmd", "set backupskip="])
-        .args(["-c", "%d", "-c"])
-        .arg(format!("call setline(1, '{small}')"))
-        .args(["-c", "wq", "spec.json"])
-        .current_dir(m.path("instances/vim1")));
+    run_ok(
+        Command::new("vim")
+            .args(["-u", "NONE", "-N", "-es", "--cmd", "set backupskip="])
+            .args(["-c", "%d", "-c"])
+            .arg(format!("call setline(1, '{small}')"))
+            .args(["-c", "wq", "spec.json"])
+            .current_dir(m.path("instances/vim1")),
+    );
     wait_status(&m, "vim1", "running");
     assert_eq!(
         read(m.path("instances/vim1/spec.json")),
@@ -517,7 +499,7 @@ fn editors_and_tools_save_spec_json() {
 
     // A script's atomic save: a temporary file renamed over spec.json.
     std::fs::create_dir(m.path("instances/py1")).unwrap();
-    run(Command::new("python3").arg("-c").arg(format!(
+    run_ok(Command::new("python3").arg("-c").arg(format!(
         "import os\nopen('.spec.json.tmp','w').write('{small}')\nos.replace('.spec.json.tmp','spec.json')"
     ))
     .current_dir(m.path("instances/py1")));
@@ -531,11 +513,13 @@ fn editors_and_tools_save_spec_json() {
     let src = m.state.path().join("spec.json");
     std::fs::write(&src, small).unwrap();
     std::fs::create_dir(m.path("instances/cp1")).unwrap();
-    run(Command::new("cp")
-        .arg(&src)
-        .arg(m.path("instances/cp1/spec.json")));
+    run_ok(
+        Command::new("cp")
+            .arg(&src)
+            .arg(m.path("instances/cp1/spec.json")),
+    );
     std::fs::create_dir(m.path("instances/tee1")).unwrap();
-    run(Command::new("sh").arg("-c").arg(format!(
+    run_ok(Command::new("sh").arg("-c").arg(format!(
         "echo '{small}' | tee {} >/dev/null",
         m.path("instances/tee1/spec.json").display()
     )));

@@ -173,16 +173,7 @@ fn an_instance_with_snapshots_is_removed_whole_by_rmdir_and_by_rm_r() {
     );
     assert!(!Path::new(&m.path("instances/gone1")).exists());
 
-    let out = Command::new("rm")
-        .arg("-r")
-        .arg(m.path("instances/gone2"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("rm").arg("-r").arg(m.path("instances/gone2")));
     assert!(
         rig.leftovers("gone2").is_empty(),
         "{:?}",

@@ -870,6 +870,21 @@ pub fn git_repo(dir: &Path, body: &str) -> String {
 }
 
 /// Writes `spec` to an instance's `spec.json` the way a program would.
+/// Runs `cmd` (stdin empty) and fails the test unless it succeeds; its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn write_spec(m: &Mounted, name: &str, spec: &str) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
