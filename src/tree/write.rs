@@ -85,6 +85,8 @@ impl Tree {
                 let moving = self
                     .detached(async move { c.migrate(&name, &inc, uid, &text).await })
                     .await;
+                // The move records its refusals and failures itself (a drain moves without
+                // a file), so only a panicked task is recorded here.
                 let r = match moving {
                     // Its outcome if it ends within the operation bound; past that the
                     // write is done and `status` follows the move.
@@ -93,7 +95,11 @@ impl Tree {
                         match tokio::time::timeout_at(started + bound, task).await {
                             Ok(Ok(r)) => r.map_err(TreeError::from),
                             Ok(Err(e)) => {
-                                Err(ActionError::Backend(format!("migration failed: {e}")).into())
+                                let r =
+                                    Err(ActionError::Backend(format!("migration failed: {e}"))
+                                        .into());
+                                self.record_failure(&w, &r);
+                                r
                             }
                             Err(_) => Ok(()),
                         }
@@ -101,7 +107,6 @@ impl Tree {
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };
-                self.record_failure(&w, &r);
                 r.map(|()| len)
             }
             _ if w.committed => {

@@ -52,7 +52,9 @@ struct Move {
 impl Cluster {
     /// `echo NODE > instances/NAME/node`: checks the move and records it (the instance is
     /// `migrating` when this returns), then runs it on its own task, whose result the
-    /// returned handle gives. Writing the node it is on does nothing (`None`).
+    /// returned handle gives. Writing the node it is on does nothing (`None`). Refusals
+    /// (but `EACCES`, `ENOENT`, `ESTALE`) go to the instance's `error` here, and a move
+    /// that fails records why itself: the caller records nothing.
     pub async fn migrate(
         self: &Arc<Self>,
         name: &str,
@@ -60,6 +62,32 @@ impl Cluster {
         uid: u32,
         text: &[u8],
     ) -> Result<Option<tokio::task::JoinHandle<Result<(), ActionError>>>, ActionError> {
+        let r = self.begin_move(name, incarnation, uid, text).await;
+        if let Err(e) = &r
+            && !matches!(
+                e,
+                ActionError::NotOwner(_) | ActionError::NotFound(_) | ActionError::Stale(_)
+            )
+        {
+            self.record_error(name, Some(incarnation), e);
+        }
+        let Some((mv, claim)) = r? else {
+            return Ok(None);
+        };
+        let c = self.clone();
+        Ok(Some(tokio::spawn(
+            async move { c.run_move(mv, claim).await },
+        )))
+    }
+
+    /// `migrate` up to the move recorded.
+    async fn begin_move(
+        &self,
+        name: &str,
+        incarnation: &str,
+        uid: u32,
+        text: &[u8],
+    ) -> Result<Option<(Move, Claim)>, ActionError> {
         let word = one_word(text)
             .ok_or_else(|| ActionError::Invalid(too_long("node", text.len())))?
             .trim();
@@ -72,29 +100,14 @@ impl Cluster {
             return Ok(None);
         }
         let mv = self.record_move(&row, Some(target.as_str())).await?;
-        let c = self.clone();
-        Ok(Some(tokio::spawn(
-            async move { c.run_move(mv, claim).await },
-        )))
+        Ok(Some((mv, claim)))
     }
 
     /// Moves `row` to `target`, or to the best node that shares its storage: step 1 of a
     /// move, after its rules — a ready instance whose node and domain are there, a
     /// configured, online, undrained target with room for it, and disks on storage both
-    /// nodes share. A refusal is recorded for the instance's `error` file.
+    /// nodes share.
     async fn record_move(
-        &self,
-        row: &crate::db::InstanceRecord,
-        target: Option<&str>,
-    ) -> Result<Move, ActionError> {
-        let r = self.try_record_move(row, target).await;
-        if let Err(e) = &r {
-            self.record_error(&row.name, Some(&row.incarnation), e);
-        }
-        r
-    }
-
-    async fn try_record_move(
         &self,
         row: &crate::db::InstanceRecord,
         target: Option<&str>,
@@ -314,6 +327,7 @@ impl Cluster {
                     }
                 }
                 Err(e) => {
+                    self.record_error(&row.name, Some(&row.incarnation), &e);
                     tracing::warn!(instance = %row.name, node, error = %e, "drain: it cannot move")
                 }
             }
