@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use super::{ActionError, Claim, one_word, too_long};
+use super::{ActionError, Claim, one_word, too_long, unknown_command};
 use crate::cluster::Cluster;
 use crate::cluster::placement::{self, Committed, Need};
 use crate::db::InstanceState;
@@ -536,14 +536,10 @@ impl Cluster {
         } else {
             Landing::Source
         };
-        let (stale, kept, kept_domain) = match landing {
-            Landing::Target => (from, to, &target),
-            Landing::Source => (to, from, &source),
-        };
-        let stale_domain = if landing == Landing::Target {
-            &source
-        } else {
-            &target
+        // (node, domain) of the copy kept and of the one left over.
+        let ((kept, kept_domain), (stale, stale_domain)) = match landing {
+            Landing::Target => ((to, &target), (from, &source)),
+            Landing::Source => ((from, &source), (to, &target)),
         };
         if stale_domain.is_some() {
             let n = name.to_string();
@@ -629,11 +625,7 @@ impl NodeControl {
         match text.trim() {
             "drain" => Ok(NodeControl::Drain),
             "undrain" => Ok(NodeControl::Undrain),
-            other => Err(ActionError::Invalid(format!(
-                "unknown command {:?}; a node's ctl takes one of: {}",
-                other.chars().take(40).collect::<String>(),
-                NodeControl::WORDS
-            ))),
+            other => Err(unknown_command(other, "a node's ctl", NodeControl::WORDS)),
         }
     }
 }

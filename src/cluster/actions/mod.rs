@@ -141,11 +141,7 @@ impl Control {
             "stop" => Ok(Control::Stop),
             "destroy" => Ok(Control::Destroy),
             "reboot" => Ok(Control::Reboot),
-            _ => Err(ActionError::Invalid(format!(
-                "unknown command {:?}; ctl takes one of: {}",
-                word.chars().take(40).collect::<String>(),
-                Control::WORDS
-            ))),
+            _ => Err(unknown_command(word, "ctl", Control::WORDS)),
         }
     }
 }
@@ -160,6 +156,14 @@ pub const MAX_WORD_WRITE: usize = 256;
 /// then turns into garbage (`n2` and a megabyte of blanks moved the instance, then failed).
 pub(super) fn one_word(text: &[u8]) -> Option<&str> {
     (text.len() <= MAX_WORD_WRITE).then(|| std::str::from_utf8(text).unwrap_or(""))
+}
+
+/// A word `file` does not take (quoted, at most 40 characters of it), and the ones it does.
+pub(super) fn unknown_command(word: &str, file: &str, words: &str) -> ActionError {
+    ActionError::Invalid(format!(
+        "unknown command {:?}; {file} takes one of: {words}",
+        word.chars().take(40).collect::<String>()
+    ))
 }
 
 pub(super) fn too_long(file: &str, len: usize) -> String {
