@@ -94,13 +94,19 @@ const SNAPSHOTS_TTL: Duration = Duration::from_secs(60);
 /// bounded few.
 const SNAPSHOT_REFRESH_PER_LISTING: usize = 64;
 
-/// Reads a domain's snapshots, in name order. A driver without snapshots has none.
+/// A domain's snapshots; a driver without snapshots has none.
+fn all_snapshots(
+    d: &Domain,
+) -> Result<Vec<virt::domain_snapshot::DomainSnapshot>, virt::error::Error> {
+    match d.list_all_snapshots(0) {
+        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// Reads a domain's snapshots, in name order.
 fn read_snapshots(d: &Domain) -> Result<Vec<SnapshotProbe>, virt::error::Error> {
-    let all = match d.list_all_snapshots(0) {
-        Ok(all) => all,
-        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let all = all_snapshots(d)?;
     let mut out = Vec::with_capacity(all.len());
     for s in all {
         let name = s.name()?;
@@ -1012,12 +1018,7 @@ impl NodeBackend for LibvirtNode {
 
     fn saved_snapshots(&self, name: &str) -> Result<Vec<SavedSnapshot>, HvError> {
         self.with_conn(|c| {
-            let d = c.lookup_domain_by_name(name)?;
-            let all = match d.list_all_snapshots(0) {
-                Ok(all) => all,
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
+            let all = all_snapshots(&c.lookup_domain_by_name(name)?)?;
             let mut saved = Vec::with_capacity(all.len());
             for s in all {
                 saved.push(SavedSnapshot {
@@ -1032,12 +1033,7 @@ impl NodeBackend for LibvirtNode {
 
     fn forget_snapshots(&self, name: &str) -> Result<(), HvError> {
         self.with_conn(|c| {
-            let d = c.lookup_domain_by_name(name)?;
-            let all = match d.list_all_snapshots(0) {
-                Ok(all) => all,
-                Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => return Ok(()),
-                Err(e) => return Err(e),
-            };
+            let all = all_snapshots(&c.lookup_domain_by_name(name)?)?;
             // The test driver's snapshots are metadata only, and it takes no flags.
             let flags = if self.is_test_driver() {
                 0
